@@ -1,0 +1,5 @@
+import sys
+
+from clir.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""Arguments shared by several verbs: the encoder and its overrides (Tevatron's convention: flags win over
+the model folder's settings)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    g = p.add_argument_group("encoder (flags override the model folder's settings)")
+    g.add_argument(
+        "--model",
+        required=required,
+        help="a clir model folder, a registered name (see `clir models list`), a Hugging Face backbone folder "
+        "or hub id",
+    )
+    g.add_argument("--pooling", choices=["cls", "mean"])
+    g.add_argument(
+        "--normalize", dest="normalize", action="store_true", default=None, help="L2-normalise vectors"
+    )
+    g.add_argument("--no-normalize", dest="normalize", action="store_false")
+    g.add_argument("--query-prefix", help='text put before each query (e5: "query: ")')
+    g.add_argument("--passage-prefix", help='text put before each passage (e5: "passage: ")')
+    g.add_argument("--max-query-length", type=int)
+    g.add_argument("--max-passage-length", type=int)
+    g.add_argument(
+        "--query-routing",
+        choices=["source", "target", "none"],
+        help="language adapter under the task adapter for queries (madx models)",
+    )
+    g.add_argument(
+        "--doc-routing",
+        choices=["source", "target", "none"],
+        help="language adapter for documents: source keeps the training language's, target swaps in the "
+        "document language's (madx models)",
+    )
+    g.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast precision (default auto)"
+    )
+    g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (
+        "pooling",
+        "normalize",
+        "query_prefix",
+        "passage_prefix",
+        "max_query_length",
+        "max_passage_length",
+        "precision",
+    ):
+        v = getattr(args, key, None)
+        if v is not None:
+            out[key] = v
+    routing = {}
+    if getattr(args, "query_routing", None):
+        routing["query"] = args.query_routing
+    if getattr(args, "doc_routing", None):
+        routing["doc"] = args.doc_routing
+    if routing:
+        out["routing"] = routing
+    return out
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v

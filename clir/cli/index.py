@@ -1,0 +1,99 @@
+"""``clir index``: encode a collection into an index folder; ``clir index merge``: join shard folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from clir.cli.common import add_model_args, model_overrides, positive_int
+
+HELP = "encode a collection into a FAISS index folder (`clir index merge` joins shards)"
+DESCRIPTION = """Encode a collection into an index folder: FAISS `index` + `docid` (Pyserini's layout),
+`manifest.json` and a document store.
+
+  clir index --collection ../data/xquad-r/de --model multilingual-e5-small --out indexes/xquad-de
+  clir index --collection irds:hc4/fa/test --model runs/madx --doc-routing target --out indexes/hc4-fa
+  clir index --collection docs.jsonl --model M --out shard0 --shard 0/2   (then: clir index merge shard0 shard1 --out all)
+
+Collections: a folder (docs.jsonl, queries.tsv, qrels.txt), a .jsonl/.tsv file, irds:<ir_datasets id>,
+or `sample` (the bundled demo collection)."""
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", required=True, help="folder, .jsonl/.tsv file, irds:<id> or `sample`")
+    p.add_argument("--out", required=True, help="index folder to write (default place: indexes/NAME)")
+    p.add_argument(
+        "--doc-lang", help="documents' language (default: each document's `lang`, or the dataset's)"
+    )
+    p.add_argument(
+        "--factory",
+        default="Flat",
+        help="FAISS factory string, inner product (Flat, HNSW32, IVF4096,PQ64 ...)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--chunk-size", type=positive_int, default=8192, help="documents per checkpointed chunk")
+    p.add_argument("--shard", help="I/N: encode only documents whose ordinal %% N == I (merge them later)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build from its checkpoints")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing index (swapped in only when done)"
+    )
+    add_model_args(p, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clir.index import IndexArgs, build_index, parse_shard
+
+    res = build_index(
+        IndexArgs(
+            collection=args.collection,
+            model=args.model,
+            out=args.out,
+            doc_lang=args.doc_lang,
+            factory=args.factory,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            shard=parse_shard(args.shard),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            overrides=model_overrides(args),
+        )
+    )
+    rate = res.encoded_docs / res.seconds_encoding if res.seconds_encoding > 0 else float("nan")
+    log.info(
+        "indexed %d documents into %s in %.1fs (%d encoded at %.1f docs/s%s)",
+        res.num_docs,
+        res.path,
+        res.seconds_total,
+        res.encoded_docs,
+        rate,
+        f", {res.skipped_empty} empty skipped" if res.skipped_empty else "",
+    )
+    json.dump(
+        {"index": str(res.path), "num_docs": res.num_docs, "skipped_empty": res.skipped_empty}, sys.stdout
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- `clir index merge`
+MERGE_HELP = "join shard folders built with --shard I/N into one index"
+
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shards", nargs="+", help="shard index folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--factory", help="FAISS factory for the merged index (default: the shards')")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from clir.index import merge_indexes
+
+    out = merge_indexes(args.shards, args.out, factory=args.factory, overwrite=args.overwrite)
+    log.info("merged %d shard(s) into %s", len(args.shards), out)
+    print(json.dumps({"index": str(out)}))
+    return 0

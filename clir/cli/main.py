@@ -1,0 +1,121 @@
+"""``clir`` entry point: one sub-command per user verb.
+
+Each verb lives in ``clir/cli/<verb>.py`` and exposes ``HELP``, ``add_arguments(parser)`` and ``run(args)``;
+those modules import nothing heavy at top level, so ``clir --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from clir import __version__
+from clir.errors import ClirError
+
+# (verb, module); order is the order of `clir --help`. `index merge` is dispatched inside `index`.
+VERBS: list[tuple[str, str]] = [
+    ("index", "clir.cli.index"),
+    ("search", "clir.cli.search"),
+    ("evaluate", "clir.cli.evaluate"),
+    ("eval", "clir.cli.eval"),
+    ("train", "clir.cli.train"),
+    ("train-language-adapter", "clir.cli.train_language_adapter"),
+    ("serve", "clir.cli.serve"),
+    ("models", "clir.cli.models"),
+]
+
+log = logging.getLogger("clir")
+
+
+def _available_verbs() -> list[tuple[str, object]]:
+    out = []
+    for verb, modname in VERBS:
+        try:
+            out.append((verb, importlib.import_module(modname)))
+        except ModuleNotFoundError as e:
+            if e.name != modname:  # a verb module that exists but is broken must not hide silently
+                raise
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clir",
+        description="Cross-language dense retrieval with adapters: index, search, evaluate, train, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"clir {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, mod in _available_verbs():
+        p = sub.add_parser(
+            verb,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _merge_parser(global_args: list[str]) -> argparse.ArgumentParser:
+    """`clir index merge` gets a parser of its own: `clir index` itself takes options, not sub-verbs."""
+    from clir.cli import index
+
+    p = argparse.ArgumentParser(prog="clir index merge", description=index.MERGE_HELP)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    index.add_merge_arguments(p)
+    p.set_defaults(_run=index.run_merge, verb="index merge")
+    return p
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if verbose < 2:
+        # third-party chatter (hub retries, tokenizer notices) is noise at INFO
+        for name in (
+            "transformers",
+            "adapters",
+            "httpx",
+            "urllib3",
+            "numba",
+            "faiss",
+            "ir_datasets",
+            "filelock",
+        ):
+            logging.getLogger(name).setLevel(logging.ERROR if not verbose else logging.WARNING)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    verb_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if verb_at is not None and argv[verb_at : verb_at + 2] == ["index", "merge"]:
+        parser = _merge_parser(argv[:verb_at])
+        argv = argv[:verb_at] + argv[verb_at + 2 :]
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 0
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args._run(args) or 0)
+    except ClirError as e:
+        print(f"clir {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"clir {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

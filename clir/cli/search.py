@@ -1,0 +1,93 @@
+"""``clir search``: one query to the terminal, or a query set to a TREC run file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from clir.cli.common import add_model_args, model_overrides, positive_int
+
+HELP = "search an index: one --query, or --queries to a TREC --run file"
+DESCRIPTION = """Search an index folder with the encoder recorded in its manifest (or --model).
+
+  clir search --index indexes/xquad-de --query "Who wrote Faust?"
+  clir search --index indexes/xquad-de --queries ../data/xquad-r/de/queries.tsv --run runs/de.trec --k 100"""
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="one query; prints ranked hits")
+    q.add_argument("--queries", help="queries: a .tsv file, a collection folder or irds:<id>")
+    p.add_argument("--run", help="TREC run file to write (with --queries)")
+    p.add_argument(
+        "--k", type=positive_int, default=None, help="hits per query (default 10, or 1000 with --run)"
+    )
+    p.add_argument("--query-lang", default="en", help="language of the queries (default en)")
+    p.add_argument("--query-field", help="irds topics: title, description or title+description")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--tag", default="clir", help="run tag (last column of the run file)")
+    p.add_argument("--nprobe", type=positive_int, help="IVF lists to visit")
+    p.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
+    p.add_argument("--force", action="store_true", help="use --model even if it does not match the index")
+    add_model_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clir.errors import ClirError
+    from clir.search import Searcher, write_trec_run
+
+    if args.queries and not args.run and not args.json:
+        raise ClirError("--queries needs --run FILE (or --json to print the hits)")
+    searcher = Searcher(
+        args.index,
+        model=args.model,
+        overrides=model_overrides(args),
+        force=args.force,
+        device=args.device,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+    )
+    if args.query is not None:
+        if not args.query.strip():
+            raise ClirError("--query is empty")
+        hits = searcher.search(args.query, args.k or 10, query_lang=args.query_lang, return_text=True)
+        if args.json:
+            print(json.dumps({"query": args.query, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False))
+        else:
+            for h in hits:
+                text = (h.text or "").replace("\n", " ")
+                snippet = text[:100] + ("…" if len(text) > 100 else "")
+                print(f"{h.rank:>3}  {h.score:8.4f}  {h.doc_id}  {snippet}")
+        return 0
+
+    from clir.data import load_queries
+
+    queries = load_queries(args.queries, field=args.query_field)
+    if not queries:
+        raise ClirError(f"no queries in {args.queries}")
+    k = args.k or 1000
+    t = time.perf_counter()
+    results = searcher.batch_search(
+        [q.text for q in queries], k, query_lang=args.query_lang, batch_size=args.batch_size
+    )
+    took = time.perf_counter() - t
+    by_qid = {q.query_id: hits for q, hits in zip(queries, results, strict=True)}
+    log.info(
+        "searched %d queries in %.2fs (%.1f queries/s)", len(queries), took, len(queries) / max(took, 1e-9)
+    )
+    if args.run:
+        write_trec_run(args.run, by_qid, tag=args.tag)
+        log.info("wrote %s", args.run)
+    if args.json:
+        json.dump(
+            {qid: [h.as_dict() for h in hits] for qid, hits in by_qid.items()}, sys.stdout, ensure_ascii=False
+        )
+        sys.stdout.write("\n")
+    return 0

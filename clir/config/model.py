@@ -1,0 +1,96 @@
+"""Encoder settings: backbone, pooling, prefixes, lengths, adapter mode, language adapters and routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from clir.errors import ClirError
+
+Pooling = Literal["cls", "mean"]
+AdapterMode = Literal["full", "task", "madx"]
+Route = Literal["source", "target", "none"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class AdapterArch:
+    """A bottleneck adapter architecture, as an ``adapters`` config name plus its main knobs.
+
+    ``seq_bn`` is Pfeiffer (the MAD-X default), ``double_seq_bn`` Houlsby, ``seq_bn_inv`` Pfeiffer with
+    invertible adapters (MAD-X language adapters)."""
+
+    config: str = "seq_bn"
+    reduction_factor: float = 16
+    non_linearity: str = "relu"
+
+    def to_adapters_config(self):
+        import adapters
+
+        known = {
+            "seq_bn": adapters.SeqBnConfig,
+            "pfeiffer": adapters.SeqBnConfig,
+            "double_seq_bn": adapters.DoubleSeqBnConfig,
+            "houlsby": adapters.DoubleSeqBnConfig,
+            "seq_bn_inv": adapters.SeqBnInvConfig,
+            "pfeiffer+inv": adapters.SeqBnInvConfig,
+        }
+        if self.config not in known:
+            raise ClirError(f"adapter config {self.config!r} unknown (known: {', '.join(known)})")
+        return known[self.config](reduction_factor=self.reduction_factor, non_linearity=self.non_linearity)
+
+
+@dataclass
+class Routing:
+    """Which language adapter sits under the task adapter at inference, per side.
+
+    ``source``: the training language's adapter (e.g. ``en``) whatever the text's language;
+    ``target``: the adapter of the text's own language (the MAD-X advice);
+    ``none``: no language adapter, the task adapter alone."""
+
+    query: Route = "source"
+    doc: Route = "source"
+
+    def label(self) -> str:
+        return f"q-{self.query}_d-{self.doc}"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "bert-base-multilingual-cased"
+    pooling: Pooling = "cls"
+    normalize: bool = False
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_query_length: int = 64
+    max_passage_length: int = 256
+    tied: bool = True
+    adapter_mode: AdapterMode = "full"
+    task_adapter: AdapterArch = field(default_factory=AdapterArch)
+    #: language -> source: an AdapterHub id (``en/wiki@ukp``), a Hugging Face repo id or a local folder
+    language_adapters: dict[str, str] = field(default_factory=dict)
+    #: architecture of language adapters this model creates or loads without a config of their own
+    language_adapter: AdapterArch = field(
+        default_factory=lambda: AdapterArch(config="seq_bn_inv", reduction_factor=2)
+    )
+    #: the language the task adapter is trained in (its adapter is the ``source`` route)
+    source_lang: str = "en"
+    routing: Routing = field(default_factory=Routing)
+    precision: Precision = "auto"
+
+    def validate(self) -> None:
+        if self.max_query_length < 2 or self.max_passage_length < 2:
+            raise ClirError("max_query_length and max_passage_length must be >= 2")
+        if self.adapter_mode == "madx" and self.source_lang not in self.language_adapters:
+            raise ClirError(
+                f"adapter_mode madx stacks the task adapter on the {self.source_lang!r} language adapter, "
+                f"but language_adapters has no {self.source_lang!r} entry (give e.g. {self.source_lang}: "
+                f"{self.source_lang}/wiki@ukp or a local folder)"
+            )
+        if self.adapter_mode != "madx":
+            for side in ("query", "doc"):
+                if getattr(self.routing, side) == "target":
+                    raise ClirError(
+                        f"routing.{side}=target needs adapter_mode madx (mode is {self.adapter_mode}: "
+                        "there is no language adapter to swap)"
+                    )

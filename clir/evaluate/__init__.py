@@ -1,0 +1,5 @@
+"""ranx scoring, the experiment grid, reports and plots, BM25 baseline (Pyserini), fusion."""
+
+from clir.evaluate.metrics import DEFAULT_METRICS, evaluate
+
+__all__ = ["DEFAULT_METRICS", "evaluate"]

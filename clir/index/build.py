@@ -1,0 +1,312 @@
+"""Encode a collection into an index folder: chunked, resumable, shardable, crash safe.
+
+Documents are encoded in fixed chunks of the collection (``chunk_size`` kept documents each) and every chunk
+is checkpointed under ``OUT.partial/chunks``: ``--resume`` after a kill re-encodes only missing chunks, and
+since chunk boundaries do not depend on where a run stopped, the result equals an uninterrupted build.
+Everything is written under ``OUT.partial`` and renamed to ``OUT`` at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clir.data import Document, load_collection
+from clir.errors import ClirError
+from clir.index import store
+from clir.index.faiss_index import build_faiss_index
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+CHUNKS = "chunks"
+
+
+@dataclass
+class IndexArgs:
+    collection: str
+    model: str
+    out: str
+    doc_lang: str | None = None
+    factory: str = "Flat"
+    batch_size: int = 32
+    shard: tuple[int, int] | None = None  # (i, n): keep documents whose ordinal % n == i
+    resume: bool = False
+    overwrite: bool = False
+    chunk_size: int = 8192
+    max_train: int = 262_144
+    #: encoder setting overrides (pooling, normalize, prefixes, routing ...), Tevatron-style
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IndexResult:
+    path: Path
+    num_docs: int
+    skipped_empty: int
+    encoded_docs: int  # documents encoded by this run (resume skips finished chunks)
+    seconds_encoding: float
+    seconds_total: float
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ClirError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ClirError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None, counters: dict[str, int]):
+    """Kept documents as records with their collection ordinal; checks ids across the whole collection."""
+    seen: set[str] = set()
+    for ordinal, doc in enumerate(docs):
+        if doc.doc_id in seen:
+            raise ClirError(f"duplicate doc id {doc.doc_id!r} in {args.collection} (document #{ordinal + 1})")
+        seen.add(doc.doc_id)
+        if args.shard and ordinal % args.shard[1] != args.shard[0]:
+            continue
+        text = doc.full_text()
+        if not text.strip():
+            counters["skipped_empty"] += 1
+            continue
+        lang = args.doc_lang or doc.lang or default_lang
+        yield {"pos": ordinal, "doc_id": doc.doc_id, "title": doc.title, "text": doc.text, "lang": lang}
+
+
+def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.ndarray:
+    """Encode records with document-side routing: under ``target`` routing each language group gets its own
+    adapter; otherwise one pass (the same batches whatever the languages)."""
+    texts = [(f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]) for r in recs]
+    cfg = encoder.config
+    if cfg.adapter_mode == "madx" and cfg.routing.doc == "target":
+        out = np.empty((len(recs), encoder.dim), dtype=np.float32)
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(recs):
+            groups.setdefault(r["lang"], []).append(i)
+        for lang, rows in groups.items():
+            out[rows] = encoder.encode_passages([texts[i] for i in rows], lang=lang, batch_size=batch_size)
+        return out
+    return encoder.encode_passages(texts, lang=recs[0]["lang"] if recs else None, batch_size=batch_size)
+
+
+def _chunk_paths(folder: Path, no: int) -> tuple[Path, Path]:
+    return folder / f"{no:06d}.jsonl", folder / f"{no:06d}.npy"
+
+
+def _write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndarray) -> None:
+    meta, vec = _chunk_paths(folder, no)
+    tmp = meta.with_name(meta.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, meta)
+    store.atomic_save_npy(vec, vecs)  # the .npy is the chunk's commit marker: written last
+
+
+def _read_chunk_meta(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
+    state_path = partial / STATE_FILE
+    if partial.exists():
+        if resume and state_path.is_file():
+            old = json.loads(state_path.read_text(encoding="utf-8"))
+            diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+            if diff:
+                raise ClirError(
+                    f"cannot resume {partial}: it was started with different settings ({', '.join(diff)}); "
+                    "rerun without --resume to start over"
+                )
+            done = len(list((partial / CHUNKS).glob("*.npy")))
+            log.info("resuming %s: %d chunk(s) already encoded", partial, done)
+            return
+        if resume:
+            log.warning("%s has no resumable state; starting over", partial)
+        else:
+            log.warning("removing an unfinished build in %s (pass --resume to continue it instead)", partial)
+        shutil.rmtree(partial)
+    elif resume:
+        log.info("nothing to resume at %s; starting a fresh build", partial)
+    (partial / CHUNKS).mkdir(parents=True)
+    store.atomic_write_text(state_path, json.dumps(state, indent=2))
+
+
+def build_index(args: IndexArgs, encoder=None) -> IndexResult:
+    """Build ``args.out`` from ``args.collection`` with ``encoder`` (or the one ``args.model`` names)."""
+    import time
+
+    from clir.model import load_encoder
+    from clir.progress import progress
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not args.overwrite:
+        raise ClirError(
+            f"{out} already exists: pass --overwrite to replace it (it stays intact until the new one is done)"
+        )
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise ClirError("--chunk-size and --batch-size must be >= 1")
+    collection = load_collection(args.collection)
+    if encoder is None:
+        encoder = load_encoder(args.model, args.overrides)
+    # language adapters that document routing will use, loaded now so the fingerprint names them
+    fingerprint = encoder.fingerprint()
+    state = {
+        "encoder": fingerprint,
+        "collection": args.collection,
+        "doc_lang": args.doc_lang,
+        "shard": list(args.shard) if args.shard else None,
+        "chunk_size": args.chunk_size,
+    }
+    _prepare_partial(partial, state, args.resume)
+    chunks_dir = partial / CHUNKS
+
+    counters = {"skipped_empty": 0}
+    total = collection.count_docs()
+    if total is not None and args.shard:
+        total = (total + args.shard[1] - 1 - args.shard[0]) // args.shard[1]
+    bar = progress(total=total, desc=f"index {out.name}", unit="doc")
+    encoded = 0
+    t_enc = 0.0
+    n_chunks = 0
+    n_docs = 0
+
+    def flush(recs: list[dict[str, Any]]) -> None:
+        nonlocal encoded, t_enc, n_chunks, n_docs
+        meta, vec = _chunk_paths(chunks_dir, n_chunks)
+        if not vec.is_file():
+            t = time.perf_counter()
+            vecs = encode_records(encoder, recs, args.batch_size)
+            t_enc += time.perf_counter() - t
+            _write_chunk(chunks_dir, n_chunks, recs, vecs)
+            encoded += len(recs)
+        n_chunks += 1
+        n_docs += len(recs)
+        bar.update(len(recs))
+
+    buf: list[dict[str, Any]] = []
+    try:
+        for rec in _records(collection.docs(), args, collection.lang, counters):
+            buf.append(rec)
+            if len(buf) == args.chunk_size:
+                flush(buf)
+                buf = []
+        if buf:
+            flush(buf)
+    finally:
+        bar.close()
+    if n_docs == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        skipped = (
+            f" ({counters['skipped_empty']} empty document(s) skipped)" if counters["skipped_empty"] else ""
+        )
+        raise ClirError(f"collection {args.collection} has no documents to index{skipped}")
+    if counters["skipped_empty"]:
+        log.warning("skipped %d document(s) with empty text", counters["skipped_empty"])
+
+    _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, counters["skipped_empty"])
+    return IndexResult(out, n_docs, counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0)
+
+
+def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skipped) -> None:
+    """Chunks -> FAISS index + docid + doc store + manifest, then the atomic rename."""
+    import faiss
+
+    from clir.config import to_dict
+
+    chunks_dir = partial / CHUNKS
+    vec_paths = [_chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
+    sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in vec_paths]
+
+    def chunks():
+        for p in vec_paths:
+            yield np.load(p)
+
+    def sample(n: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        picks = np.sort(rng.choice(n_docs, size=n, replace=False))
+        bounds = np.cumsum([0, *sizes])
+        parts = []
+        for i, p in enumerate(vec_paths):
+            sel = picks[(picks >= bounds[i]) & (picks < bounds[i + 1])] - bounds[i]
+            if len(sel):
+                parts.append(np.load(p, mmap_mode="r")[sel])
+        return np.concatenate(parts)
+
+    index = build_faiss_index(
+        encoder.dim, args.factory, n_docs, chunks, train_sample=sample, max_train=args.max_train
+    )
+    faiss.write_index(index, str(partial / (store.INDEX_FILE + ".tmp")))
+    os.replace(partial / (store.INDEX_FILE + ".tmp"), partial / store.INDEX_FILE)
+
+    writer = store.DocStoreWriter(partial)
+    ids: list[str] = []
+    positions: list[int] = []
+    langs: dict[str, int] = {}
+    for i in range(n_chunks):
+        for rec in _read_chunk_meta(_chunk_paths(chunks_dir, i)[0]):
+            writer.add(rec)
+            ids.append(rec["doc_id"])
+            positions.append(rec["pos"])
+            key = rec.get("lang") or "unknown"
+            langs[key] = langs.get(key, 0) + 1
+    writer.close()
+    store.write_docids(partial / store.DOCID_FILE, ids)
+    if encoder.config.adapter_mode == "madx" and encoder.config.routing.doc == "target":
+        for lang in langs:  # a resumed run may not have loaded them: the manifest must name every one used
+            if lang != "unknown":
+                encoder.load_language_adapter(lang)
+        fingerprint = encoder.fingerprint()
+    if args.shard:
+        store.atomic_save_npy(partial / store.VECTORS_FILE, np.concatenate(list(chunks())))
+        store.atomic_save_npy(partial / store.POSITIONS_FILE, np.asarray(positions, dtype=np.int64))
+    manifest = {
+        "format": store.FORMAT,
+        "format_version": store.FORMAT_VERSION,
+        "encoder": fingerprint,
+        "model": {"source": encoder.source, "config": to_dict(encoder.config)},
+        "dim": encoder.dim,
+        "metric": "inner_product",
+        "factory": args.factory,
+        "num_docs": n_docs,
+        "skipped_empty": skipped,
+        "collection": args.collection,
+        "doc_lang": args.doc_lang,
+        "doc_langs": langs,
+        "shard": {"index": args.shard[0], "count": args.shard[1]} if args.shard else None,
+        "versions": store.library_versions(),
+        "created": store.now_iso(),
+    }
+    store.write_manifest(partial, manifest)
+    shutil.rmtree(chunks_dir)
+    (partial / STATE_FILE).unlink()
+    swap_into_place(partial, out)
+
+
+def swap_into_place(partial: Path, out: Path) -> None:
+    """Rename the finished ``partial`` to ``out``; an existing ``out`` is replaced only now, whole."""
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, out)

@@ -1,0 +1,101 @@
+"""FAISS index construction from a factory string (inner product), on the GPU when faiss sees one."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from clir.errors import ClirError
+
+log = logging.getLogger(__name__)
+
+
+def faiss_gpus() -> int:
+    import faiss
+
+    try:
+        return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    except Exception:  # faiss-gpu without a driver
+        return 0
+
+
+def _nlist(factory: str) -> int | None:
+    m = re.search(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else None
+
+
+def new_index(dim: int, factory: str):
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1]
+        raise ClirError(f"invalid FAISS factory {factory!r} for dimension {dim}: {msg}") from None
+
+
+def build_faiss_index(
+    dim: int,
+    factory: str,
+    n_total: int,
+    chunks: Callable[[], Iterable[np.ndarray]],
+    *,
+    train_sample: Callable[[int], np.ndarray],
+    max_train: int = 262_144,
+    use_gpu: bool | None = None,
+):
+    """Build an index from vector chunks. Training factories (IVF, PQ) train on a uniform random sample of
+    at most ``max_train`` vectors (at least 39 per IVF list where the collection allows, FAISS's own
+    guideline) before the chunks are added in order."""
+    import faiss
+
+    index = new_index(dim, factory)
+    if not index.is_trained:
+        nlist = _nlist(factory)
+        if nlist and n_total < nlist:
+            raise ClirError(
+                f"factory {factory!r} needs at least {nlist} vectors to train {nlist} lists; the collection has "
+                f"{n_total}: use Flat, HNSW32 or a smaller IVF (e.g. IVF{max(1, n_total // 39)},...)"
+            )
+        n_train = min(n_total, max(max_train, 39 * (nlist or 0)))
+        sample = np.ascontiguousarray(train_sample(n_train), dtype=np.float32)
+        log.info("training %s on %d vectors", factory, len(sample))
+        try:
+            index.train(sample)
+        except RuntimeError as e:
+            msg = str(e).strip().splitlines()[-1]
+            raise ClirError(f"training FAISS index {factory!r} failed: {msg}") from None
+    gpu_index = None
+    if use_gpu is None:
+        use_gpu = faiss_gpus() > 0 and not factory.startswith("HNSW")
+    if use_gpu:
+        try:
+            gpu_index = faiss.index_cpu_to_all_gpus(index)
+            log.info("adding vectors on %d GPU(s)", faiss_gpus())
+        except Exception as e:  # an index type without GPU support: add on the CPU
+            log.info("GPU add unavailable for %s (%s); using the CPU", factory, e)
+    target = gpu_index or index
+    for vecs in chunks():
+        if len(vecs):
+            target.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    if gpu_index is not None:
+        index = faiss.index_gpu_to_cpu(gpu_index)
+    return index
+
+
+def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    import faiss
+
+    if nprobe is not None:
+        try:
+            faiss.extract_index_ivf(index).nprobe = nprobe
+        except RuntimeError:
+            raise ClirError("--nprobe applies to IVF indexes only") from None
+    if ef_search is not None:
+        hnsw = getattr(index, "hnsw", None)
+        if hnsw is None:
+            raise ClirError("--ef-search applies to HNSW indexes only")
+        hnsw.efSearch = ef_search

@@ -1,0 +1,106 @@
+"""Join shard folders (``clir index --shard I/N``) into one index identical to a single-process build."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from clir.errors import ClirError
+from clir.index import store
+from clir.index.faiss_index import build_faiss_index
+
+log = logging.getLogger(__name__)
+
+
+def merge_indexes(
+    shards: list[str | Path], out: str | Path, *, factory: str | None = None, overwrite: bool = False
+) -> Path:
+    """Merge shard index folders into ``out``: documents back in collection order, one FAISS index built
+    from the shards' vectors (with ``factory`` or the shards' own)."""
+    import faiss
+
+    from clir.index.build import swap_into_place
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ClirError(f"{out} already exists: pass --overwrite to replace it")
+    if not shards:
+        raise ClirError("nothing to merge: give the shard folders")
+    manifests = []
+    for s in shards:
+        m = store.read_manifest(s)
+        if not (Path(s) / store.VECTORS_FILE).is_file() or not (Path(s) / store.POSITIONS_FILE).is_file():
+            raise ClirError(
+                f"{s} has no {store.VECTORS_FILE}: only folders built with --shard I/N can be merged"
+            )
+        manifests.append(m)
+    first = manifests[0]
+    for s, m in zip(shards, manifests, strict=True):
+        if m["encoder"] != first["encoder"]:
+            raise ClirError(f"{s} was encoded with a different encoder than {shards[0]}: cannot merge")
+        if m["collection"] != first["collection"]:
+            raise ClirError(f"{s} indexes {m['collection']}, {shards[0]} indexes {first['collection']}")
+    counts = {m["shard"]["count"] for m in manifests if m.get("shard")}
+    got = sorted(m["shard"]["index"] for m in manifests if m.get("shard"))
+    if len(counts) == 1:
+        n = counts.pop()
+        if got != list(range(n)):
+            missing = sorted(set(range(n)) - set(got))
+            dup = sorted({i for i in got if got.count(i) > 1})
+            what = f"missing shard(s) {missing}" if missing else f"shard(s) {dup} given twice"
+            raise ClirError(f"cannot merge: {what} of {n}")
+    else:
+        raise ClirError("cannot merge: the folders come from different --shard N splits")
+
+    vecs = np.concatenate([np.load(Path(s) / store.VECTORS_FILE) for s in shards])
+    pos = np.concatenate([np.load(Path(s) / store.POSITIONS_FILE) for s in shards])
+    src = np.concatenate([np.full(m["num_docs"], i, dtype=np.int64) for i, m in enumerate(manifests)])
+    row = np.concatenate([np.arange(m["num_docs"]) for m in manifests])
+    order = np.argsort(pos, kind="stable")
+    if len(np.unique(pos)) != len(pos):
+        raise ClirError("cannot merge: shards overlap (a document appears in two shards)")
+    vecs = vecs[order]
+    factory = factory or first["factory"]
+
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    index = build_faiss_index(
+        vecs.shape[1],
+        factory,
+        len(vecs),
+        lambda: [vecs],
+        train_sample=lambda n: vecs[np.sort(np.random.default_rng(0).choice(len(vecs), n, replace=False))],
+    )
+    faiss.write_index(index, str(partial / store.INDEX_FILE))
+    stores = [store.DocStore(Path(s), store.read_docids(Path(s))) for s in shards]
+    writer = store.DocStoreWriter(partial)
+    ids = []
+    for i in order:
+        rec = stores[src[i]].get_row(int(row[i]))
+        writer.add(rec)
+        ids.append(rec["doc_id"])
+    writer.close()
+    store.write_docids(partial / store.DOCID_FILE, ids)
+    langs: dict[str, int] = {}
+    for m in manifests:
+        for k, v in (m.get("doc_langs") or {}).items():
+            langs[k] = langs.get(k, 0) + v
+    manifest = dict(first)
+    manifest.update(
+        factory=factory,
+        num_docs=len(ids),
+        skipped_empty=sum(m.get("skipped_empty", 0) for m in manifests),
+        doc_langs=langs,
+        shard=None,
+        merged_from=[str(s) for s in shards],
+        versions=store.library_versions(),
+        created=store.now_iso(),
+    )
+    store.write_manifest(partial, manifest)
+    swap_into_place(partial, out)
+    return out

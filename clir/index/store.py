@@ -1,0 +1,155 @@
+"""The index folder contract: ``index`` + ``docid`` (Pyserini's FaissSearcher layout), ``manifest.json``,
+and a document store (``docs.jsonl`` + ``docs.offsets.npy``) so search can return text."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clir.errors import ClirError, NotFoundError
+
+FORMAT = "clir-index"
+FORMAT_VERSION = 1
+INDEX_FILE = "index"
+DOCID_FILE = "docid"
+MANIFEST_FILE = "manifest.json"
+DOCS_FILE = "docs.jsonl"
+OFFSETS_FILE = "docs.offsets.npy"
+VECTORS_FILE = "vectors.npy"  # shard builds only: raw vectors, so merge can build any factory
+POSITIONS_FILE = "positions.npy"  # shard builds only: each row's ordinal in the collection
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("clir", "torch", "transformers", "adapters", "faiss-cpu", "faiss-gpu", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"index folder not found: {folder}")
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        partial = folder.with_name(folder.name + ".partial")
+        hint = (
+            f" (an unfinished build is in {partial}: rerun `clir index ... --resume`)"
+            if partial.exists()
+            else ""
+        )
+        raise ClirError(f"{folder} is not a clir index: no {MANIFEST_FILE}{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ClirError(f"{path}: corrupt manifest ({e.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise ClirError(f"{path}: not a clir index manifest")
+    for name in (INDEX_FILE, DOCID_FILE):
+        if not (folder / name).is_file():
+            raise ClirError(f"{folder}: missing {name} (the index folder is incomplete)")
+    return manifest
+
+
+def write_docids(path: Path, ids: Iterable[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for d in ids:
+            f.write(f"{d}\n")
+    os.replace(tmp, path)
+
+
+def read_docids(folder: Path) -> list[str]:
+    with open(folder / DOCID_FILE, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+class DocStoreWriter:
+    """Appends documents in index order; offsets let a reader seek to any row."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._f = open(folder / (DOCS_FILE + ".tmp"), "wb")
+        self._offsets: list[int] = []
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self._offsets.append(self._f.tell())
+        doc = {
+            "doc_id": rec["doc_id"],
+            "title": rec.get("title", ""),
+            "text": rec["text"],
+            "lang": rec.get("lang"),
+        }
+        self._f.write(json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        self._f.close()
+        os.replace(self.folder / (DOCS_FILE + ".tmp"), self.folder / DOCS_FILE)
+        atomic_save_npy(self.folder / OFFSETS_FILE, np.asarray(self._offsets, dtype=np.int64))
+
+
+class DocStore:
+    """Random access to stored documents by row or doc id (rows follow the ``docid`` file)."""
+
+    def __init__(self, folder: Path, docids: list[str]) -> None:
+        self.folder = folder
+        self.docids = docids
+        self._row: dict[str, int] | None = None
+        self._offsets: np.ndarray | None = None
+        self.available = (folder / DOCS_FILE).is_file() and (folder / OFFSETS_FILE).is_file()
+
+    @property
+    def rows(self) -> dict[str, int]:
+        if self._row is None:
+            self._row = {d: i for i, d in enumerate(self.docids)}
+        return self._row
+
+    def get_row(self, row: int) -> dict[str, Any]:
+        if not self.available:
+            raise ClirError(f"{self.folder}: this index has no document store")
+        if self._offsets is None:
+            self._offsets = np.load(self.folder / OFFSETS_FILE)
+        with open(self.folder / DOCS_FILE, "rb") as f:
+            f.seek(int(self._offsets[row]))
+            return json.loads(f.readline())
+
+    def get(self, doc_id: str) -> dict[str, Any]:
+        row = self.rows.get(doc_id)
+        if row is None:
+            raise NotFoundError(f"unknown doc id {doc_id!r}")
+        return self.get_row(row)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.rows

@@ -1,0 +1,195 @@
+"""Open an index folder, check the encoder against its manifest, search one or many queries, write runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clir.errors import ClirError
+from clir.index import store
+
+log = logging.getLogger(__name__)
+
+# Query-side settings may differ from the index's encoder: they never touch the stored vectors.
+QUERY_SIDE = {"query_prefix", "max_query_length", "routing"}
+
+
+@dataclass
+class Hit:
+    rank: int
+    doc_id: str
+    score: float
+    text: str | None = None
+    title: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
+        if self.text is not None:
+            d["text"] = self.text
+        if self.title:
+            d["title"] = self.title
+        return d
+
+
+def fingerprint_diff(index_fp: dict[str, Any], model_fp: dict[str, Any]) -> list[str]:
+    """Fields on which the encoder would produce different document vectors than the index's."""
+    out = []
+    for key in sorted(set(index_fp) | set(model_fp)):
+        if key in QUERY_SIDE:
+            continue
+        a, b = index_fp.get(key), model_fp.get(key)
+        if key == "adapters" and a is not None and b is not None:
+            for name in sorted(set(a) | set(b)):
+                if a.get(name) != b.get(name):
+                    out.append(f"adapters.{name}")
+        elif a != b:
+            out.append(key)
+    return out
+
+
+class Searcher:
+    """Dense retrieval over one index folder.
+
+    ``model`` overrides the manifest's encoder; a model whose fingerprint differs (dimension, backbone,
+    pooling, adapters, ...) is refused unless ``force``."""
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        *,
+        model: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        force: bool = False,
+        encoder=None,
+        device: str | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> None:
+        import faiss
+
+        from clir.index.faiss_index import set_search_params
+
+        self.path = Path(index_dir)
+        self.manifest = store.read_manifest(self.path)
+        self.index = faiss.read_index(str(self.path / store.INDEX_FILE))
+        set_search_params(self.index, nprobe=nprobe, ef_search=ef_search)
+        self.docids = store.read_docids(self.path)
+        if len(self.docids) != self.index.ntotal:
+            raise ClirError(
+                f"{self.path}: docid has {len(self.docids)} lines but the index {self.index.ntotal} vectors"
+            )
+        self.docstore = store.DocStore(self.path, self.docids)
+        self.encoder = encoder if encoder is not None else self._load_encoder(model, overrides or {}, device)
+        self._check(force)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ encoder
+    def _load_encoder(self, model: str | None, overrides: dict[str, Any], device: str | None):
+        from clir.model import load_encoder
+
+        if model is not None:
+            return load_encoder(model, overrides, device=device)
+        spec = self.manifest["model"]
+        cfg = dict(spec["config"])
+        try:
+            return load_encoder(spec["source"], {**cfg, **overrides}, device=device)
+        except ClirError as e:
+            raise ClirError(
+                f"cannot load the encoder this index was built with ({spec['source']}): {e}; pass --model"
+            ) from None
+
+    def _check(self, force: bool) -> None:
+        enc = self.encoder
+        fp_index = self.manifest["encoder"]
+        if enc.config.adapter_mode == "madx":
+            for name in fp_index.get("adapters") or {}:
+                if name not in enc.task_adapter_names() and name in enc.config.language_adapters:
+                    enc.load_language_adapter(name)
+        diff = fingerprint_diff(fp_index, enc.fingerprint())
+        if diff:
+            msg = (
+                f"the encoder does not match index {self.path} (differs in: {', '.join(diff)}); its vectors would "
+                "not be comparable. Use the index's own encoder (omit --model) or pass --force"
+            )
+            if not force:
+                raise ClirError(msg)
+            log.warning("%s -- continuing because of --force", msg)
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.index.ntotal)
+
+    # ------------------------------------------------------------------ search
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(int(k), self.num_docs))
+        with self._lock:  # faiss searches are thread-safe, but parameter changes are not; keep it simple
+            scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return scores, rows
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, return_text: bool) -> list[Hit]:
+        hits = []
+        for s, r in zip(scores, rows, strict=True):
+            if r < 0:  # fewer results than k (IVF with a small nprobe)
+                continue
+            hit = Hit(len(hits) + 1, self.docids[r], float(s))
+            if return_text and self.docstore.available:
+                doc = self.docstore.get_row(int(r))
+                hit.text, hit.title = doc.get("text"), doc.get("title") or None
+            hits.append(hit)
+        return hits
+
+    def search(
+        self, query: str, k: int = 10, *, query_lang: str = "en", return_text: bool = False
+    ) -> list[Hit]:
+        return self.batch_search([query], k, query_lang=query_lang, return_text=return_text)[0]
+
+    def batch_search(
+        self,
+        queries: list[str],
+        k: int = 10,
+        *,
+        query_lang: str = "en",
+        return_text: bool = False,
+        batch_size: int = 64,
+    ) -> list[list[Hit]]:
+        if not queries:
+            return []
+        vecs = self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size)
+        scores, rows = self.search_vectors(vecs, k)
+        return [self._hits(scores[i], rows[i], return_text) for i in range(len(queries))]
+
+
+def write_trec_run(path: str | Path, results: dict[str, list[Hit]], tag: str = "clir") -> Path:
+    """TREC run file ``qid Q0 docid rank score tag``, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for qid, hits in results.items():
+        for h in hits:
+            lines.append(f"{qid} Q0 {h.doc_id} {h.rank} {h.score:.6f} {tag}\n")
+    store.atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ClirError(f"run file not found: {path}")
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise ClirError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag'")
+            try:
+                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+            except ValueError:
+                raise ClirError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+    return run

@@ -1,0 +1,133 @@
+"""Builders of tiny, random, offline models and collections for tests and examples (no hub access)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A few hundred short multilingual lines: enough for a WordPiece vocabulary covering every script we test.
+_LINES = {
+    "en": [
+        "the cat sits on the mat",
+        "dense retrieval with adapters",
+        "where is the train station",
+        "the history of the roman empire",
+        "how to bake bread at home",
+        "climate change and the oceans",
+        "football world cup final",
+        "quantum computers use qubits",
+        "the river flows to the sea",
+        "music festival in the summer",
+    ],
+    "de": [
+        "die katze sitzt auf der matte",
+        "wo ist der bahnhof",
+        "die geschichte des römischen reiches",
+        "wie man zu hause brot backt",
+        "der klimawandel und die ozeane",
+        "das finale der fußballweltmeisterschaft",
+        "quantencomputer nutzen qubits",
+        "der fluss fließt ins meer",
+    ],
+    "ru": [
+        "кошка сидит на коврике",
+        "где находится вокзал",
+        "история римской империи",
+        "как испечь хлеб дома",
+        "изменение климата и океаны",
+        "финал чемпионата мира по футболу",
+        "квантовые компьютеры используют кубиты",
+    ],
+    "zh": [
+        "猫坐在垫子上",
+        "火车站在哪里",
+        "罗马帝国的历史",
+        "如何在家烤面包",
+        "气候变化与海洋",
+        "世界杯决赛",
+    ],
+    "fa": [
+        "گربه روی فرش نشسته است",
+        "ایستگاه قطار کجاست",
+        "تاریخ امپراتوری روم",
+        "تغییرات آب و هوا و اقیانوس ها",
+    ],
+    "fr": ["le chat est assis sur le tapis", "où est la gare", "l'histoire de l'empire romain"],
+}
+
+
+def corpus_lines() -> list[str]:
+    return [line for lines in _LINES.values() for line in lines]
+
+
+def build_tiny_bert(
+    out: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 0
+) -> Path:
+    """A random BERT (2 layers, hidden 64) with a WordPiece tokenizer trained on multilingual lines."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], min_frequency=1
+    )
+    tok.train_from_iterator(corpus_lines() * 3, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    return out
+
+
+def write_tiny_collection(out: str | Path, *, n_docs: int | None = None) -> Path:
+    """A local collection folder (docs.jsonl, queries.tsv, qrels.txt): English queries, foreign documents.
+
+    Each English line's translations are its relevant documents."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    en = _LINES["en"]
+    docs, qrels = [], []
+    for lang, lines in _LINES.items():
+        if lang == "en":
+            continue
+        for i, text in enumerate(lines):
+            doc_id = f"{lang}-{i}"
+            docs.append({"doc_id": doc_id, "text": text, "lang": lang})
+            qrels.append(f"q{i} 0 {doc_id} 1")
+    if n_docs is not None:
+        docs = docs[:n_docs]
+    with open(out / "docs.jsonl", "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    with open(out / "queries.tsv", "w", encoding="utf-8") as f:
+        for i, q in enumerate(en[:8]):
+            f.write(f"q{i}\t{q}\n")
+    (out / "qrels.txt").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return out

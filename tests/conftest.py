@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    from clir.testing import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_collection(tmp_path_factory) -> Path:
+    from clir.testing import write_tiny_collection
+
+    return write_tiny_collection(tmp_path_factory.mktemp("tiny-coll"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared is absent (real data and encoder are only on developer/CI machines)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def e5_small(shared_dir, tmp_path_factory) -> Path:
+    """The real multilingual-e5-small folder built by ../shared's provisioning tool (cached per user)."""
+    import subprocess
+    import sys
+
+    cached = Path(__file__).resolve().parents[1] / ".cache" / "multilingual-e5-small-q4"
+    if (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file():
+        return cached
+    tool = shared_dir / "tools" / "provision-multilingual-e5-small"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    res = subprocess.run(["bash", str(tool), str(cached)], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        pytest.skip(f"could not provision multilingual-e5-small: {res.stderr[-500:]}")
+    return cached
