@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clir.data import Document, load_collection
+from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
 from clir.index.faiss_index import build_faiss_index
@@ -145,25 +145,59 @@ def _prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None
     store.atomic_write_text(state_path, json.dumps(state, indent=2))
 
 
-def build_index(args: IndexArgs, encoder=None) -> IndexResult:
-    """Build ``args.out`` from ``args.collection`` with ``encoder`` (or the one ``args.model`` names)."""
-    import time
+def chunk_done(chunks_dir: Path, no: int) -> bool:
+    """A chunk is finished once its ``.npy`` (written last) exists."""
+    return _chunk_paths(chunks_dir, no)[1].is_file()
 
-    from clir.model import load_encoder
-    from clir.progress import progress
 
-    t0 = time.perf_counter()
+def iter_chunks(collection: Collection, args: IndexArgs, counters: dict[str, int]):
+    """``(chunk number, records)`` over the kept documents, ``args.chunk_size`` at a time. Boundaries depend
+    only on the collection and the settings, so any run (resumed, distributed) numbers chunks alike."""
+    buf: list[dict[str, Any]] = []
+    no = 0
+    for rec in _records(collection.docs(), args, collection.lang, counters):
+        buf.append(rec)
+        if len(buf) == args.chunk_size:
+            yield no, buf
+            no += 1
+            buf = []
+    if buf:
+        yield no, buf
+
+
+@dataclass
+class BuildState:
+    """A build in progress: its folders, the collection, the encoder identity and the counters."""
+
+    args: IndexArgs
+    out: Path
+    partial: Path
+    collection: Collection
+    fingerprint: dict[str, Any]
+    total: int | None  # documents the progress bar expects, when cheaply known
+    counters: dict[str, int] = field(default_factory=lambda: {"skipped_empty": 0})
+
+    @property
+    def chunks_dir(self) -> Path:
+        return self.partial / CHUNKS
+
+
+def check_args(args: IndexArgs) -> tuple[Path, Path]:
+    """Cheap checks before any model is loaded; returns (out, out.partial)."""
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
     if out.exists() and not args.overwrite:
         raise ClirError(
             f"{out} already exists: pass --overwrite to replace it (it stays intact until the new one is done)"
         )
     if args.chunk_size < 1 or args.batch_size < 1:
         raise ClirError("--chunk-size and --batch-size must be >= 1")
+    return out, out.with_name(out.name + ".partial")
+
+
+def start_build(args: IndexArgs, encoder) -> BuildState:
+    """Open the collection and create (or, with ``args.resume``, reopen) ``OUT.partial``."""
+    out, partial = check_args(args)
     collection = load_collection(args.collection)
-    if encoder is None:
-        encoder = load_encoder(args.model, args.overrides)
     # language adapters that document routing will use, loaded now so the fingerprint names them
     fingerprint = encoder.fingerprint()
     state = {
@@ -174,53 +208,56 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
         "chunk_size": args.chunk_size,
     }
     _prepare_partial(partial, state, args.resume)
-    chunks_dir = partial / CHUNKS
-
-    counters = {"skipped_empty": 0}
     total = collection.count_docs()
     if total is not None and args.shard:
         total = (total + args.shard[1] - 1 - args.shard[0]) // args.shard[1]
-    bar = progress(total=total, desc=f"index {out.name}", unit="doc")
+    return BuildState(args, out, partial, collection, fingerprint, total)
+
+
+def finish_build(b: BuildState, encoder, n_chunks: int, n_docs: int) -> None:
+    """Every chunk is encoded: write the index folder and rename it into place."""
+    skipped_empty = b.counters["skipped_empty"]
+    if n_docs == 0:
+        shutil.rmtree(b.partial, ignore_errors=True)
+        skipped = f" ({skipped_empty} empty document(s) skipped)" if skipped_empty else ""
+        raise ClirError(f"collection {b.args.collection} has no documents to index{skipped}")
+    if skipped_empty:
+        log.warning("skipped %d document(s) with empty text", skipped_empty)
+    _finalize(b.partial, b.out, b.args, encoder, b.fingerprint, n_chunks, n_docs, skipped_empty)
+
+
+def build_index(args: IndexArgs, encoder=None) -> IndexResult:
+    """Build ``args.out`` from ``args.collection`` with ``encoder`` (or the one ``args.model`` names)."""
+    import time
+
+    from clir.model import load_encoder
+    from clir.progress import progress
+
+    t0 = time.perf_counter()
+    check_args(args)
+    if encoder is None:
+        encoder = load_encoder(args.model, args.overrides)
+    b = start_build(args, encoder)
+    bar = progress(total=b.total, desc=f"index {b.out.name}", unit="doc")
     encoded = 0
     t_enc = 0.0
     n_chunks = 0
     n_docs = 0
-
-    def flush(recs: list[dict[str, Any]]) -> None:
-        nonlocal encoded, t_enc, n_chunks, n_docs
-        meta, vec = _chunk_paths(chunks_dir, n_chunks)
-        if not vec.is_file():
-            t = time.perf_counter()
-            vecs = encode_records(encoder, recs, args.batch_size)
-            t_enc += time.perf_counter() - t
-            _write_chunk(chunks_dir, n_chunks, recs, vecs)
-            encoded += len(recs)
-        n_chunks += 1
-        n_docs += len(recs)
-        bar.update(len(recs))
-
-    buf: list[dict[str, Any]] = []
     try:
-        for rec in _records(collection.docs(), args, collection.lang, counters):
-            buf.append(rec)
-            if len(buf) == args.chunk_size:
-                flush(buf)
-                buf = []
-        if buf:
-            flush(buf)
+        for no, recs in iter_chunks(b.collection, args, b.counters):
+            if not chunk_done(b.chunks_dir, no):
+                t = time.perf_counter()
+                vecs = encode_records(encoder, recs, args.batch_size)
+                t_enc += time.perf_counter() - t
+                _write_chunk(b.chunks_dir, no, recs, vecs)
+                encoded += len(recs)
+            n_chunks += 1
+            n_docs += len(recs)
+            bar.update(len(recs))
     finally:
         bar.close()
-    if n_docs == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        skipped = (
-            f" ({counters['skipped_empty']} empty document(s) skipped)" if counters["skipped_empty"] else ""
-        )
-        raise ClirError(f"collection {args.collection} has no documents to index{skipped}")
-    if counters["skipped_empty"]:
-        log.warning("skipped %d document(s) with empty text", counters["skipped_empty"])
-
-    _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, counters["skipped_empty"])
-    return IndexResult(out, n_docs, counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0)
+    finish_build(b, encoder, n_chunks, n_docs)
+    return IndexResult(b.out, n_docs, b.counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0)
 
 
 def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skipped) -> None:

@@ -179,6 +179,20 @@ class DualEncoder:
             self._lang_loaded.add(lang)
             self._fingerprint = None
 
+    def loaded_languages(self) -> list[str]:
+        return sorted(self._lang_loaded)
+
+    def unload_language_adapter(self, lang: str) -> None:
+        """Drop a loaded language adapter (not the source one), so that the fingerprint an index records names
+        only the adapters its documents went through."""
+        if lang not in self._lang_loaded or lang == self.config.source_lang:
+            return
+        with self._lock:
+            self.query_model.active_adapters = None
+            self.query_model.delete_adapter(lang)
+            self._lang_loaded.discard(lang)
+            self._fingerprint = None
+
     # ------------------------------------------------------------------ routing
     def adapter_setup(self, side: Side, lang: str | None):
         """The ``adapters`` composition active for ``side`` encoding text in ``lang`` (None in full mode)."""

@@ -1,0 +1,302 @@
+"""Distributed index builds on Ray (``clir index --ray``).
+
+The driver streams the collection (any source ``load_collection`` reads) into the same chunks as a
+single-process build, a pool of Ray actors encodes them (one model load per actor; one actor per GPU on GPU
+clusters, CPU actors otherwise), and the driver commits each chunk to ``OUT.partial/chunks`` as it comes back,
+then writes the index folder with the code ``build_index`` uses. Checkpoints, ``--resume`` and the result are
+therefore those of a single-process build: same doc-id order, same vectors up to float noise.
+
+Ray Core actors rather than Ray Data: chunk boundaries follow the collection's order (kept documents, duplicate
+ids refused), which only a sequential reader knows, and generic sources (``irds:``, .tsv) stream sequentially;
+the driver reads ~10^5 documents/s, far more than a GPU encodes. Actors are restarted by Ray when their process
+dies and their chunk is retried (``max_restarts`` / ``max_task_retries``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clir.errors import ClirError
+from clir.index.build import (
+    IndexArgs,
+    IndexResult,
+    _write_chunk,
+    check_args,
+    chunk_done,
+    encode_records,
+    finish_build,
+    iter_chunks,
+    start_build,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'clir[distributed]'"
+LOCAL = "local"
+#: chunks are the unit of work and of retry: smaller than a single-process build's so they spread over workers
+DEFAULT_CHUNK_SIZE = 512
+
+
+@dataclass
+class RayArgs:
+    #: None or "local": start a private local Ray for this build; "auto", "ray://HEAD:10001" or "HOST:6379": join
+    address: str | None = None
+    #: encoder actors; default: one per ``gpus_per_worker`` GPUs of the cluster, else one per node
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    #: default: 1 for GPU actors, else each node's CPUs shared among the actors placed on it
+    cpus_per_worker: float | None = None
+    #: restarts of a dead actor (and retries of its chunk) before the build stops
+    max_retries: int = 3
+    #: chunks queued per actor, so that no actor waits for the driver between chunks
+    in_flight: int = 2
+
+
+def require_ray():
+    """Import Ray or say how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClirError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class ChunkEncoder:
+    """A Ray actor (wrapped with ``ray.remote`` at run time): loads the encoder once, encodes whole chunks
+    with document-side language routing exactly like a single-process build."""
+
+    def __init__(self, model: str, overrides: dict[str, Any], batch_size: int, threads: int | None) -> None:
+        os.environ["CLIR_PROGRESS"] = "0"  # the one progress bar is the driver's
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from clir.model import load_encoder
+
+        self.encoder = load_encoder(model, overrides)
+        self.batch_size = batch_size
+
+    def describe(self) -> dict[str, Any]:
+        import socket
+
+        return {
+            "fingerprint": self.encoder.fingerprint(),
+            "device": str(self.encoder.device),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    def encode(self, no: int, recs: list[dict[str, Any]]) -> np.ndarray:
+        return encode_records(self.encoder, recs, self.batch_size)
+
+
+def build_index_ray(
+    args: IndexArgs,
+    ray_args: RayArgs | None = None,
+    *,
+    worker_cls: type | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> IndexResult:
+    """Build ``args.out`` like :func:`clir.index.build_index`, encoding on a Ray actor pool.
+
+    ``worker_cls`` replaces :class:`ChunkEncoder` (same constructor and methods; tests inject faults with it);
+    ``on_chunk(no)`` is called in the driver after chunk ``no`` is committed."""
+    from clir.model import load_encoder
+    from clir.progress import progress
+
+    ray = require_ray()
+    ra = ray_args or RayArgs()
+    if ra.workers is not None and ra.workers < 1:
+        raise ClirError("--workers must be >= 1")
+    if ra.gpus_per_worker < 0 or (ra.cpus_per_worker is not None and ra.cpus_per_worker <= 0):
+        raise ClirError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    t0 = time.perf_counter()
+    check_args(args)  # before anything starts: an existing OUT is refused at once
+    started = _connect(ray, ra)
+    actors: list[Any] = []
+    try:
+        workers, opts = _plan(ray, ra)
+        threads = int(opts["num_cpus"]) if ra.gpus_per_worker == 0 else None
+        cls = ray.remote(worker_cls or ChunkEncoder)
+        actors = [
+            cls.options(**opts).remote(args.model, args.overrides, args.batch_size, threads)
+            for _ in range(workers)
+        ]
+        ready = [a.describe.remote() for a in actors]
+        # the driver's own copy (CPU) gives the manifest's fingerprint and finalizes; actors load meanwhile
+        encoder = load_encoder(args.model, args.overrides, device="cpu")
+        b = start_build(args, encoder)
+        _await_workers(ray, ready, b.fingerprint, str(args.model))
+
+        bar = progress(total=b.total, desc=f"index {b.out.name}", unit="doc")
+        pending: dict[Any, tuple[int, list[dict[str, Any]], int]] = {}  # ref -> (chunk, records, actor)
+        load = [0] * len(actors)
+        counts = {"chunks": 0, "docs": 0, "encoded": 0, "committed": 0}
+        t_enc = time.perf_counter()
+
+        def collect() -> None:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                no, recs, i = pending.pop(ref)
+                load[i] -= 1
+                vecs = _result(ray, ref, no, ra, b.partial, counts["committed"])
+                _write_chunk(b.chunks_dir, no, recs, vecs)
+                counts["encoded"] += len(recs)
+                counts["committed"] += 1
+                bar.update(len(recs))
+                if on_chunk is not None:
+                    on_chunk(no)
+
+        try:
+            for no, recs in iter_chunks(b.collection, args, b.counters):
+                counts["chunks"] += 1
+                counts["docs"] += len(recs)
+                if chunk_done(b.chunks_dir, no):
+                    bar.update(len(recs))
+                    continue
+                while len(pending) >= ra.in_flight * len(actors):
+                    collect()
+                i = min(range(len(actors)), key=load.__getitem__)  # least loaded: slow nodes get less
+                load[i] += 1
+                # only what encoding needs travels to the worker; the driver keeps the records to commit
+                slim = [{"title": r["title"], "text": r["text"], "lang": r["lang"]} for r in recs]
+                pending[actors[i].encode.remote(no, slim)] = (no, recs, i)
+            while pending:
+                collect()
+        finally:
+            bar.close()
+        t_enc = time.perf_counter() - t_enc
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+    finish_build(b, encoder, counts["chunks"], counts["docs"])
+    return IndexResult(
+        b.out, counts["docs"], b.counters["skipped_empty"], counts["encoded"], t_enc, time.perf_counter() - t0
+    )
+
+
+def _connect(ray, ra: RayArgs) -> bool:
+    """Start or join Ray; True when this build owns the session (and shuts it down)."""
+    if ray.is_initialized():  # the caller's session (a notebook, a test fixture): use it as it is
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if ra.address in (None, "", LOCAL):
+        cpus = os.cpu_count() or 1
+        need = math.ceil((ra.workers or 1) * (ra.cpus_per_worker or 1))
+        # a private cluster: Ray's notice that it turned token authentication on is noise here
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # more actors than cores is allowed (they share them); Ray must not leave any pending forever
+        ray.init(num_cpus=max(cpus, need), **kw)
+        log.info("started a local Ray with %d CPU(s)", max(cpus, need))
+    else:
+        try:
+            ray.init(address=ra.address, **kw)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise ClirError(f"--ray {ra.address}: cannot join the Ray cluster ({e})") from None
+    return True
+
+
+def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
+    """Number of actors and their resource options, checked against the cluster."""
+    res = ray.cluster_resources()
+    gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes if n["Resources"].get("CPU", 0) > 0]
+    if ra.gpus_per_worker > 0:
+        workers = ra.workers or int(gpus // ra.gpus_per_worker)
+        if workers < 1:
+            raise ClirError(
+                f"--gpus-per-worker {ra.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
+                "give --workers N to wait for GPU nodes an autoscaler will add"
+            )
+        cpus_per = ra.cpus_per_worker or 1.0
+    else:
+        workers = ra.workers or max(1, len(node_cpus))
+        per_node = math.ceil(workers / max(1, len(node_cpus)))
+        cpus_per = ra.cpus_per_worker or max(1.0, float(int(min(node_cpus or [1.0]) // per_node)))
+    short = []
+    if workers * ra.gpus_per_worker > gpus:
+        short.append(f"{workers * ra.gpus_per_worker:g} GPU(s), it has {gpus:g}")
+    if workers * cpus_per > cpus:
+        short.append(f"{workers * cpus_per:g} CPU(s), it has {cpus:g}")
+    if short:
+        msg = f"{workers} worker(s) need {' and '.join(short)} in the Ray cluster"
+        if ra.address in (None, "", LOCAL):
+            raise ClirError(msg)
+        log.warning("%s: workers will wait until an autoscaler adds nodes", msg)
+    log.info(
+        "encoding with %d Ray worker(s), %g CPU(s)%s each, on %d node(s)",
+        workers,
+        cpus_per,
+        f" and {ra.gpus_per_worker:g} GPU(s)" if ra.gpus_per_worker else "",
+        len(nodes),
+    )
+    opts = {
+        "num_cpus": cpus_per,
+        "num_gpus": ra.gpus_per_worker,
+        "max_restarts": ra.max_retries,
+        "max_task_retries": ra.max_retries,
+        "scheduling_strategy": "SPREAD",
+    }
+    return workers, opts
+
+
+def _await_workers(ray, ready: list[Any], fingerprint: dict[str, Any], model: str) -> None:
+    """Wait for every actor's model; each must have loaded the driver's weights (nodes without a shared
+    filesystem can hold different files under the same path)."""
+    waiting = list(ready)
+    while waiting:
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=60)
+        if waiting:
+            log.warning(
+                "waiting for %d of %d Ray worker(s) to start (cluster resources: %s)",
+                len(waiting),
+                len(ready),
+                ray.available_resources(),
+            )
+    for ref in ready:
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            raise _unwrap(e) from None
+        except ray.exceptions.RayActorError as e:
+            raise ClirError(f"a Ray worker could not load --model {model}: {_reason(e)}") from None
+        diff = sorted(k for k in fingerprint if info["fingerprint"].get(k) != fingerprint[k])
+        if diff:
+            raise ClirError(
+                f"the Ray worker on {info['host']} loaded a different model for --model {model} "
+                f"({', '.join(diff)} differ): every node needs the same model files at that path"
+            )
+        log.debug("worker pid %s on %s ready (%s)", info["pid"], info["host"], info["device"])
+
+
+def _result(ray, ref: Any, no: int, ra: RayArgs, partial: Any, committed: int) -> np.ndarray:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        raise _unwrap(e) from None
+    except ray.exceptions.RayActorError as e:
+        raise ClirError(
+            f"chunk {no}: its Ray worker died {ra.max_retries + 1} time(s) ({_reason(e)}); the {committed} "
+            f"chunk(s) finished by this run are kept in {partial}: rerun with --resume"
+        ) from None
+
+
+def _unwrap(e: Exception) -> Exception:
+    """A worker's ClirError is the user's error, as in a single-process build; anything else is a bug."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, ClirError) else e
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
