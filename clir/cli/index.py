@@ -16,6 +16,7 @@ DESCRIPTION = """Encode a collection into an index folder: FAISS `index` + `doci
   clir index --collection ../data/xquad-r/de --model multilingual-e5-small --out indexes/xquad-de
   clir index --collection irds:hc4/fa/test --model runs/madx --doc-routing target --out indexes/hc4-fa
   clir index --collection docs.jsonl --model M --out shard0 --shard 0/2   (then: clir index merge shard0 shard1 --out all)
+  clir index --collection irds:neuclir/1/fa --model M --ray auto --gpus-per-worker 1 --out indexes/fa
 
 Collections: a folder (docs.jsonl, queries.tsv, qrels.txt), a .jsonl/.tsv file, irds:<ir_datasets id>,
 or `sample` (the bundled demo collection)."""
@@ -35,33 +36,85 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="FAISS factory string, inner product (Flat, HNSW32, IVF4096,PQ64 ...)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--chunk-size", type=positive_int, default=8192, help="documents per checkpointed chunk")
+    p.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        help="documents per checkpointed chunk (default 8192; 512 with --ray, the unit of work and retry)",
+    )
     p.add_argument("--shard", help="I/N: encode only documents whose ordinal %% N == I (merge them later)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted build from its checkpoints")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing index (swapped in only when done)"
     )
     add_model_args(p, required=True)
+    g = p.add_argument_group("distributed build on Ray (pip install 'clir[distributed]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="encode on a Ray actor pool: alone, a local Ray started for this build; `auto` or "
+        "ray://HEAD:10001 joins a cluster",
+    )
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="encoder actors (default: one per GPU, else per node)",
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="GPUs per actor (e.g. 1 on GPU nodes; 0.5 packs two per GPU)",
+    )
+    g.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        metavar="C",
+        help="CPUs per actor (default: 1 with GPUs, else shared)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from clir.errors import ClirError
     from clir.index import IndexArgs, build_index, parse_shard
 
-    res = build_index(
-        IndexArgs(
-            collection=args.collection,
-            model=args.model,
-            out=args.out,
-            doc_lang=args.doc_lang,
-            factory=args.factory,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            shard=parse_shard(args.shard),
-            resume=args.resume,
-            overwrite=args.overwrite,
-            overrides=model_overrides(args),
-        )
+    ray_flags = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker") if getattr(args, f) is not None]
+    if ray_flags and not args.ray:
+        raise ClirError(f"--{ray_flags[0].replace('_', '-')} needs --ray")
+    chunk_size = args.chunk_size or IndexArgs.chunk_size
+    if args.ray and not args.chunk_size:
+        from clir.index.distributed import DEFAULT_CHUNK_SIZE
+
+        chunk_size = DEFAULT_CHUNK_SIZE
+    index_args = IndexArgs(
+        collection=args.collection,
+        model=args.model,
+        out=args.out,
+        doc_lang=args.doc_lang,
+        factory=args.factory,
+        batch_size=args.batch_size,
+        chunk_size=chunk_size,
+        shard=parse_shard(args.shard),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        overrides=model_overrides(args),
     )
+    if args.ray:
+        from clir.index.distributed import RayArgs, build_index_ray
+
+        res = build_index_ray(
+            index_args,
+            RayArgs(
+                address=args.ray,
+                workers=args.workers,
+                gpus_per_worker=args.gpus_per_worker or 0.0,
+                cpus_per_worker=args.cpus_per_worker,
+            ),
+        )
+    else:
+        res = build_index(index_args)
     rate = res.encoded_docs / res.seconds_encoding if res.seconds_encoding > 0 else float("nan")
     log.info(
         "indexed %d documents into %s in %.1fs (%d encoded at %.1f docs/s%s)",

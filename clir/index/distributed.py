@@ -189,20 +189,50 @@ def _connect(ray, ra: RayArgs) -> bool:
     if ray.is_initialized():  # the caller's session (a notebook, a test fixture): use it as it is
         return False
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    # Ray's notice that the cluster uses token authentication (its secure default) is noise in a build's log
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ra.address in (None, "", LOCAL):
         cpus = os.cpu_count() or 1
         need = math.ceil((ra.workers or 1) * (ra.cpus_per_worker or 1))
-        # a private cluster: Ray's notice that it turned token authentication on is noise here
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # more actors than cores is allowed (they share them); Ray must not leave any pending forever
-        ray.init(num_cpus=max(cpus, need), **kw)
+        # more actors than cores is allowed (they share them); Ray must not leave any pending forever.
+        # address="local" starts a private instance even when RAY_ADDRESS names a cluster
+        ray.init(address="local", num_cpus=max(cpus, need), **kw)
         log.info("started a local Ray with %d CPU(s)", max(cpus, need))
     else:
+        _check_reachable(ra.address)
         try:
             ray.init(address=ra.address, **kw)
+        except ImportError as e:  # ray:// needs the Ray Client (grpcio), part of the extra
+            raise ClirError(f"--ray {ra.address}: {e}; install the client with {INSTALL_HINT}") from None
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise ClirError(f"--ray {ra.address}: cannot join the Ray cluster ({e})") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast where nothing listens: Ray itself retries a dead cluster's address for minutes."""
+    import socket
+
+    if address.startswith("ray://"):
+        return  # the Ray Client fails quickly by itself
+    try:  # Ray's own resolution of "auto" / RAY_ADDRESS / host:port (private: skipped if it moves)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError as e:
+        raise ClirError(f"--ray {address}: {e}") from None
+    except Exception:
+        return
+    if not resolved or ":" not in resolved:
+        return
+    host, port = resolved.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ClirError(
+            f"--ray {address}: no Ray cluster answers at {resolved} ({e}); start one with `ray start --head` "
+            "or give its address (omit ADDRESS for a local Ray)"
+        ) from None
 
 
 def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
