@@ -1,0 +1,98 @@
+"""``clir train-language-adapter``: a MAD-X language adapter by masked language modelling."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clir.cli.common import positive_int
+
+HELP = "train a language adapter (MAD-X) by masked language modelling on monolingual text"
+DESCRIPTION = """Train a language adapter for any language: masked language modelling on monolingual text
+with the backbone frozen (a backbone without an MLM head gets a fresh one tied to its word embeddings).
+The output folder (adapter_config.json + weights) is a language source for madx models:
+`language_adapters: {de: DIR}`.
+
+  clir train-language-adapter --lang de --text ../shared/data/collections/tatoeba/deu \\
+      --backbone multilingual-e5-small --out adapters/e5-de --max-steps 500
+  clir train-language-adapter --lang it --text irds:neumarco/it --backbone bert-base-multilingual-cased \\
+      --out adapters/mbert-it
+
+--text: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder (its docs) or irds:<id>."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lang", required=True, help="language code the adapter is for (e.g. de)")
+    p.add_argument(
+        "--text", required=True, help="monolingual text: file, docs .jsonl/.tsv, collection folder, irds:<id>"
+    )
+    p.add_argument(
+        "--backbone", required=True, help="Hugging Face folder or hub id, or a registered model name"
+    )
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument("--max-steps", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
+    p.add_argument(
+        "--invertible",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add invertible adapters on the embeddings (MAD-X; default on)",
+    )
+    p.add_argument(
+        "--reduction-factor", type=float, default=2, help="bottleneck reduction factor (default 2)"
+    )
+    p.add_argument("--non-linearity", default="relu")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU"
+    )
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clir.errors import ClirError
+    from clir.train import LanguageAdapterArgs, train_language_adapter
+
+    if not args.lr > 0:
+        raise ClirError("--lr must be > 0")
+    if not args.reduction_factor > 0:
+        raise ClirError("--reduction-factor must be > 0")
+    res = train_language_adapter(
+        LanguageAdapterArgs(
+            lang=args.lang,
+            text=args.text,
+            backbone=args.backbone,
+            out=args.out,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            max_length=args.max_length,
+            invertible=args.invertible,
+            reduction_factor=args.reduction_factor,
+            non_linearity=args.non_linearity,
+            mlm_probability=args.mlm_probability,
+            seed=args.seed,
+            precision=args.precision,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(res.out),
+                "lang": args.lang,
+                "steps": res.steps,
+                "first_loss": round(res.first_loss, 4),
+                "last_loss": round(res.last_loss, 4),
+                "fresh_head": res.fresh_head,
+                "texts_per_s": round(res.texts_per_s, 1),
+                "seconds": round(res.seconds, 1),
+            }
+        )
+    )
+    return 0

@@ -1,0 +1,17 @@
+"""Training: contrastive dual-encoder training (full, task adapter, MAD-X) and MLM language adapters."""
+
+from clir.train.language_adapter import LanguageAdapterArgs, LanguageAdapterResult, train_language_adapter
+from clir.train.plan import Plan, training_plan
+from clir.train.trainer import TrainResult, list_checkpoints, setup_trainable, train
+
+__all__ = [
+    "LanguageAdapterArgs",
+    "LanguageAdapterResult",
+    "Plan",
+    "TrainResult",
+    "list_checkpoints",
+    "setup_trainable",
+    "train",
+    "train_language_adapter",
+    "training_plan",
+]
