@@ -53,6 +53,7 @@ def build_faiss_index(
     import faiss
 
     index = new_index(dim, factory)
+    _skip_polysemous_training(index)
     if not index.is_trained:
         nlist = _nlist(factory)
         if nlist and n_total < nlist:
@@ -84,6 +85,22 @@ def build_faiss_index(
     if gpu_index is not None:
         index = faiss.index_gpu_to_cpu(gpu_index)
     return index
+
+
+def _skip_polysemous_training(index) -> None:
+    """FAISS's factory turns on polysemous training for PQ codes. It only serves Hamming-filtered search
+    (``polysemous_ht``, never set by clir), leaves search results identical, and costs minutes per build on
+    a small CPU (10x the rest of an IVF-PQ build here; eval/bench/RESULTS.md, FAISS scaling)."""
+    import faiss
+
+    parts = [faiss.downcast_index(index)]
+    try:
+        parts.append(faiss.downcast_index(faiss.extract_index_ivf(index)))
+    except RuntimeError:  # not an IVF index
+        pass
+    for part in parts:
+        if hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
 
 
 def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:

@@ -47,7 +47,8 @@ def _hash_tensors(named: Sequence[tuple[str, Any]]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(named, key=lambda x: x[0]):
         h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().float().numpy().tobytes())
+        # hash the array's buffer directly: .tobytes() would first copy it (~0.5 GB, ~1 s for e5-small)
+        h.update(t.detach().to("cpu").contiguous().float().numpy().data)
     return h.hexdigest()
 
 
@@ -76,6 +77,8 @@ class DualEncoder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.RLock()
         self._fingerprint: dict[str, Any] | None = None
+        # bf16/fp16 copies of Linear weights for encode(), kept between calls (see _cast_params)
+        self._cast_cache: dict[tuple[int, Any], dict[str, tuple[Any, int, int, Any]]] = {}
         if self.device.type == "cpu":
             # Denormal floats in padded BERT batches cost up to 4x on x86 CPUs; flushing them is harmless.
             torch.set_flush_denormal(True)
@@ -179,6 +182,14 @@ class DualEncoder:
             self._lang_loaded.add(lang)
             self._fingerprint = None
 
+    def set_routing(self, query: str, doc: str) -> None:
+        """Change the language-adapter routing in place (the experiment grid switches it between runs)."""
+        from clir.config import Routing
+
+        with self._lock:
+            self.config.routing = Routing(query=query, doc=doc)  # type: ignore[arg-type]
+            self._fingerprint = None
+
     def loaded_languages(self) -> list[str]:
         return sorted(self._lang_loaded)
 
@@ -237,17 +248,56 @@ class DualEncoder:
             else [self.query_model, self.passage_model]
         )
 
+    def _autocast_dtype(self):
+        """The autocast dtype the precision setting picks on this device (None: plain fp32)."""
+        import torch
+
+        p = self.config.precision
+        if p == "fp32" or (p == "auto" and self.device.type == "cpu" and not cpu_has_bf16()):
+            return None
+        if p == "fp16" or (p == "auto" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+
     def _autocast(self):
         import contextlib
 
         import torch
 
-        p = self.config.precision
-        if p == "fp32" or (p == "auto" and self.device.type == "cpu" and not cpu_has_bf16()):
-            return contextlib.nullcontext()
-        if p == "fp16" or (p == "auto" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        dtype = self._autocast_dtype()
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _cast_params(self, model, dtype) -> dict[str, Any]:
+        """Low-precision copies of ``model``'s Linear weights and biases, reused across encode() calls.
+
+        Autocast casts every Linear weight again on each call (its cast cache dies with the context): for
+        e5-small on this 2-core CPU ~1.5 of the ~14 CPU-ms a one-query encode costs (eval/bench/RESULTS.md),
+        which search and serving pay per request. Autocast leaves tensors that
+        are already in its dtype alone and casts fp32 ones with the same rounding, so feeding these copies
+        (torch.func.functional_call) gives bit-identical vectors. A copy is renewed when its parameter is
+        replaced, moved or updated in place (training bumps ``_version``)."""
+        import torch
+
+        key = (id(model), dtype)
+        old = self._cast_cache.get(key, {})
+        new: dict[str, tuple[Any, int, int, Any]] = {}
+        for mod_name, mod in model.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            for pname in ("weight", "bias"):
+                p = getattr(mod, pname, None)
+                if p is None or p.dtype != torch.float32:
+                    continue
+                name = f"{mod_name}.{pname}" if mod_name else pname
+                # parameters made under inference_mode (a language adapter loaded lazily by encode) keep
+                # no version counter: those are cast afresh each call (-1 never matches)
+                version = -1 if p.is_inference() else p._version
+                hit = old.get(name)
+                if hit is None or version < 0 or hit[0] is not p or hit[1] != version or hit[2] != p.data_ptr():
+                    hit = (p, version, p.data_ptr(), p.detach().to(dtype))
+                new[name] = hit
+        self._cast_cache[key] = new  # rebuilt each call: copies of removed modules are dropped
+        return {name: hit[3] for name, hit in new.items()}
 
     def pool(self, hidden, mask):
         """Pool token states into one vector per text (and L2-normalise if configured)."""
@@ -325,9 +375,15 @@ class DualEncoder:
             bar = progress(total=len(texts), desc=f"encode {side}s", unit="text")
         with self._lock, torch.inference_mode(), self._autocast():
             model = self._activate(side, lang)
+            dtype = self._autocast_dtype()
+            cast = self._cast_params(model, dtype) if dtype is not None else {}
             for b in batches:
                 padded = self._pad([{k: enc[k][i] for k in keys} for i in b])
-                hidden = model(**padded).last_hidden_state
+                if cast:
+                    out_b = torch.func.functional_call(model, cast, args=(), kwargs=padded, strict=False)
+                else:
+                    out_b = model(**padded)
+                hidden = out_b.last_hidden_state
                 out[b] = self.pool(hidden, padded["attention_mask"]).cpu().numpy()
                 if bar is not None:
                     bar.update(len(b))

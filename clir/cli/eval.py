@@ -1,0 +1,61 @@
+"""``clir eval``: run an experiment grid (collections x models x language-adapter routings) end to end."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+HELP = "run an experiment grid: indexes, TREC runs, ranx metrics, significance, report and plots"
+DESCRIPTION = """Run the experiment grid an eval config describes: every collection x model x language-adapter
+routing (madx models; full/task models give one row), plus optional BM25 and fusion rows. Each index is built
+once (under OUT/indexes, or the config's index_root; an existing one is reused when its manifest matches the
+encoder), runs go to OUT/runs/*.trec, and OUT gets metrics.json, report.md and plots/*.png. Re-running the
+same config skips finished runs. ir_datasets collections are checked first: missing files stop the run before
+any work, with one message listing them.
+
+  clir eval --config configs/eval/xquad-r-e5.yaml
+  clir eval --config configs/eval/paper-hc4.yaml --dry-run        (validate offline, print the plan)
+  clir eval --config configs/eval/xquad-r-e5.yaml --only 'xquad-r-de/*' 'tatoeba-*/e5'
+
+--only takes shell patterns over row ids COLLECTION/MODEL[/q-ROUTE_d-ROUTE] (bm25 rows: COLLECTION/bm25);
+a pattern also selects the rows below it (`xquad-r-de` = `xquad-r-de/*`)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment YAML (see configs/eval/)")
+    p.add_argument("--out", help="output folder (default: the config's `output`, else eval/results/NAME)")
+    p.add_argument("--only", nargs="+", metavar="PATTERN", help="compute only rows whose id matches")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config offline and print the plan (indexes, runs, metrics, downloads); do nothing",
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["clir", "eval", "--config", args.config]
+    if args.out:
+        parts += ["--out", args.out]
+    if args.only:
+        parts += ["--only", *args.only]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from clir.evaluate.grid import format_plan, load_eval_config, plan_grid, run_grid
+    from clir.evaluate.report import overview_text
+
+    cfg = load_eval_config(args.config)
+    plan = plan_grid(cfg, config_path=args.config, out=args.out, only=args.only)
+    if args.dry_run:
+        print(format_plan(plan), end="")
+        return 0
+    result = run_grid(plan, command=_command(args))
+    print(overview_text(result), end="")
+    print(f"\nreport: {plan.out / 'report.md'}  ({result.seconds:.1f} s)")
+    logging.getLogger(__name__).info(
+        "%d run(s) computed, %d reused; outputs in %s", len(result.computed), len(result.skipped), plan.out
+    )
+    return 0

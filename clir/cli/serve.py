@@ -1,0 +1,161 @@
+"""``clir serve``: the REST search endpoint (FastAPI + uvicorn) over one or more index folders."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+
+from clir.cli.common import positive_int
+
+HELP = "serve indexes over HTTP (FastAPI): /search, /search/batch, /indexes, docs; OpenAPI at /docs"
+DESCRIPTION = """Serve index folders over HTTP. Each index is searched with the encoder recorded in its manifest,
+loaded once (indexes built with the same encoder share it).
+
+  clir serve --index indexes/xquad-de
+  clir serve --index de=indexes/xquad-de --index ru=indexes/xquad-ru --port 8000
+  clir serve --config serve.yaml          (indexes: {alias: folder} plus any setting below)
+  CLIR_KEY=secret clir serve --index indexes/xquad-de --api-key-env CLIR_KEY
+
+  curl -s localhost:8000/search -H 'content-type: application/json' -d '{"query": "Who wrote Faust?", "k": 5}'
+  curl -s 'localhost:8000/search?q=Who+wrote+Faust&index=de'"""
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="index folder to serve, optionally under an alias (repeatable; the first is the default)",
+    )
+    p.add_argument("--config", help="YAML file: indexes: {alias: folder} and settings (flags win)")
+    p.add_argument("--default-index", help="index used when a request names none (default: the first)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--workers", type=positive_int, help="worker processes, each loading the models (default 1)"
+    )
+    p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this env variable")
+    p.add_argument(
+        "--max-body-bytes", type=positive_int, help="larger request bodies get 413 (default 1 MiB)"
+    )
+    p.add_argument(
+        "--max-batch-queries", type=positive_int, help="queries per /search/batch call (default 1000)"
+    )
+    b = p.add_mutually_exclusive_group()
+    b.add_argument(
+        "--micro-batching",
+        dest="micro_batching",
+        action="store_true",
+        default=None,
+        help="group concurrent /search requests into one encoder call (default on; see eval/bench/RESULTS.md)",
+    )
+    b.add_argument("--no-micro-batching", dest="micro_batching", action="store_false")
+    p.add_argument(
+        "--batch-window-ms", type=float, help="how long a lone request waits for company (default 0)"
+    )
+    p.add_argument(
+        "--pad-batches",
+        dest="exact_batching",
+        action="store_false",
+        default=None,
+        help="pad queries of mixed lengths into one encoder call (faster; scores then move by ~1e-4 with the "
+        "batch under bf16). Default: batch only equal-length queries, bit-identical to `clir search --query`",
+    )
+    p.add_argument("--max-batch-size", type=positive_int, help="queries per micro-batch (default 64)")
+    p.add_argument(
+        "--max-pending", type=positive_int, help="queued queries before new ones get 503 (default 1024)"
+    )
+    p.add_argument(
+        "--device", help="torch device for query encoding (default: cuda when available, else cpu)"
+    )
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
+
+
+def resolve(args: argparse.Namespace):
+    """(indexes, settings) from --config and flags (flags win)."""
+    from clir.config import from_dict
+    from clir.errors import ClirError
+    from clir.serve.config import ServeSettings, load_serve_config, parse_index_spec
+
+    indexes: dict[str, str] = {}
+    data: dict = {}
+    if args.config:
+        indexes, data = load_serve_config(args.config)
+    for spec in args.index:
+        name, path = parse_index_spec(spec)
+        if name in indexes and not args.config:
+            raise ClirError(f"--index: two indexes are named {name!r}; give one an alias (NAME=DIR)")
+        indexes[name] = path
+    if not indexes:
+        raise ClirError("nothing to serve: pass --index [NAME=]DIR (repeatable) or --config FILE")
+    for key in (
+        "default_index",
+        "host",
+        "port",
+        "workers",
+        "api_key_env",
+        "max_body_bytes",
+        "max_batch_queries",
+        "micro_batching",
+        "batch_window_ms",
+        "max_batch_size",
+        "exact_batching",
+        "max_pending",
+        "device",
+        "access_log",
+    ):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    return indexes, from_dict(ServeSettings, data, prefix="serve")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clir.config import to_dict
+    from clir.index import store
+
+    indexes, settings = resolve(args)
+    settings.validate()
+    settings.api_key()  # an unset key variable fails here, before any model loads
+    for path in indexes.values():
+        store.read_manifest(path)  # a wrong folder fails now with a clear message
+    if not _is_loopback(settings.host) and not settings.api_key_env:
+        log.warning(
+            "binding %s without --api-key-env: anyone who can reach this port can search", settings.host
+        )
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep clir's logging setup; uvicorn's lines go through it
+        access_log=False,  # clir logs its own access lines, with latency and request id
+        timeout_graceful_shutdown=10,
+    )
+    if settings.workers > 1:
+        # each worker process loads the indexes itself; the factory reads them from the environment
+        os.environ["CLIR_SERVE_CONFIG"] = json.dumps(
+            {"indexes": indexes, "settings": to_dict(settings), "log_level": logging.getLogger().level}
+        )
+        uvicorn.run("clir.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+        return 0
+    from clir.serve import create_app
+
+    app = create_app(indexes, settings)
+    uvicorn.run(app, **common)
+    return 0

@@ -1,0 +1,345 @@
+"""The grid's outputs: ``metrics.json`` (one row per collection x model x routing), ``report.md`` (tables per
+collection with significance marks, the adapter-swap deltas, the command, config hash and versions) and
+``plots/*.png``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clir.evaluate.grid import GridModel, GridResult, Plan
+
+log = logging.getLogger(__name__)
+
+#: significance marks in report tables
+MARKS = {"student": "†", "fisher": "‡"}
+_METRIC_LABEL = re.compile(r"^([a-z_\-]+)(@\d+)?$")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from clir.index.store import library_versions
+
+    out = library_versions()
+    for pkg in ("ranx", "ir-datasets", "pyserini", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _label(metric: str) -> str:
+    m = _METRIC_LABEL.match(metric)
+    if not m:
+        return metric
+    name = {"ndcg": "nDCG", "map": "MAP", "mrr": "MRR", "recall": "R", "precision": "P"}.get(
+        m.group(1), m.group(1)
+    )
+    return name + (m.group(2) or "")
+
+
+# ---------------------------------------------------------------------- adapters, in words
+def _adapter_origin(src: str, plan: Plan) -> str:
+    if src == "new":
+        return f"untrained (`new`, random init, seed {plan.config.seed})"
+    p = Path(src).expanduser()
+    for a in plan.config.adapters:
+        if Path(a.out).expanduser().resolve() == p.resolve():
+            return f"trained by `clir train-language-adapter` on {a.text} (`{a.out}`)"
+    if p.exists():
+        return f"from folder `{src}`"
+    return f"`{src}` (AdapterHub / Hugging Face hub)"
+
+
+def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
+    """How the model's adapters were made, for the report (task adapter, language adapters)."""
+    info: dict[str, Any] = {"name": m.name, "source": m.source, "mode": m.mode, "note": m.spec.note}
+    if m.build_cmd:
+        info["built_by"] = "clir " + " ".join(m.build_cmd)
+    if m.mode == "full":
+        info["task_adapter"] = None
+        info["language_adapters"] = {}
+        return info
+    folder = m.folder
+    trained = folder is not None and folder.is_dir() and any((folder / "adapters").glob("task*"))
+    info["task_adapter"] = (
+        "trained (from the model folder)"
+        if trained
+        else f"untrained (`new`, random init, seed {plan.config.seed})"
+    )
+    langs: dict[str, str] = {}
+    if m.mode == "madx":
+        adapters = dict((m.settings or {}).get("language_adapters") or {})
+        if folder is not None and (folder / "adapters").is_dir():
+            for d in sorted((folder / "adapters").glob("lang_*")):
+                langs[d.name[len("lang_") :]] = "bundled with the model folder"
+        for lang, src in sorted(adapters.items()):
+            if lang not in langs:
+                langs[lang] = _adapter_origin(str(src), plan)
+    info["language_adapters"] = langs
+    return info
+
+
+# ---------------------------------------------------------------------- metrics.json
+def metrics_document(result: GridResult) -> dict[str, Any]:
+    from clir.evaluate.grid import config_hash
+    from clir.index.store import now_iso
+
+    plan = result.plan
+    cfg = plan.config
+    return {
+        "name": cfg.name,
+        "description": cfg.description,
+        "config": plan.config_path,
+        "config_hash": config_hash(cfg),
+        "command": result.command,
+        "created": now_iso(),
+        "seconds": round(result.seconds, 1),
+        "versions": versions(),
+        "k": plan.k,
+        "metrics": list(cfg.metrics),
+        "primary_metric": cfg.primary,
+        "baseline": plan.baseline,
+        "significance": {
+            "tests": list(cfg.significance.tests),
+            "max_p": cfg.significance.max_p,
+            "n_permutations": cfg.significance.n_permutations,
+            "random_seed": cfg.significance.random_seed,
+        },
+        "index_root": str(plan.index_root),
+        "models": [describe_model(m, plan) for m in plan.models],
+        "rows": result.rows,
+        "swaps": result.swaps,
+        "computed": result.computed,
+        "reused": result.skipped,
+        "missing": result.missing,
+        "notes": result.notes,
+    }
+
+
+# ---------------------------------------------------------------------- report.md
+def _cell(row: dict[str, Any], metric: str, max_p: float, tests: list[str]) -> str:
+    v = f"{row['metrics'][metric]:.4f}"
+    sig = row.get("significance") or {}
+    marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("p_value", 1.0) < max_p)
+    return v + marks
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return lines
+
+
+def render_report(result: GridResult, doc: dict[str, Any]) -> str:
+    from clir.evaluate.significance import TEST_NAMES
+
+    plan = result.plan
+    cfg = plan.config
+    sig = cfg.significance
+    tests = list(sig.tests)
+    primary = cfg.primary
+    rows = result.rows
+    out: list[str] = [f"# clir eval: {cfg.name}", ""]
+    if cfg.description:
+        out += [cfg.description.strip(), ""]
+    marks = ", ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in tests)
+    out += [
+        f"- command: `{result.command}`" if result.command else "- command: (library call)",
+        f"- config: `{plan.config_path}` (hash `{doc['config_hash']}`; resolved copy: `config.resolved.yaml`)",
+        f"- created: {doc['created']}; wall time of this invocation: {result.seconds:.1f} s "
+        f"({len(result.computed)} run(s) computed, {len(result.skipped)} reused from earlier invocations)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()),
+        f"- indexes: `{plan.index_root}` (one per collection x model x document routing; reused when the "
+        "manifest's encoder fingerprint matches)",
+        f"- {plan.k} hits per query; metrics: {', '.join(_label(m) for m in cfg.metrics)} (ranx; queries a run "
+        "misses score 0)",
+        f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p})",
+    ]
+    if cfg.bm25.enabled:
+        out.append(
+            f"- bm25: Pyserini (Lucene, the documents' language analyzer), k1={cfg.bm25.k1}, b={cfg.bm25.b}, "
+            "on document-language query text (HC4/NeuCLIR human translations, local queries.<lang>.tsv)"
+        )
+    if cfg.fusion.methods:
+        fused = ", ".join(cfg.fusion.models) or "every model"
+        names = {"rrf": f"RRF (k={cfg.fusion.rrf_k})", "combsum": "CombSUM of min-max normalised scores"}
+        out.append(
+            f"- fusion (ranx) of {fused} with BM25: " + "; ".join(names[m] for m in cfg.fusion.methods)
+        )
+    out += [
+        "",
+        "## Models",
+        "",
+    ]
+    body = []
+    for m in doc["models"]:
+        routes = ", ".join(
+            r.label() for r in next(x for x in plan.models if x.name == m["name"]).routings if r
+        )
+        langs = "; ".join(f"{k}: {v}" for k, v in m["language_adapters"].items()) or "-"
+        body.append(
+            [
+                f"**{m['name']}**",
+                f"`{m['source']}`",
+                m["mode"],
+                m["task_adapter"] or "-",
+                langs,
+                routes or "one row (no language adapter to route)",
+            ]
+        )
+    out += _table(["model", "source", "mode", "task adapter", "language adapters", "routings"], body)
+    notes = [f"- {m['name']}: {m['note']}" for m in doc["models"] if m.get("note")]
+    if notes:
+        out += ["", *notes]
+    out += [
+        "",
+        "Routing `q-X_d-Y`: language adapter under the task adapter for queries (X) and documents (Y): `source` "
+        "keeps the training language's adapter, `target` swaps in the text's own language's, `none` drops it.",
+        "",
+    ]
+
+    collections = list(dict.fromkeys(r["collection"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["collection"], r["variant"]): r for r in rows}
+    if rows:
+        out += [f"## Overview: {_label(primary)}", ""]
+        body = []
+        for v in variants:
+            cells = [f"**{v}**" if v == plan.baseline else v]
+            vals = []
+            for c in collections:
+                r = by.get((c, v))
+                cells.append(_cell(r, primary, sig.max_p, tests) if r else "-")
+                if r:
+                    vals.append(r["metrics"][primary])
+            cells.append(f"{sum(vals) / len(vals):.4f}" if len(vals) == len(collections) else "-")
+            body.append(cells)
+        out += _table(["variant", *collections, "mean"], body)
+        out += [
+            "",
+            "## Per collection",
+            "",
+            "time (s): what computing the row took when it ran (its index build, when it built one, plus "
+            "query encoding and search); reused rows keep the time of the invocation that computed them.",
+            "",
+        ]
+    for c in collections:
+        crow = [r for r in rows if r["collection"] == c]
+        lang = crow[0].get("lang")
+        out += [
+            f"### {c}" + (f" ({lang})" if lang else ""),
+            "",
+            f"`{crow[0]['source']}`, {crow[0]['queries']} queries run",
+            "",
+        ]
+        body = []
+        for r in crow:
+            name = f"**{r['variant']}** (baseline)" if r["baseline"] else r["variant"]
+            secs = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
+            body.append([name, *(_cell(r, m, sig.max_p, tests) for m in cfg.metrics), secs])
+        out += _table(["variant", *(_label(m) for m in cfg.metrics), "time (s)"], body)
+        out.append("")
+
+    out += ["## Language-adapter swap: d-target minus d-source", ""]
+    if result.swaps:
+        header = ["model", "query routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
+        header += [f"p {_label(primary)} ({t})" for t in tests]
+        body = []
+        for s in result.swaps:
+            cells = [s["model"], s["query_routing"], s["collection"], s.get("lang") or "-"]
+            for m in cfg.metrics:
+                d = s["delta"][m]
+                sigm = "".join(
+                    MARKS[t]
+                    for t in tests
+                    if (s.get("significance") or {}).get(t, {}).get(m, {}).get("p_value", 1) < sig.max_p
+                )
+                cells.append(f"{d:+.4f}{sigm}")
+            for t in tests:
+                p = (s.get("significance") or {}).get(t, {}).get(primary, {}).get("p_value")
+                cells.append(("<0.001" if p < 0.001 else f"{p:.3f}") if p is not None else "-")
+            body.append(cells)
+        out += _table(header, body)
+        out += ["", f"Marks: the swap's own paired test ({marks}, p < {sig.max_p})."]
+    else:
+        out.append("No swap pair in this grid (it needs a madx model with both d-source and d-target rows).")
+    out += ["", "## Plots", ""]
+    for p in doc.get("plots", []):
+        out.append(f"![{p}]({p})")
+    extra = list(result.notes)
+    for c in plan.collections:
+        if cfg.bm25.enabled and not c.bm25_lang:
+            extra.append(f"no BM25 row for {c.name}: {c.bm25_note}")
+    if not cfg.bm25.enabled:
+        extra.append("BM25 baseline and fusion rows: not enabled in this config")
+    if result.missing:
+        extra.append(
+            f"{len(result.missing)} row(s) of the grid have no finished run yet: " + ", ".join(result.missing)
+        )
+    if extra:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in extra]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(result: GridResult) -> dict[str, Path]:
+    """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
+    from clir.evaluate import plots
+    from clir.index.store import atomic_write_text
+
+    plan = result.plan
+    cfg = plan.config
+    out = plan.out
+    out.mkdir(parents=True, exist_ok=True)
+    doc = metrics_document(result)
+    written: list[str] = []
+    dense_like = result.rows
+    for m in cfg.metrics:
+        p = plots.metric_bars(
+            dense_like, m, out / "plots" / f"{_safe(m)}.png", title=f"{_label(m)} per collection ({cfg.name})"
+        )
+        if p:
+            written.append(str(p.relative_to(out)))
+    p = plots.swap_delta(
+        result.swaps, cfg.primary, out / "plots" / "swap_delta.png", max_p=cfg.significance.max_p
+    )
+    if p:
+        written.append(str(p.relative_to(out)))
+    doc["plots"] = written
+    atomic_write_text(out / "metrics.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "report.md", render_report(result, doc))
+    return {"metrics": out / "metrics.json", "report": out / "report.md"}
+
+
+def _safe(metric: str) -> str:
+    return metric.replace("@", "_at_")
+
+
+def overview_text(result: GridResult) -> str:
+    """The primary-metric table (collections x variants) that ``clir eval`` prints on stdout."""
+    cfg = result.plan.config
+    rows = result.rows
+    if not rows:
+        return "no finished runs\n"
+    collections = list(dict.fromkeys(r["collection"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["collection"], r["variant"]): r for r in rows}
+    tests = list(cfg.significance.tests)
+    body = []
+    for v in variants:
+        body.append(
+            [
+                v,
+                *(
+                    _cell(by[(c, v)], cfg.primary, cfg.significance.max_p, tests) if (c, v) in by else "-"
+                    for c in collections
+                ),
+            ]
+        )
+    return "\n".join(_table([_label(cfg.primary), *collections], body)) + "\n"

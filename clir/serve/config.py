@@ -1,0 +1,119 @@
+"""Settings of the REST server, and the YAML file that names its indexes (aliases) and settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from clir.errors import ClirError
+
+#: index names appear in URLs (/indexes/{name}/docs/...): keep them URL-safe
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_K = 1000
+
+
+@dataclass
+class ServeSettings:
+    """What ``clir serve`` and :func:`clir.serve.create_app` take besides the indexes.
+
+    ``micro_batching`` gathers concurrent /search requests into one encoder call and one FAISS call per
+    index (measured in eval/bench/RESULTS.md, "REST serving"); ``batch_window_ms`` is how long the first
+    request of a batch waits for company (0: only requests already queued join, which adds no latency)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    default_index: str | None = None
+    #: name of the environment variable holding the API key; None: no key needed
+    api_key_env: str | None = None
+    max_body_bytes: int = 1_048_576
+    max_batch_queries: int = 1000
+    micro_batching: bool = True
+    batch_window_ms: float = 0.0
+    max_batch_size: int = 64
+    #: batch only queries of equal token length, so an answer never depends on its batch neighbours
+    #: (bit-identical to `clir search --query`); false pads mixed lengths into one encoder call
+    exact_batching: bool = True
+    #: /search requests waiting for the encoder before new ones are shed with 503 (load shedding)
+    max_pending: int = 1024
+    device: str | None = None
+    access_log: bool = True
+
+    def validate(self) -> None:
+        for name in (
+            "port",
+            "workers",
+            "max_body_bytes",
+            "max_batch_queries",
+            "max_batch_size",
+            "max_pending",
+        ):
+            if getattr(self, name) < (0 if name == "port" else 1):
+                raise ClirError(f"serve setting {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ClirError(f"port {self.port} is outside 0..65535")
+        if self.batch_window_ms < 0:
+            raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+
+    def api_key(self) -> str | None:
+        """The key from the environment (read at startup, never logged); a named but unset variable is an
+        error, not an open server."""
+        import os
+
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env, "")
+        if not value.strip():
+            raise ClirError(
+                f"--api-key-env {self.api_key_env}: that environment variable is not set or empty; export the "
+                "key there (it is read from the environment so it never shows in `ps` or logs)"
+            )
+        return value
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ClirError(
+            f"index name {name!r} is not URL-safe: use letters, digits, '.', '_' and '-' (at most 128), "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_index_spec(spec: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``DIR`` (named after the folder)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path, name = spec, Path(spec.rstrip("/")).name
+    if not path:
+        raise ClirError(f"--index {spec!r}: expected NAME=DIR or DIR")
+    return check_name(name), path
+
+
+def load_serve_config(path: str | Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """A YAML file ``indexes: {alias: folder}`` plus any :class:`ServeSettings` field; ``${VAR}`` expands.
+    Relative folders are relative to the file. Returns (indexes, settings as a dict)."""
+    from clir.config import load_yaml
+
+    p = Path(path)
+    data = load_yaml(p)
+    raw = data.pop("indexes", None) or {}
+    if not isinstance(raw, dict):
+        raise ClirError(f"{p}: indexes: expected a mapping alias -> index folder, got {raw!r}")
+    indexes = {}
+    for name, folder in raw.items():
+        if not isinstance(folder, str):
+            raise ClirError(f"{p}: indexes.{name}: expected a folder path, got {folder!r}")
+        folder_path = Path(folder).expanduser()
+        indexes[check_name(str(name))] = str(
+            folder_path if folder_path.is_absolute() else p.parent / folder_path
+        )
+    known = {f.name for f in fields(ServeSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ClirError(
+            f"{p}: unknown key(s) {', '.join(unknown)} (known: indexes, {', '.join(sorted(known))})"
+        )
+    return indexes, data

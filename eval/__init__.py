@@ -1,0 +1,1 @@
+"""Evaluation and benchmark drivers (not part of the installed ``clir`` package)."""

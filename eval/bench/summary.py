@@ -1,0 +1,142 @@
+"""The "Summary" section at the top of RESULTS.md: the headline ratios against the targets, read from the raw
+numbers the benchmarks saved last (``eval/bench/results/*.json``), and what made the difference.
+
+    python -m eval.bench.summary          # run_all calls it at the end
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eval.bench import common
+
+TITLE = "Summary"
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def encoding_lines(d: dict[str, Any]) -> list[str]:
+    out = []
+    for set_name, res in d["main"].items():
+        r = {k: v["median"] for k, v in res["rates"].items()}
+        cos = res["min_cosine_vs_st_fp32"]
+        ratio = r["clir bf16 (auto)"] / r["sentence-transformers fp32"]
+        out.append(
+            f"- Encoding, {set_name}: clir (default precision, bf16 autocast here) "
+            f"**{ratio:.2f}x** sentence-transformers as shipped (fp32), min cosine "
+            f"{cos['clir bf16 (auto)']:.5f} (target >= 1.5x with cosine >= 0.9999: "
+            f"{_met(ratio >= 1.5 and cos['clir bf16 (auto)'] >= 0.9999)}). Same precision on both sides: "
+            f"fp32 {r['clir fp32'] / r['sentence-transformers fp32']:.2f}x, bf16 autocast "
+            f"{r['clir bf16 (auto)'] / r['sentence-transformers bf16 autocast']:.2f}x."
+        )
+    pads = d.get("padding", {})
+    if d.get("levers"):
+        gains = "; ".join(f"{x['lever']}: {x['gain']:.2f}x" for x in d["levers"])
+        out.append(f"- Encoding levers (clir A/B on the sentences set): {gains}.")
+    if pads.get("sentences"):
+        p = pads["sentences"]
+        out.append(
+            f"- Padding on the mixed-language sentences: {100 * p['tokens']:.0f}% of token slots when batches "
+            f"are sorted by token count (clir), {100 * p['chars']:.0f}% sorted by characters "
+            f"(sentence-transformers), {100 * p['none']:.0f}% unsorted."
+        )
+    if d.get("omp"):
+        o = {x["policy"]: x["median"] for x in d["omp"]}
+        (k0, v0), (k1, v1) = list(o.items())[:2]
+        out.append(
+            f"- OpenMP wait policy (fresh processes, shared machine): {k1} {v1 / v0:.2f}x the throughput of "
+            f"{k0}."
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    lines: list[str] = []
+    enc = common.load_json("encode_throughput")
+    if enc:
+        lines += encoding_lines(enc)
+    ib = common.load_json("index_build")
+    if ib:
+        for b in ib["builds"]:
+            ov = b["ratio_overhead"]
+            lines.append(
+                f"- `clir index --factory {b['factory']}` vs pure encoding of the same texts: pure encode + the "
+                f"non-encoding work of the build = **{ov:.3f}x** ({b['fingerprint']:.2f} s weight fingerprint, "
+                f"once per process; {b['rest']:.2f} s reading, FAISS, doc store, manifest), "
+                f"{b['ratio_overhead_without_fingerprint']:.3f}x without the fingerprint; end-to-end time "
+                f"measured {b['ratio']:.2f}x, encode-time noise included (target <= 1.1x: {_met(ov <= 1.1)})."
+            )
+    se = common.load_json("search")
+    if se:
+        med = {k: common.median(v) for k, v in se["batch"].items()}
+        clir_b = med["clir Searcher.batch_search"]
+        wrapped = "Pyserini FaissSearcher.batch_search (clir encoder wrapped)"
+        lat = {k: common.median(v) for k, v in se["wall_ms"].items()}
+        line = (
+            f"- Search (xquad-r/de): batch throughput **{med[wrapped] / clir_b:.2f}x** Pyserini's "
+            f"FaissSearcher with the same encoder (it encodes per query)"
+        )
+        auto = "Pyserini FaissSearcher + its AutoQueryEncoder"
+        if auto in med:
+            line += f", {med[auto] / clir_b:.2f}x Pyserini with its own AutoQueryEncoder"
+        wl = "Pyserini FaissSearcher.search (clir encoder wrapped)"
+        line += (
+            f"; single-query p50 {lat['clir Searcher.search']:.1f} ms vs {lat[wl]:.1f} ms (same encoder)"
+            + (f" and {lat[auto]:.1f} ms (AutoQueryEncoder)" if auto in lat else "")
+            + f"; MRR@100 equal ({se['mrr']['clir Searcher.batch_search']:.4f})."
+        )
+        lines.append(line)
+        cpu = {k: sum(v) / len(v) for k, v in se["cpu_ms"].items()}
+        lines.append(
+            "- Cached bf16 weight copies (this issue's encoder change): one-query CPU time "
+            f"{cpu['clir Searcher.search']:.1f} ms vs {cpu['clir, autocast casting weights per call']:.1f} ms "
+            "with autocast re-casting the weights per call; vectors bit-identical."
+        )
+    fs = common.load_json("faiss_scaling")
+    if fs:
+        rows = [r for r in fs["rows"] if "skipped" not in r]
+        big = max(r["n"] for r in rows)
+        flat = next(r for r in rows if r["n"] == big and r["index"] == "Flat")
+        for r in rows:
+            if r["n"] == big and r["index"] != "Flat":
+                lines.append(
+                    f"- FAISS at {big:,} synthetic passages: {r['index']} {flat['bytes'] / r['bytes']:.0f}x smaller "
+                    f"and {flat['ms_per_query'] / r['ms_per_query']:.0f}x faster per query than Flat, recall@10 "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
+                    + "."
+                )
+    i8 = common.load_json("int8")
+    if i8 and i8.get("mrr"):
+        t = {k: common.median(v) for k, v in i8["times"].items()}
+        lines.append(
+            f"- int8 dynamic quantisation: {t['fp32'] / t['int8 dynamic']:.2f}x fp32 and "
+            f"{t['bf16 autocast (auto)'] / t['int8 dynamic']:.2f}x bf16 speed, MRR@100 on xquad-r/de "
+            f"{i8['mrr']['int8 dynamic']:.4f} vs {i8['mrr']['bf16 autocast (auto)']:.4f} (bf16) and "
+            f"{i8['mrr']['fp32']:.4f} (fp32); min cosine to fp32 {i8['cosine']['int8 dynamic']:.3f}: kept "
+            "out of the default path."
+        )
+    if common.load_json("gpu_encode") is None:
+        lines.append("- GPU (MFU at 256 tokens, target >= 40%): not run here (no GPU); see its section.")
+    lines += [
+        "",
+        "**What made the difference.** On this CPU (AVX512-BF16), bf16 autocast (clir's `precision: auto`) "
+        "gives the bulk of the encoding ratio while keeping every vector within cosine 0.9999 of fp32; "
+        "sentence-transformers runs fp32 unless told otherwise. On mixed-language collections clir's "
+        "batches, sorted by token count rather than characters, carry much less padding. Flush-denormal, SDPA "
+        "(already transformers' default) and tokenisation (a few % of the time, so no overlap thread) are "
+        "small next to those. For search and serving, clir encodes a batch of queries in one call where "
+        "Pyserini loops per query, and its encoder now keeps bf16 copies of the weights between calls instead "
+        "of autocast re-casting them on every request. Environment: on a machine shared with other jobs, "
+        "`OMP_WAIT_POLICY=PASSIVE` matters more than any of these (spinning OpenMP threads collapse "
+        "throughput); `make bench` sets it for both sides of every comparison. FAISS IVF-PQ builds skip "
+        "polysemous training (FAISS's factory default, unused by search): ~10x less training time, same results.",
+    ]
+    common.write_section(TITLE, "\n".join(lines), first=True)
+    print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

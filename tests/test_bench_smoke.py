@@ -1,0 +1,128 @@
+"""The benchmark scripts' building blocks on the tiny model (correctness only: nothing here is timed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.bench import common
+
+
+def _enc(tiny_bert, **over):
+    from clir.model import load_encoder
+
+    settings = {"pooling": "mean", "normalize": True, "passage_prefix": "passage: ", "precision": "fp32"}
+    return load_encoder(str(tiny_bert), {**settings, **over})
+
+
+TEXTS = [
+    "ein kurzer Satz",
+    "a much longer sentence with quite a few more words in it",
+    "x",
+    "Привет мир",
+    "猫",
+]
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    common.write_section("A", "first", path)
+    common.write_section("REST serving", "kept as is\n\n| a | b |", path)
+    common.write_section("A", "second", path)
+    text = path.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "second" in text and "first" not in text
+    assert "## REST serving\n\nkept as is\n\n| a | b |" in text
+    assert text.index("## A") < text.index("## REST serving")  # order kept
+
+
+def test_alternate_interleaves_and_counts():
+    calls: list[str] = []
+    times = common.alternate(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1
+    )
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_padding_share_orders(tiny_bert):
+    from eval.bench.encode_throughput import padding_share
+
+    enc = _enc(tiny_bert)
+    texts = TEXTS * 10
+    by_tokens = padding_share(enc.tokenizer, texts, 8, "tokens")
+    unsorted = padding_share(enc.tokenizer, texts, 8, "none")
+    assert 0 <= by_tokens < unsorted < 1
+
+
+def test_sentence_transformers_peer_matches_clir(tiny_bert):
+    pytest.importorskip("sentence_transformers")
+    from eval.bench.encode_throughput import build_sentence_transformer, clir_encode, cosines, st_encode
+
+    enc = _enc(tiny_bert)
+    st = build_sentence_transformer(str(tiny_bert), enc.config.max_passage_length)
+    ours = clir_encode(enc, TEXTS, 2, "fp32")
+    theirs = st_encode(st, TEXTS, 2)
+    assert cosines(ours, theirs).min() >= 0.9999
+
+
+def test_bf16_cached_weight_copies_are_bit_identical(tiny_bert):
+    import torch
+
+    enc = _enc(tiny_bert, precision="bf16")
+    cached = enc.encode_passages(TEXTS)
+    enc._cast_params = lambda model, dtype: {}  # plain autocast, casting weights on each call
+    plain = enc.encode_passages(TEXTS)
+    del enc._cast_params
+    assert np.array_equal(cached, plain)
+    with torch.no_grad():  # an in-place update (a training step) must refresh the copies
+        for p in enc.passage_model.parameters():
+            p.mul_(1.5)
+    updated = enc.encode_passages(TEXTS)
+    enc._cast_params = lambda model, dtype: {}
+    assert np.array_equal(updated, enc.encode_passages(TEXTS))
+    assert not np.allclose(updated, cached)
+
+
+def test_int8_encoder_stays_close(tiny_bert):
+    from eval.bench.int8 import quantized_encoder
+
+    enc = _enc(tiny_bert)
+    ref = enc.encode_passages(TEXTS)
+    q = quantized_encoder(enc).encode_passages(TEXTS)
+    cos = (q * ref).sum(1)
+    assert cos.min() > 0.9 and not np.array_equal(q, ref)
+
+
+def test_faiss_scaling_small():
+    from eval.bench.faiss_scaling import run
+
+    rows = run([3000], budget_s=60, n_queries=20, hnsw_max=10_000)
+    kinds = {r["index"]: r for r in rows}
+    assert set(kinds) == {"Flat", "HNSW32", "IVF256,PQ32"}
+    assert kinds["Flat"]["recall"] == {"exact": 1.0}
+    for r in rows:
+        assert all(0 <= v <= 1 for v in r["recall"].values()) and r["bytes"] > 0
+    assert kinds["IVF256,PQ32"]["bytes"] < kinds["Flat"]["bytes"] / 4  # 32-byte codes vs 1536-byte vectors
+    assert kinds["HNSW32"]["recall"]["efSearch=128"] > 0.8
+
+
+def test_gpu_flops_model():
+    from eval.bench.gpu_encode import flops_per_token, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("Some Card") is None
+
+    class Cfg:
+        num_hidden_layers, hidden_size = 2, 8
+
+    class Model:
+        config = Cfg()
+
+        def named_parameters(self):
+            import torch
+
+            return [("embeddings.word", torch.zeros(100, 8)), ("layer.w", torch.zeros(8, 8))]
+
+    assert flops_per_token(Model(), 16) == 2 * 64 + 4 * 2 * 16 * 8

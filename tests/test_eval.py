@@ -1,0 +1,374 @@
+"""`clir eval`: the experiment grid on a tiny model and tiny collections (routings, metrics, significance,
+report, plots, skipping finished runs, offline messages, the paper config's plan, BM25 and fusion)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clir.testing import _LINES
+
+ROOT = Path(__file__).resolve().parents[1]
+LANGS = ["en", "de", "ru", "zh", "fa", "fr"]
+
+
+def _write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _grid_yaml(model: Path, collection: Path, extra: str = "") -> str:
+    adapters = ", ".join(f"{lang}: new" for lang in LANGS)
+    return f"""
+name: tiny-grid
+collections:
+  - {{source: {collection}, name: tiny}}
+models:
+  - name: plain
+    model: {model}
+  - name: madx
+    model: {model}
+    overrides:
+      adapter_mode: madx
+      language_adapters: {{{adapters}}}
+routings:
+  - {{query: source, doc: source}}
+  - {{query: source, doc: target}}
+metrics: [ndcg@10, map, mrr@100, recall@100]
+significance: {{baseline: plain, tests: [student, fisher], max_p: 0.05, n_permutations: 200}}
+{extra}
+"""
+
+
+def _clir(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clir", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CLIR_PROGRESS": "0", **(env or {})},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_bert, tiny_collection, tmp_path_factory):
+    """The tiny grid, run once through the CLI entry point: (config, out folder, metrics.json)."""
+    from clir.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("grid")
+    cfg = _write_config(tmp / "grid.yaml", _grid_yaml(tiny_bert, tiny_collection))
+    out = tmp / "out"
+    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    return cfg, out, json.loads((out / "metrics.json").read_text())
+
+
+def test_two_routings_give_two_distinct_runs(grid):
+    from clir.search import read_trec_run
+
+    _cfg, out, doc = grid
+    madx = {r["variant"]: r for r in doc["rows"] if r["model"] == "madx"}
+    assert set(madx) == {"madx/q-source_d-source", "madx/q-source_d-target"}
+    runs = [read_trec_run(out / r["run"]) for r in madx.values()]
+    assert runs[0].keys() == runs[1].keys()
+    assert runs[0] != runs[1]  # the document-side adapter swap changes the document vectors
+    # a full-mode model has no adapter to route: one row, not one per routing
+    assert [r["variant"] for r in doc["rows"] if r["model"] == "plain"] == ["plain"]
+    # each index once: one for plain, one per document routing of madx, keyed as documented
+    names = sorted(p.name for p in (out / "indexes").iterdir())
+    assert names == ["tiny__madx__d-source", "tiny__madx__d-target", "tiny__plain"]
+    src = json.loads((out / "indexes" / "tiny__madx__d-source" / "manifest.json").read_text())
+    tgt = json.loads((out / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text())
+    assert set(src["encoder"]["adapters"]) == {"task", "en"}  # only the adapters its documents went through
+    assert set(tgt["encoder"]["adapters"]) == {"task", "en", "de", "ru", "zh", "fa", "fr"}
+
+
+def test_metrics_match_ranx_on_the_run_files(grid, tiny_collection):
+    import ranx
+
+    from clir.data import load_qrels
+    from clir.search import read_trec_run
+
+    _cfg, out, doc = grid
+    qrels = ranx.Qrels(load_qrels(tiny_collection))
+    assert len(doc["rows"]) == 3
+    for row in doc["rows"]:
+        run = ranx.Run(read_trec_run(out / row["run"]))
+        direct = ranx.evaluate(qrels, run, doc["metrics"], make_comparable=True)
+        assert row["metrics"] == pytest.approx(direct, abs=1e-9)
+        assert 0.0 < row["metrics"]["recall@100"] <= 1.0
+
+
+def test_significance_against_the_baseline_and_for_the_swap(grid):
+    _cfg, out, doc = grid
+    base = [r for r in doc["rows"] if r["baseline"]]
+    assert [r["variant"] for r in base] == ["plain"] and base[0]["significance"] is None
+    for row in doc["rows"]:
+        if row["baseline"]:
+            continue
+        for test in ("student", "fisher"):
+            for m in doc["metrics"]:
+                p = row["significance"][test][m]["p_value"]
+                assert 0.0 <= p <= 1.0
+                assert row["significance"][test][m]["significant"] == (p < 0.05)
+    (swap,) = doc["swaps"]
+    assert (swap["source"], swap["target"]) == ("madx/q-source_d-source", "madx/q-source_d-target")
+    by = {r["variant"]: r["metrics"] for r in doc["rows"]}
+    for m in doc["metrics"]:
+        assert swap["delta"][m] == pytest.approx(by[swap["target"]][m] - by[swap["source"]][m])
+    assert set(swap["significance"]) == {"student", "fisher"}
+
+
+def test_report_and_plots_written(grid):
+    cfg, out, doc = grid
+    report = (out / "report.md").read_text()
+    assert f"clir eval --config {cfg}" in report
+    assert doc["config_hash"] in report
+    assert "ranx" in report and "torch" in report  # library versions
+    assert "### tiny" in report
+    for variant in ("plain", "madx/q-source_d-source", "madx/q-source_d-target"):
+        assert f"| {variant}" in report or f"| **{variant}**" in report
+    assert "† paired t-test" in report and "‡ Fisher" in report
+    assert "d-target minus d-source" in report
+    assert "untrained (`new`" in report  # the report says how the adapters were made
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "swap_delta.png" in pngs and "ndcg_at_10.png" in pngs
+    assert (out / "plots" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_finished_runs(grid, capsys):
+    from clir.cli.main import main
+
+    cfg, out, doc = grid
+    assert len(doc["computed"]) == 3
+    runs = sorted((out / "runs").glob("*.trec"))
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["computed"] == [] and len(again["reused"]) == 3
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in doc["rows"]]
+    printed = capsys.readouterr().out
+    assert "| plain |" in printed and "report:" in printed
+    # the dry run of the same config now lists every row as done and no index to build
+    assert main(["eval", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "3 rows: 0 to compute, 3 finished" in plan and "indexes (0 needed" in plan
+
+
+def test_only_and_changed_settings_recompute(tiny_bert, tiny_collection, tmp_path):
+    from clir.cli.main import main
+
+    cfg = _write_config(tmp_path / "g.yaml", _grid_yaml(tiny_bert, tiny_collection))
+    out = tmp_path / "out"
+    assert main(["eval", "--config", str(cfg), "--out", str(out), "--only", "tiny/plain"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["computed"] == ["tiny/plain"] and [r["variant"] for r in doc["rows"]] == ["plain"]
+    assert len(doc["missing"]) == 2
+    # another k changes what produces the run: the marker no longer matches and the row is recomputed
+    cfg2 = _write_config(tmp_path / "g2.yaml", _grid_yaml(tiny_bert, tiny_collection, "k: 20"))
+    assert main(["eval", "--config", str(cfg2), "--out", str(out), "--only", "tiny/plain"]) == 0
+    doc2 = json.loads((out / "metrics.json").read_text())
+    assert doc2["computed"] == ["tiny/plain"]
+    assert main(["eval", "--config", str(cfg2), "--out", str(out), "--only", "nothing-like-this"]) == 1
+
+
+def test_config_errors_name_the_problem(tiny_bert, tiny_collection, tmp_path):
+    from clir.config import ModelSpec
+    from clir.errors import ClirError
+    from clir.evaluate.grid import load_eval_config, plan_grid
+
+    bad_metric = _write_config(
+        tmp_path / "m.yaml", _grid_yaml(tiny_bert, tiny_collection).replace("ndcg@10", "ndgc@10")
+    )
+    with pytest.raises(ClirError, match="unknown metric 'ndgc@10'"):
+        load_eval_config(bad_metric)
+    bad_base = _write_config(
+        tmp_path / "b.yaml",
+        _grid_yaml(tiny_bert, tiny_collection).replace("baseline: plain", "baseline: nope"),
+    )
+    with pytest.raises(ClirError, match="baseline 'nope' is not a row"):
+        plan_grid(load_eval_config(bad_base))
+    missing = _write_config(tmp_path / "c.yaml", _grid_yaml(tiny_bert, tmp_path / "no-such-collection"))
+    with pytest.raises(ClirError, match="folder not found"):
+        plan_grid(load_eval_config(missing))
+    cfg = load_eval_config(_write_config(tmp_path / "ok.yaml", _grid_yaml(tiny_bert, tiny_collection)))
+    cfg.models[1].overrides["language_adapters"] = {"en": "new"}  # no adapter for the documents' languages
+    with pytest.raises(ClirError, match="needs a language adapter for 'de'"):
+        plan_grid(cfg)
+    cfg.models = [ModelSpec(name="m", model=str(tmp_path / "not-built"))]
+    with pytest.raises(ClirError, match="does not exist .*build"):
+        plan_grid(cfg)
+
+
+def test_missing_ir_datasets_files_stop_before_any_work(tiny_bert, tmp_path):
+    home = tmp_path / "irds-home"
+    home.mkdir()
+    cfg = _write_config(
+        tmp_path / "hc4.yaml",
+        f"""
+name: offline
+collections: [{{source: hc4/fa/test, query_field: title}}]
+models: [{{name: tiny, model: {tiny_bert}}}]
+""",
+    )
+    out = tmp_path / "out"
+    res = _clir("eval", "--config", str(cfg), "--out", str(out), env={"IR_DATASETS_HOME": str(home)})
+    assert res.returncode == 1, res.stderr
+    assert "clir eval: error:" in res.stderr and "Traceback" not in res.stderr
+    assert f"IR_DATASETS_HOME={home}" in res.stderr
+    assert str(home / "hc4" / "fas" / "hc4_docs.jsonl") in res.stderr
+    assert "test.qrels.v1-0.txt" in res.stderr and "place them at those paths" in res.stderr
+    assert not (out / "runs").exists() and not (out / "indexes").exists()
+
+
+def test_dry_run_of_the_paper_config_lists_the_plan(tmp_path):
+    home = tmp_path / "irds-home"
+    home.mkdir()
+    res = _clir(
+        "eval",
+        "--config",
+        "configs/eval/paper-hc4.yaml",
+        "--dry-run",
+        env={"IR_DATASETS_HOME": str(home), "CLIR_MODELS": str(tmp_path / "models")},
+    )
+    assert res.returncode == 0, res.stderr
+    plan = res.stdout
+    for lang in ("fa", "ru", "zh"):
+        assert f"irds:hc4/{lang}/test" in plan and f"irds:neuclir/1/{lang}/trec-2022" in plan
+        assert f"hc4-{lang}-test__mbert-madx__d-target" in plan
+        assert f"[todo] neuclir-1-{lang}-trec-2022/mbert-madx/q-source_d-source" in plan
+    for mode in ("full", "task", "madx"):
+        assert f"clir train --config configs/train/mbert-{mode}-msmarco.yaml" in plan
+        assert f"mbert-{mode}" in plan and f"mode={mode}" in plan
+    # 6 collections x (full + task + madx source/target) dense indexes
+    assert "indexes (24 needed" in plan
+    assert "[todo] hc4-fa-test/mbert-full\n" in plan and "hc4-fa-test/mbert-full/" not in plan
+    assert "metrics: ndcg@10, ndcg@20, map, mrr@100, recall@100, recall@1000" in plan
+    assert "student, fisher vs baseline mbert-full" in plan
+    assert str(home / "hc4" / "fas" / "hc4_docs.jsonl") in plan
+    assert "neuclir/trec-2022/qrels" in plan
+    assert "bert-base-multilingual-cased" in plan and "language adapter ru" in plan
+    assert not Path(tmp_path / "models").exists()  # nothing was built or downloaded
+
+
+def _german_collection(root: Path) -> Path:
+    """German documents with German translations of the English queries (queries.de.tsv)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "docs.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(_LINES["de"]):
+            f.write(json.dumps({"doc_id": f"de-{i}", "text": text, "lang": "de"}, ensure_ascii=False) + "\n")
+    n = len(_LINES["de"])
+    (root / "queries.tsv").write_text(
+        "".join(f"q{i}\t{_LINES['en'][i]}\n" for i in range(n)), encoding="utf-8"
+    )
+    (root / "queries.de.tsv").write_text(
+        "".join(f"q{i}\t{_LINES['de'][i]}\n" for i in range(n)), encoding="utf-8"
+    )
+    (root / "qrels.txt").write_text("".join(f"q{i} 0 de-{i} 1\n" for i in range(n)), encoding="utf-8")
+    return root
+
+
+def test_bm25_and_fusion_rows(tiny_bert, tmp_path):
+    from clir.evaluate.bm25 import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"BM25 needs Pyserini and Java: {reason}")
+    from clir.cli.main import main
+
+    coll = _german_collection(tmp_path / "de")
+    cfg = _write_config(
+        tmp_path / "bm25.yaml",
+        f"""
+name: bm25
+collections: [{{source: {coll}, name: de, doc_lang: de}}]
+models: [{{name: tiny, model: {tiny_bert}}}]
+metrics: [mrr@100, recall@100]
+significance: {{baseline: bm25, tests: [student], n_permutations: 100}}
+bm25: {{enabled: true}}
+fusion: {{methods: [rrf, combsum]}}
+""",
+    )
+    out = tmp_path / "out"
+    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert set(rows) == {"tiny", "bm25", "tiny+bm25-rrf", "tiny+bm25-combsum"}
+    # the queries are the documents' own text: German BM25 finds each one first
+    assert rows["bm25"]["metrics"]["mrr@100"] == pytest.approx(1.0)
+    assert (out / "indexes" / "de__bm25-de" / "clir_bm25.json").is_file()
+    for v in ("tiny+bm25-rrf", "tiny+bm25-combsum"):
+        assert rows[v]["kind"] == "fusion" and rows[v]["significance"]["student"]["mrr@100"]["p_value"] <= 1
+        assert rows[v]["metrics"]["mrr@100"] > rows["tiny"]["metrics"]["mrr@100"]
+
+
+def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
+    from clir.cli.main import main
+
+    monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
+    monkeypatch.chdir(ROOT)
+    assert main(["eval", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    for name in ("xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-deu", "tatoeba-pes"):
+        assert f"{name}/e5\n" in plan
+        for doc in ("source", "target"):
+            assert f"{name}/e5-madx/q-source_d-{doc}" in plan
+    assert "15 rows" in plan and "downloads needed: none" in plan
+
+
+@pytest.mark.slow
+def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(e5_small, tmp_path, monkeypatch):
+    from clir.cli.main import main
+
+    monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "xq"
+    args = ["eval", "--config", "configs/eval/xquad-r-e5.yaml", "--out", str(out), "--only", "xquad-r-de/e5"]
+    assert main(args) == 0
+    (row,) = json.loads((out / "metrics.json").read_text())["rows"]
+    assert row["variant"] == "e5" and row["queries"] == 1190
+    assert row["metrics"]["mrr@100"] >= 0.762  # reference: 0.767 with plain transformers + exact search
+
+
+def test_language_adapter_built_on_demand(tiny_bert, tiny_collection, tmp_path, capsys):
+    from clir.cli.main import main
+    from clir.evaluate.grid import _verb_available
+
+    la = tmp_path / "adapters" / "tiny-de"
+    adapters = ", ".join(f"{lang}: new" for lang in LANGS if lang != "de")
+    cfg = _write_config(
+        tmp_path / "la.yaml",
+        f"""
+name: la
+collections: [{{source: {tiny_collection}, name: tiny}}]
+adapters:
+  - {{lang: de, out: {la}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4"]}}
+models:
+  - name: madx
+    model: {tiny_bert}
+    overrides:
+      adapter_mode: madx
+      language_adapters: {{de: {la}, {adapters}}}
+routings: [{{query: source, doc: target}}]
+metrics: [mrr@100]
+""",
+    )
+    out = tmp_path / "out"
+    assert main(["eval", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    assert f"clir train-language-adapter --lang de --text {tiny_collection}" in capsys.readouterr().out
+    code = main(["eval", "--config", str(cfg), "--out", str(out)])
+    if not _verb_available("train-language-adapter"):
+        assert code == 1 and "has no `clir train-language-adapter` yet" in capsys.readouterr().err
+        return
+    assert code == 0
+    assert (la / "adapter_config.json").is_file()
+    report = (out / "report.md").read_text()
+    assert f"de: trained by `clir train-language-adapter` on {tiny_collection}" in report
+    manifest = json.loads((out / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text())
+    assert "de" in manifest["encoder"]["adapters"]

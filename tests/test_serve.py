@@ -1,0 +1,496 @@
+"""`clir serve`: every route and every client error through TestClient, the real server over HTTP, and a
+bounded concurrency run whose results must equal `Searcher.search` / `clir search`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from clir.errors import ClirError  # noqa: E402
+
+QUERIES = [
+    "the cat sits on the mat",
+    "where is the train station",
+    "history of the roman empire",
+    "how to bake bread",
+    "climate change and the oceans",
+    "football world cup final",
+    "quantum computers",
+    "the river flows to the sea",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_bert, tiny_collection, tmp_path_factory) -> Path:
+    from clir.index import IndexArgs, build_index
+
+    out = tmp_path_factory.mktemp("serve") / "tiny-idx"
+    # fp32: batched and single-query encodings then agree to float rounding, so rankings can be compared
+    build_index(
+        IndexArgs(
+            collection=str(tiny_collection),
+            model=str(tiny_bert),
+            out=str(out),
+            overrides={"precision": "fp32", "pooling": "mean", "normalize": True},
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def searcher(tiny_index):
+    from clir.search import Searcher
+
+    return Searcher(tiny_index)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_index):
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": tiny_index, "tiny2": tiny_index}, ServeSettings(max_body_bytes=4096))
+    with TestClient(app) as c:
+        yield c
+
+
+def _ids(hits):
+    return [h["doc_id"] if isinstance(h, dict) else h.doc_id for h in hits]
+
+
+def _same(http_hits, ref_hits):
+    assert _ids(http_hits) == _ids(ref_hits)
+    for a, b in zip(http_hits, ref_hits, strict=True):
+        assert a["score"] == pytest.approx(b.score, abs=1e-4)
+
+
+def _error(resp, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == code and body["detail"], body
+    return body
+
+
+# ---------------------------------------------------------------------- routes
+def test_health_ready_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json()["indexes"] == ["tiny", "tiny2"]
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/search/batch", "/indexes", "/indexes/{name}/docs/{doc_id}"} <= set(spec["paths"])
+    assert "swagger" in client.get("/docs").text.lower()
+
+
+def test_indexes_lists_counts_languages_fingerprints(client, searcher):
+    body = client.get("/indexes").json()
+    by_name = {i["name"]: i for i in body["indexes"]}
+    assert (
+        set(by_name) == {"tiny", "tiny2"} and by_name["tiny"]["default"] and not by_name["tiny2"]["default"]
+    )
+    tiny = by_name["tiny"]
+    assert tiny["num_docs"] == searcher.num_docs == 28
+    assert tiny["languages"] == ["de", "fa", "fr", "ru", "zh"]
+    assert tiny["encoder_fingerprint"] == searcher.manifest["encoder"]
+
+
+def test_indexes_with_one_encoder_share_the_loaded_model(client):
+    searchers = client.app.state.clir.searchers
+    assert searchers["tiny"].encoder is searchers["tiny2"].encoder
+
+
+@pytest.mark.parametrize("query", QUERIES[:4])
+def test_post_search_equals_searcher(client, searcher, query):
+    r = client.post("/search", json={"query": query, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref = searcher.search(query, 5, return_text=True)
+    _same(body["hits"], ref)
+    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5]
+    assert [h["text"] for h in body["hits"]] == [h.text for h in ref]
+    assert body["index"] == "tiny" and body["truncated"] is False and body["took_ms"] >= 0
+    assert r.headers["x-request-id"]
+
+
+def test_get_search_other_index_without_text(client, searcher):
+    r = client.get("/search", params={"q": QUERIES[1], "k": 3, "index": "tiny2", "return_text": "false"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index"] == "tiny2" and all("text" not in h for h in body["hits"])
+    _same(body["hits"], searcher.search(QUERIES[1], 3))
+
+
+def test_batch_search_equals_searcher(client, searcher):
+    r = client.post("/search/batch", json={"queries": QUERIES, "k": 4, "return_text": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(QUERIES)
+    for q, item in zip(QUERIES, results, strict=True):
+        _same(item["hits"], searcher.search(q, 4))
+        assert all(h["text"] for h in item["hits"])
+
+
+def test_get_document(client, searcher):
+    r = client.get("/indexes/tiny/docs/de-1")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"index": "tiny", **searcher.docstore.get("de-1")}
+
+
+def test_long_query_is_truncated_and_says_so(client, searcher):
+    limit = searcher.encoder.config.max_query_length
+    long_query = " ".join(["the river flows to the sea"] * limit)
+    body = client.post("/search", json={"query": long_query, "k": 3}).json()
+    assert body["truncated"] is True and body["query_tokens"] == limit and "truncated" in body["warning"]
+    _same(body["hits"], searcher.search(long_query, 3))
+    short = client.post("/search", json={"query": "the cat", "k": 3}).json()
+    assert short["truncated"] is False and short["query_tokens"] < limit and "warning" not in short
+
+
+# ---------------------------------------------------------------------- client errors
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": ""},
+        {"query": "   \t\n"},
+        {"query": "cat", "k": 0},
+        {"query": "cat", "k": 1001},
+        {"query": "cat", "k": "ten"},
+        {"k": 3},
+        {"query": "cat", "topk": 3},
+        {"query": "cat", "query_lang": " "},
+    ],
+)
+def test_bad_search_body_is_422(client, body):
+    _error(client.post("/search", json=body), 422, "invalid_request")
+
+
+def test_k_bounds_are_inclusive(client):
+    assert client.post("/search", json={"query": "cat", "k": 1}).status_code == 200
+    r = client.post("/search", json={"query": "cat", "k": 1000})  # more than the index holds: all of it
+    assert r.status_code == 200 and len(r.json()["hits"]) == 28
+
+
+def test_malformed_json_is_422(client):
+    r = client.post("/search", content=b'{"query": "cat",', headers={"content-type": "application/json"})
+    assert "malformed JSON" in _error(r, 422, "invalid_request")["detail"]
+    r = client.post("/search", content=b'["cat"]', headers={"content-type": "application/json"})
+    _error(r, 422, "invalid_request")
+    r = client.post("/search", content=b'{"query": "cat"}')  # no content type
+    assert "Content-Type" in _error(r, 422, "invalid_request")["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"q": ""}, {"q": "  "}, {}, {"q": "cat", "k": 0}, {"q": "cat", "k": 5000}, {"q": "cat", "k": "x"}],
+)
+def test_bad_get_search_is_422(client, params):
+    _error(client.get("/search", params=params), 422, "invalid_request")
+
+
+@pytest.mark.parametrize("body", [{"queries": []}, {"queries": ["cat", " "]}, {"queries": "cat"}])
+def test_bad_batch_is_422(client, body):
+    _error(client.post("/search/batch", json=body), 422, "invalid_request")
+
+
+def test_unknown_index_and_doc_are_404(client):
+    assert (
+        "nope"
+        in _error(client.post("/search", json={"query": "cat", "index": "nope"}), 404, "not_found")["detail"]
+    )
+    _error(client.get("/search", params={"q": "cat", "index": "nope"}), 404, "not_found")
+    _error(client.post("/search/batch", json={"queries": ["cat"], "index": "nope"}), 404, "not_found")
+    _error(client.get("/indexes/nope/docs/de-1"), 404, "not_found")
+    assert "no-such-doc" in _error(client.get("/indexes/tiny/docs/no-such-doc"), 404, "not_found")["detail"]
+    _error(client.get("/no/such/route"), 404, "not_found")
+    _error(client.delete("/search"), 405, "method_not_allowed")
+
+
+def test_body_over_limit_is_413(client):
+    big = {"query": "cat " * 2000}  # > 4096 bytes (the fixture's limit)
+    r = client.post("/search", json=big)
+    assert "4096" in _error(r, 413, "payload_too_large")["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b"x" * 1000
+
+    _error(
+        client.post("/search", content=chunks(), headers={"content-type": "application/json"}),
+        413,
+        "payload_too_large",
+    )
+    assert client.post("/search", json={"query": "cat " * 500}).status_code == 200  # under the limit
+
+
+# ---------------------------------------------------------------------- API key, logs, failures
+def test_api_key(searcher, monkeypatch, caplog):
+    from clir.serve import ServeSettings, create_app
+
+    secret = "s3cret-key-value"
+    monkeypatch.setenv("CLIR_TEST_KEY", secret)
+    app = create_app({"tiny": searcher}, ServeSettings(api_key_env="CLIR_TEST_KEY"))
+    caplog.set_level(logging.DEBUG)
+    with TestClient(app) as c:
+        assert "missing" in _error(c.post("/search", json={"query": "cat"}), 401, "unauthorized")["detail"]
+        _error(c.post("/search", json={"query": "cat"}, headers={"X-API-Key": "wrong"}), 401, "unauthorized")
+        _error(c.get("/indexes"), 401, "unauthorized")
+        _error(
+            c.post("/search", content=b"{bad", headers={"content-type": "application/json"}),
+            401,
+            "unauthorized",
+        )
+        assert c.post("/search", json={"query": "cat"}, headers={"X-API-Key": secret}).status_code == 200
+        assert c.get("/indexes/tiny/docs/de-1", headers={"x-api-key": secret}).status_code == 200
+        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+    assert secret not in caplog.text
+
+
+def test_api_key_variable_unset_is_an_error(tiny_index, monkeypatch):
+    from clir.serve import ServeSettings, create_app
+
+    monkeypatch.delenv("CLIR_TEST_NO_KEY", raising=False)
+    with pytest.raises(ClirError, match="CLIR_TEST_NO_KEY"):
+        create_app({"tiny": tiny_index}, ServeSettings(api_key_env="CLIR_TEST_NO_KEY"))
+
+
+@pytest.mark.parametrize("micro_batching", [True, False])
+def test_internal_failure_is_500_with_request_id_and_server_keeps_serving(
+    searcher, monkeypatch, caplog, micro_batching
+):
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(micro_batching=micro_batching))
+    real = searcher.search_vectors
+    calls = {"n": 0}
+
+    def flaky(vecs, k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the 1st call is the startup warm-up
+            raise RuntimeError("simulated FAISS failure")
+        return real(vecs, k)
+
+    monkeypatch.setattr(searcher, "search_vectors", flaky)
+    caplog.set_level(logging.INFO)
+    with TestClient(app) as c:
+        r = c.post("/search", json={"query": "cat"})
+        body = _error(r, 500, "internal_error")
+        rid = body["request_id"]
+        assert rid == r.headers["x-request-id"] and rid in body["detail"]
+        assert "simulated FAISS failure" not in r.text  # internals stay in the log
+        assert c.post("/search", json={"query": "cat"}).status_code == 200
+    failure = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert failure and rid in failure[0].getMessage() and failure[0].exc_info
+    assert "simulated FAISS failure" in caplog.text
+
+
+def test_access_log_has_status_and_latency(client, caplog):
+    caplog.set_level(logging.INFO, logger="clir.serve.access")
+    client.get("/search", params={"q": "secret words"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"]
+    assert lines and re.search(r'"GET /search" 200 \d+\.\dms rid=\w+', lines[-1])
+    assert "secret words" not in lines[-1]  # the query string is not logged
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_micro_batcher_groups_concurrent_queries(searcher, exact):
+    from clir.serve.batching import Job, MicroBatcher
+
+    async def go():
+        batcher = MicroBatcher(searcher.encoder, max_batch=8, window_ms=20, exact=exact)
+        jobs = [Job(searcher, q, 3, "en") for q in QUERIES]
+        results = await asyncio.gather(*(batcher.submit(j) for j in jobs))
+        await batcher.stop()
+        return batcher, results
+
+    batcher, results = asyncio.run(go())
+    assert batcher.batched_queries == len(QUERIES) and batcher.batches < len(QUERIES)
+    for q, res in zip(QUERIES, results, strict=True):
+        ref = searcher.search(q, 3)
+        assert [searcher.docids[r] for r in res.rows] == _ids(ref)
+        assert res.scores.tolist() == pytest.approx([h.score for h in ref], abs=1e-5)
+
+
+@pytest.mark.shared
+def test_exact_batching_is_bit_identical_to_single_queries(e5_small):
+    """Under bf16 autocast, padding a query next to longer ones moves its vector (~1e-3 here); batches of
+    equal-length queries must give exactly the vectors of encoding each query alone."""
+    import numpy as np
+
+    from clir.model import load_encoder
+    from clir.serve.batching import encode_grouped
+
+    enc = load_encoder(e5_small, {"pooling": "mean", "normalize": True, "query_prefix": "query: "})
+    queries = QUERIES + [q.upper() for q in QUERIES] + ["the cat", "the sea", "where is it"]
+    vecs, counts = encode_grouped(enc, queries, ["en"] * len(queries), exact=True)
+    assert len({c[0] for c in counts}) < len(queries)  # some groups really hold several queries
+    for q, v in zip(queries, vecs, strict=True):
+        assert np.array_equal(v, enc.encode_queries([q])[0])
+
+
+def test_overload_is_503(searcher):
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(max_pending=1, batch_window_ms=200))
+
+    async def go():
+        import httpx
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/search", json={"query": q}) for q in QUERIES[:4]))
+
+    statuses = sorted(r.status_code for r in asyncio.run(go()))
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+
+
+# ---------------------------------------------------------------------- configuration and CLI
+def test_index_specs_and_yaml_config(tmp_path, monkeypatch):
+    from clir.serve import load_serve_config, parse_index_spec
+
+    assert parse_index_spec("de=indexes/xquad-de") == ("de", "indexes/xquad-de")
+    assert parse_index_spec("indexes/xquad-de/") == ("xquad-de", "indexes/xquad-de/")
+    with pytest.raises(ClirError, match="URL-safe"):
+        parse_index_spec("bad name=dir")
+    monkeypatch.setenv("IDX_ROOT", "/data/idx")
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("indexes:\n  de: ${IDX_ROOT}/de\n  ru: rel/ru\nport: 9000\nmicro_batching: false\n")
+    indexes, settings = load_serve_config(cfg)
+    assert indexes == {"de": "/data/idx/de", "ru": str(tmp_path / "rel/ru")}
+    assert settings == {"port": 9000, "micro_batching": False}
+    cfg.write_text("indexes: {de: x}\nprot: 9000\n")
+    with pytest.raises(ClirError, match="prot"):
+        load_serve_config(cfg)
+
+
+def test_cli_flags_override_config(tmp_path):
+    from clir.cli.main import build_parser
+    from clir.cli.serve import resolve
+
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("indexes: {de: /x/de}\nport: 9000\nmax_body_bytes: 10\n")
+    args = build_parser().parse_args(["serve", "--config", str(cfg), "--index", "ru=/x/ru", "--port", "9001"])
+    indexes, settings = resolve(args)
+    assert indexes == {"de": "/x/de", "ru": "/x/ru"}
+    assert (settings.port, settings.max_body_bytes, settings.host) == (9001, 10, "127.0.0.1")
+    args = build_parser().parse_args(["serve", "--index", "a/x", "--index", "b/x"])
+    with pytest.raises(ClirError, match="alias"):
+        resolve(args)
+
+
+def test_cli_bad_index_folder_is_a_clear_error(tmp_path, capsys):
+    from clir.cli.main import main
+
+    assert main(["serve", "--index", str(tmp_path / "missing")]) == 1
+    assert "index folder not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the real server over HTTP
+@pytest.fixture(scope="module")
+def server(tiny_index):
+    """`clir serve` in a subprocess on a free loopback port (uvicorn picks it: --port 0)."""
+    import httpx
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clir",
+            "serve",
+            "--index",
+            f"tiny={tiny_index}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    url, deadline, seen = None, time.time() + 120, []
+    try:
+        while url is None and time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            seen.append(line)
+            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if m:
+                url = m.group(1)
+        assert url, "server did not start:\n" + "".join(seen[-30:])
+        # keep draining stderr so the server never blocks on a full pipe
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        while httpx.get(f"{url}/ready").status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_real_server_over_http(server, searcher):
+    import httpx
+
+    with httpx.Client(base_url=server, timeout=30) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        r = c.post("/search", json={"query": QUERIES[0], "k": 5})
+        assert r.status_code == 200
+        _same(r.json()["hits"], searcher.search(QUERIES[0], 5))
+        _error(c.post("/search", json={"query": " "}), 422, "invalid_request")
+        _error(c.get("/indexes/tiny/docs/nope"), 404, "not_found")
+
+
+def test_concurrent_clients_get_identical_results(server, tiny_index, tmp_path):
+    """16 clients x 20 requests: zero errors, every answer equal to `clir search`'s."""
+    import httpx
+
+    qfile = tmp_path / "queries.tsv"
+    qfile.write_text("".join(f"q{i}\t{q}\n" for i, q in enumerate(QUERIES)))
+    out = subprocess.run(
+        [sys.executable, "-m", "clir", "-q", "search", "--index", str(tiny_index), "--queries", str(qfile),
+         "--json", "--k", "10"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    expected = {QUERIES[int(qid[1:])]: hits for qid, hits in json.loads(out.stdout).items()}
+
+    async def client_task(c: httpx.AsyncClient, worker: int) -> list[str]:
+        problems = []
+        for i in range(20):
+            q = QUERIES[(worker + i) % len(QUERIES)]
+            r = await c.post("/search", json={"query": q, "k": 10, "return_text": False})
+            if r.status_code != 200:
+                problems.append(f"{r.status_code} {r.text}")
+                continue
+            got = r.json()["hits"]
+            want = expected[q]
+            if _ids(got) != _ids(want) or any(
+                abs(a["score"] - b["score"]) > 1e-4 for a, b in zip(got, want, strict=True)
+            ):
+                problems.append(f"{q!r}: {_ids(got)} != {_ids(want)}")
+        return problems
+
+    async def go():
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(base_url=server, timeout=60, limits=limits) as c:
+            return await asyncio.gather(*(client_task(c, w) for w in range(16)))
+
+    problems = [p for ps in asyncio.run(go()) for p in ps]
+    assert problems == []
