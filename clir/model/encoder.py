@@ -293,7 +293,13 @@ class DualEncoder:
                 # no version counter: those are cast afresh each call (-1 never matches)
                 version = -1 if p.is_inference() else p._version
                 hit = old.get(name)
-                if hit is None or version < 0 or hit[0] is not p or hit[1] != version or hit[2] != p.data_ptr():
+                if (
+                    hit is None
+                    or version < 0
+                    or hit[0] is not p
+                    or hit[1] != version
+                    or hit[2] != p.data_ptr()
+                ):
                     hit = (p, version, p.data_ptr(), p.detach().to(dtype))
                 new[name] = hit
         self._cast_cache[key] = new  # rebuilt each call: copies of removed modules are dropped
