@@ -126,6 +126,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before torch/FAISS load their OpenMP runtimes: idle OpenMP threads then sleep instead of spinning. A
+    # server's work comes in bursts, often on cores shared with other processes or workers; spinning threads
+    # made serving several times slower and erratic here (eval/bench/RESULTS.md, "REST serving").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from clir.config import to_dict

@@ -5,10 +5,10 @@ The encoder is model state (adapter routing) behind ``DualEncoder._lock``; every
 tokenizer included (Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at
 once), runs under that lock.
 
-The work runs on asyncio's default executor (``asyncio.to_thread``), a measured choice: on the 2-core test
-machine the same encode+search call ran 5-50x slower on Starlette's anyio worker pool (one client) and on a
-dedicated single-thread executor (8 clients) than on the default executor (eval/bench/RESULTS.md, "REST
-serving"); the cause (OpenMP thread teams of torch and FAISS, GIL hand-offs) was not pinned down."""
+The work runs on asyncio's default executor (``asyncio.to_thread``), a measured choice: on the shared 2-core
+test machine, with OpenMP's default spinning, the same encode+search call ran 5-50x slower on Starlette's
+anyio worker pool (one client) and on a dedicated one-thread executor (8 clients) than on the default
+executor (eval/bench/RESULTS.md, "REST serving")."""
 
 from __future__ import annotations
 

@@ -73,16 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if rc == 0 else f"failed ({rc})"
         failed += rc != 0
         print(f"== {name}: {status} in {secs:.0f} s", flush=True)
-        rows.append([f"`python -m eval.bench.{name}`", f"{secs / 60:.1f}", status])
+        rows.append([name, round(secs / 60, 1), status, time.strftime("%Y-%m-%d %H:%M"), common.load_avg()])
     if rows and not args.quick:
+        # merged with earlier runs: `--only` refreshes its rows and keeps the others
+        known = {r[0]: r for r in (common.load_json("run_all") or [])}
+        known.update({r[0]: r for r in rows})
+        merged = [known[n] for n in names if n in known]
+        common.save_json("run_all", merged)
         body = "\n".join(
             [
-                "Wall time of each benchmark in the last `make bench` run (each must stay under 10 minutes on "
-                f"this machine; OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}).",
+                "Wall time of each benchmark when it last ran under run_all (each must stay under 10 minutes "
+                f"on this machine; OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}). Machine: {common.machine_line()}.",
                 "",
-                common.conditions(common.load_avg()),
-                "",
-                common.table(["benchmark", "minutes", "status"], rows),
+                common.table(
+                    ["benchmark", "minutes", "status", "when", "load average then"],
+                    [[f"`python -m eval.bench.{r[0]}`", *r[1:]] for r in merged],
+                ),
             ]
         )
         common.write_section(TITLE, body)

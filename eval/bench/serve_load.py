@@ -168,6 +168,9 @@ def _java_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("JAVA_HOME", JAVA_HOME)
     env.setdefault("OPENAI_API_KEY", "x")  # pyserini imports its OpenAI encoders at import time
+    env.setdefault(
+        "OMP_WAIT_POLICY", "PASSIVE"
+    )  # what `clir serve` sets for itself; the same for every server
     return env
 
 
@@ -444,15 +447,17 @@ NOTES = [
     "- Machine: 2 shared cores; other jobs (another helper's `clir eval` and a FAISS benchmark) ran during the "
     "measurement, so absolute numbers are low and noisy (see the per-slice rates in "
     "eval/bench/results/serve_load.json); contenders took turns in 20 s slices to share that noise.",
-    "- Threads: `clir serve` runs encoder+FAISS work on asyncio's default executor. Measured on this machine "
-    "with the same code: Starlette's `run_in_threadpool` (anyio's pool) made a single client ~5-20x slower, and a "
-    "dedicated one-thread executor made 8 clients ~20x slower (1 req/s instead of ~20); the default executor "
-    "had neither problem. The cause (torch's and FAISS's separate OpenMP runtimes, GIL hand-offs with a busy "
-    "event loop) was not pinned down.",
-    "- Why Pyserini's server is slower here: its `async` route runs the whole search synchronously on the event "
-    "loop, so requests are served one at a time (concurrency only queues them), and for every hit "
+    "- OpenMP: every server runs with `OMP_WAIT_POLICY=PASSIVE` (`clir serve` sets it for itself unless the "
+    "environment says otherwise). With the default spinning policy on these shared cores, an earlier 60 s run "
+    "gave clir serve 16.8 / 36.5 / 31.2 req/s and Pyserini 4.4 / 2.5 / 1.0 req/s at 1 / 8 / 32 clients: "
+    "spinning OpenMP threads of torch and FAISS (two runtimes per process) starve the thread that has work, "
+    "worst where work hops between threads. Also measured under spinning: Starlette's `run_in_threadpool` made "
+    "one client 5-20x slower and a dedicated one-thread executor made 8 clients ~20x slower than asyncio's "
+    "default executor, which `clir serve` uses.",
+    "- Pyserini's server design: its `async` route runs the whole search synchronously on the event loop, so "
+    "requests are served one at a time (concurrency only queues them; no batching), and for every hit "
     "`get_document` reopens the Lucene document index (`LuceneSearcher.from_prebuilt_index`), ten opens per "
-    "query. It also answers no query language (adapter routing) and no per-request encoder choice.",
+    "query. It takes no query language (adapter routing) and no per-request encoder choice.",
 ]
 
 
