@@ -370,7 +370,8 @@ class DualEncoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        enc = self.tokenize(texts, side, padding=False)
+        with self._lock:  # HF fast tokenizers are not re-entrant ("Already borrowed" across threads)
+            enc = self.tokenize(texts, side, padding=False)
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up at once
         out = np.empty((len(texts), self.dim), dtype=np.float32)
