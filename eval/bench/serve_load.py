@@ -440,11 +440,13 @@ NOTES = [
     "FAISS file whose QueryEncoder is clir's encoder from the index manifest (same weights, settings, bf16), "
     "called in a worker thread as in clir (torch's OpenMP is much slower on the main thread of this "
     "oversubscribed machine).",
-    "- Choice: micro-batching stays on by default because it beat no batching at 8 and 32 clients in this "
-    "run (ratios above, ~1.3x; at 1 client the batcher's extra hop is within the noise of this shared machine). "
-    "Equal-length grouping is the default because an answer must not depend on which requests arrived with it "
-    "(the acceptance asks for the same top-10 as `clir search`); `--pad-batches` trades that for throughput.",
-    "- Machine: 2 shared cores; other jobs (another helper's `clir eval` and a FAISS benchmark) ran during the "
+    "- Choice: micro-batching stays on by default: over no batching it gave ~1.1x at 8 and ~1.4x at 32 clients "
+    "in the 60 s run of this section (at 1 client it measured slower, 18 vs 24 req/s, with every server's slices "
+    "drifting down as other jobs started). Equal-length grouping is the default because an answer must not "
+    "depend on which requests arrived with it (bit-identical to `clir search --query`); `--pad-batches` gave "
+    "~1.6-1.8x over no batching at 8-32 clients, at the price of ~1e-4 score moves under bf16 that can swap "
+    "near-tied hits.",
+    "- Machine: 2 shared cores; other jobs (other helpers' evaluations and benchmarks) ran during the "
     "measurement, so absolute numbers are low and noisy (see the per-slice rates in "
     "eval/bench/results/serve_load.json); contenders took turns in 20 s slices to share that noise.",
     "- OpenMP: every server runs with `OMP_WAIT_POLICY=PASSIVE` (`clir serve` sets it for itself unless the "
