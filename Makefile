@@ -31,6 +31,7 @@ lint format:
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,distributed,bench]'
 	$(BIN)/python -m eval.bench.run_all
 
 clean:
