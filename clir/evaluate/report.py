@@ -162,6 +162,13 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         "misses score 0)",
         f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p})",
     ]
+    if "fisher" in tests:
+        se = (sig.max_p * (1 - sig.max_p) / sig.n_permutations) ** 0.5
+        out.append(
+            f"- Fisher p-values come from {sig.n_permutations} random permutations (ranx draws them in parallel "
+            f"threads, so they vary slightly between invocations: about ±{se:.3f} near p = {sig.max_p}; raise "
+            "significance.n_permutations for stabler marks)"
+        )
     if cfg.bm25.enabled:
         out.append(
             f"- bm25: Pyserini (Lucene, the documents' language analyzer), k1={cfg.bm25.k1}, b={cfg.bm25.b}, "
