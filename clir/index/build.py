@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.atomic import swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
@@ -333,17 +334,3 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
     shutil.rmtree(chunks_dir)
     (partial / STATE_FILE).unlink()
     swap_into_place(partial, out)
-
-
-def swap_into_place(partial: Path, out: Path) -> None:
-    """Rename the finished ``partial`` to ``out``; an existing ``out`` is replaced only now, whole."""
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, out)

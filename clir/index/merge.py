@@ -22,7 +22,7 @@ def merge_indexes(
     from the shards' vectors (with ``factory`` or the shards' own)."""
     import faiss
 
-    from clir.index.build import swap_into_place
+    from clir.atomic import swap_into_place
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.model.registry import RegisteredModel, register
 
@@ -466,20 +467,7 @@ def pull_e5_small(dest: Path) -> None:
         "settings": E5_SETTINGS,
     }
     (partial / SOURCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    _swap(partial, dest)
-
-
-def _swap(partial: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(dest.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dest, old)
-        os.replace(partial, dest)
-        shutil.rmtree(old)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, dest)
+    swap_into_place(partial, dest)
 
 
 def is_complete(folder: Path) -> bool:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clir.atomic import swap_into_place
 from clir.config import ModelConfig, from_dict, load_yaml, to_dict
 from clir.errors import ClirError
 
@@ -490,9 +491,7 @@ class DualEncoder:
         (tmp / MODEL_FILE).write_text(
             yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        swap_into_place(tmp, out)
         return out
 
 

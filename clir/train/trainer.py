@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.atomic import swap_into_place
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
 
@@ -533,12 +534,7 @@ def train(
             shutil.copy2(out / name, staging / name)
     if cfg.checkpoint.keep_after_training and (out / CKPT_DIR).is_dir():
         (out / CKPT_DIR).rename(staging / CKPT_DIR)
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(staging, out)
     log.info("wrote %s (%d steps, %.1f triples/s)", out, step, tps)
     return TrainResult(out, step, True, last_loss, tps, seconds, None)
 

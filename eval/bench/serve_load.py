@@ -80,8 +80,8 @@ def padded_index(real: Path, out: Path, total: int, seed: int = 0) -> Path:
     previous run built the same thing)."""
     import faiss
 
+    from clir.atomic import swap_into_place
     from clir.index import store
-    from clir.index.build import swap_into_place
 
     real_manifest = store.read_manifest(real)
     recipe = {
