@@ -223,6 +223,20 @@ def require_shared() -> None:
         )
 
 
+def xquad_de_index(path: Path, encoder: Any = None) -> Path:
+    """The xquad-r/de index built with e5-small, shared by the search and REST benchmarks (built if absent)."""
+    if (path / "manifest.json").is_file():
+        return path
+    import logging
+
+    from clir.index import IndexArgs, build_index
+
+    logging.getLogger(__name__).info("building %s (xquad-r/de with multilingual-e5-small)", path)
+    args = IndexArgs(collection=str(XQUAD / "de"), model=str(E5_DIR), out=str(path), overrides=E5_SETTINGS)
+    build_index(args, encoder=encoder)
+    return path
+
+
 def xquad_langs() -> list[str]:
     return sorted(p.name for p in XQUAD.iterdir() if (p / "docs.jsonl").is_file())
 

@@ -29,24 +29,6 @@ TITLE = "Search: clir vs Pyserini"
 INDEX = common.REPO / "indexes" / "xquad-r-de-e5"  # shared with serve_load (built once, reused)
 
 
-def ensure_index(path: Path, enc) -> Path:
-    from clir.index import IndexArgs, build_index
-
-    if (path / "manifest.json").is_file():
-        return path
-    log.info("building %s (xquad-r/de with multilingual-e5-small)", path)
-    build_index(
-        IndexArgs(
-            collection=str(common.XQUAD / "de"),
-            model=str(common.E5_DIR),
-            out=str(path),
-            overrides=common.E5_SETTINGS,
-        ),
-        encoder=enc,
-    )
-    return path
-
-
 def import_pyserini():
     """Pyserini needs a Java >= 21 and imports an OpenAI client that wants a key, even for dense search."""
     from clir.evaluate.bm25 import DEFAULT_JAVA_HOME
@@ -99,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = common.load_avg()
     threads = os.cpu_count() or 1
     enc = common.e5_encoder("auto")
-    index_dir = ensure_index(args.index, enc)
+    index_dir = common.xquad_de_index(args.index, enc)
     searcher = Searcher(index_dir, encoder=enc)
     FaissSearcher, QueryEncoder, AutoQueryEncoder = import_pyserini()
     py = FaissSearcher(str(index_dir), wrap_encoder(QueryEncoder, enc))

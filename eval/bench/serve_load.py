@@ -44,24 +44,6 @@ ALIAS = "bench"
 
 
 # ---------------------------------------------------------------------------------------------- index
-def real_index(path: Path) -> Path:
-    """The xquad-r/de index built with e5-small (built here if absent)."""
-    if (path / "manifest.json").is_file():
-        return path
-    from clir.index import IndexArgs, build_index
-
-    log.info("building %s (xquad-r/de with multilingual-e5-small)", path)
-    build_index(
-        IndexArgs(
-            collection=str(common.XQUAD / "de"),
-            model=str(common.E5_DIR),
-            out=str(path),
-            overrides=common.E5_SETTINGS,
-        )
-    )
-    return path
-
-
 def _sentences(limit: int = 200_000) -> list[tuple[str, str]]:
     """(lang, sentence) from every shared collection's documents."""
     out: list[tuple[str, str]] = []
@@ -542,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.acceptance:
         return acceptance(args)
     load_before = common.load_avg()
-    real = real_index(args.real_index)
+    real = common.xquad_de_index(args.real_index)
     index = padded_index(real, args.index, args.docs)
     logs = common.REPO / "eval" / "results" / "serve_load"
     logs.mkdir(parents=True, exist_ok=True)
@@ -608,7 +590,7 @@ def acceptance(args: argparse.Namespace) -> int:
     at a time, and the batched `--queries` run), then 32 clients for --duration seconds with 0 errors."""
     from clir.data import load_queries
 
-    real = real_index(args.real_index)
+    real = common.xquad_de_index(args.real_index)
     logs = common.REPO / "eval" / "results" / "serve_load"
     logs.mkdir(parents=True, exist_ok=True)
     queries = load_queries(str(common.XQUAD / "de"))
