@@ -218,8 +218,14 @@ def test_ivf_needs_enough_vectors(tiny_bert, tiny_collection, tmp_path):
 
 
 def test_ivf_pq_index_trains_and_searches(tiny_bert, tiny_collection, tmp_path):
+    import faiss
+
+    from clir.index.faiss_index import DEFAULT_NPROBE
+
     res = build_index(_args(tiny_collection, tiny_bert, tmp_path / "ivf", factory="IVF2,Flat"))
-    s = Searcher(res.path, nprobe=2)
+    assert faiss.extract_index_ivf(Searcher(res.path, nprobe=1).index).nprobe == 1
+    s = Searcher(res.path)  # no --nprobe: clir's default, capped at the number of lists
+    assert faiss.extract_index_ivf(s.index).nprobe == min(2, DEFAULT_NPROBE) == 2
     assert (
         s.search("die katze", 1)[0].doc_id
         == Searcher(build_index(_args(tiny_collection, tiny_bert, tmp_path / "flat")).path)

@@ -350,7 +350,7 @@ def test_language_adapter_mlm_loads_and_routes(tiny_bert, tiny_collection, tmp_p
             lang="de",
             text=str(tiny_collection),
             backbone=str(tiny_bert),
-            out=str(tmp_path / "de"),
+            out=str(tmp_path / "adapters" / "de"),  # a parent that does not exist yet is made
             max_steps=40,
             batch_size=8,
             lr=3e-3,
@@ -360,7 +360,8 @@ def test_language_adapter_mlm_loads_and_routes(tiny_bert, tiny_collection, tmp_p
     )
     assert res.fresh_head  # the tiny BERT has no MLM head: a fresh one tied to the embeddings
     assert res.last_loss < res.first_loss
-    folder = tmp_path / "de"
+    folder = tmp_path / "adapters" / "de"
+    assert res.out == folder and not (tmp_path / "adapters" / "de.partial").exists()
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["config"]["inv_adapter"] == "nice" and cfg["config"]["reduction_factor"] == 2
     assert not (folder / "pytorch_model_head.bin").exists()

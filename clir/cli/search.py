@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--tag", default="clir", help="run tag (last column of the run file)")
-    p.add_argument("--nprobe", type=positive_int, help="IVF lists to visit")
+    p.add_argument(
+        "--nprobe", type=positive_int, help="IVF lists to visit (default: 32, or all lists when fewer)"
+    )
     p.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
     p.add_argument("--force", action="store_true", help="use --model even if it does not match the index")
     add_model_args(p)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from clir.atomic import swap_into_place
 from clir.errors import ClirError
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ def train_language_adapter(
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     model.save_adapter(str(tmp), args.lang, with_head=False)
     info = {
         "lang": args.lang,
@@ -284,9 +286,7 @@ def train_language_adapter(
         "loss": history,
     }
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    swap_into_place(tmp, out)
     return LanguageAdapterResult(
         out=out,
         steps=args.max_steps,

@@ -212,15 +212,28 @@ def spread(xs: Sequence[float]) -> str:
 
 # ---------------------------------------------------------------------------------------------- texts
 def require_shared() -> None:
+    """Check the shared data is there; provision multilingual-e5-small into E5_DIR on first use (offline, with
+    the shared folder's tool, as the test suite's e5_small fixture does)."""
     from clir.errors import ClirError
 
     if not XQUAD.is_dir():
         raise ClirError(f"benchmark data not found: {XQUAD} (set CLIR_SHARED to the shared folder)")
-    if not (E5_DIR / "model.safetensors").is_file():
+    if (E5_DIR / "model.safetensors").is_file():
+        return
+    tool = SHARED / "tools" / "provision-multilingual-e5-small"
+    if not tool.is_file():
         raise ClirError(
-            f"multilingual-e5-small not found in {E5_DIR} (set CLIR_E5_DIR, or run the test suite's "
-            "e5_small fixture once to provision it)"
+            f"multilingual-e5-small not found in {E5_DIR} and no {tool} to build it (set CLIR_E5_DIR)"
         )
+    import logging
+    import subprocess
+    import sys
+
+    logging.getLogger(__name__).info("provisioning multilingual-e5-small into %s", E5_DIR)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    res = subprocess.run(["bash", str(tool), str(E5_DIR)], capture_output=True, text=True, env=env)
+    if res.returncode != 0 or not (E5_DIR / "model.safetensors").is_file():
+        raise ClirError(f"could not provision multilingual-e5-small into {E5_DIR}: {res.stderr[-500:]}")
 
 
 def xquad_de_index(path: Path, encoder: Any = None) -> Path:
