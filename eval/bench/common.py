@@ -122,8 +122,8 @@ def conditions(load_before: str) -> str:
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (
         f"_Measured {now} on {machine_line()}. Load average (1/5/15 min) before: {load_before}, "
-        f"after: {load_avg()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (other jobs share "
-        "the cores: absolute numbers move, ratios less)._"
+        f"after: {load_avg()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (load from other "
+        "jobs moves absolute numbers more than ratios)._"
     )
 
 

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-lang", type=int, default=30, help="sentences per xquad-r language (default 30)")
     p.add_argument("--long", type=int, default=40, help="long passages (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3, help="most timed runs per contender (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="most timed runs per contender (default 5)")
     p.add_argument(
         "--budget",
         type=float,

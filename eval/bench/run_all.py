@@ -1,7 +1,7 @@
 """Run the CPU benchmarks one after another (``make bench``), each in its own process, each rewriting its
 section of ``eval/bench/RESULTS.md``; then a run-time table. The GPU benchmark only runs where CUDA is.
 
-    python -m eval.bench.run_all                    # ~25-40 minutes on 2 busy cores
+    python -m eval.bench.run_all                    # ~15 minutes on 2 quiet cores, more on busy ones
     python -m eval.bench.run_all --only encode_throughput search
     python -m eval.bench.run_all --quick            # smoke run: tiny sizes, nothing written
 
@@ -28,10 +28,9 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("search", [], ["--queries", "20", "--latency-queries", "5", "--rounds", "1", "--no-pyserini-encoder"]),
     ("faiss_scaling", [], ["--sizes", "10000", "--queries", "100"]),
     ("int8", [], ["--per-lang", "2", "--rounds", "1", "--no-quality"]),
-    # written by the serving work; called with a short duration per level
     (
         "serve_load",
-        ["--duration", "10", "--rounds", "2"],
+        [],  # its defaults: 30 s per server and level in 3 slices
         ["--duration", "2", "--rounds", "1", "--clients", "1"],
     ),
     ("gpu_encode", [], []),

@@ -420,17 +420,17 @@ NOTES = [
     "M-BEIR module, answers None for msmarco-v1-passage, maps the document alias to a local Lucene index of the "
     "same passages (built with `pyserini.index.lucene --storeRaw`), and registers a `FaissSearcher` over the same "
     "FAISS file whose QueryEncoder is clir's encoder from the index manifest (same weights, settings, bf16), "
-    "called in a worker thread as in clir (torch's OpenMP is much slower on the main thread of this "
-    "oversubscribed machine).",
-    "- Choice: micro-batching stays on by default: over no batching it gave ~1.1x at 8 and ~1.4x at 32 clients "
-    "in the 60 s run of this section (at 1 client it measured slower, 18 vs 24 req/s, with every server's slices "
-    "drifting down as other jobs started). Equal-length grouping is the default because an answer must not "
-    "depend on which requests arrived with it (bit-identical to `clir search --query`); `--pad-batches` gave "
-    "~1.6-1.8x over no batching at 8-32 clients, at the price of ~1e-4 score moves under bf16 that can swap "
-    "near-tied hits.",
-    "- Machine: 2 shared cores; other jobs (other helpers' evaluations and benchmarks) ran during the "
-    "measurement, so absolute numbers are low and noisy (see the per-slice rates in "
-    "eval/bench/results/serve_load.json); contenders took turns in 20 s slices to share that noise.",
+    "called in a worker thread as in clir (torch's OpenMP was much slower on the main thread when the machine "
+    "was oversubscribed).",
+    "- Choice: micro-batching stays on by default: see the `no micro-batching` ratios above (its gain grows with "
+    "the number of concurrent clients; with one client there is nothing to batch). Equal-length grouping is the "
+    "default because an answer must not depend on which requests arrived with it (bit-identical to `clir search "
+    "--query`); `--pad-batches` (measured with `--servers ... clir-padded`) gave ~1.6-1.8x over no batching at "
+    "8-32 clients in an earlier 60 s run on the shared machine, at the price of ~1e-4 score moves under bf16 that "
+    "can swap near-tied hits.",
+    "- Fairness: contenders take turns in slices (duration / rounds seconds each, warm-up before each), so "
+    "changes in the machine's load hit all of them alike; the per-slice rates are in "
+    "eval/bench/results/serve_load.json.",
     "- OpenMP: every server runs with `OMP_WAIT_POLICY=PASSIVE` (`clir serve` sets it for itself unless the "
     "environment says otherwise). With the default spinning policy on these shared cores, an earlier 60 s run "
     "gave clir serve 16.8 / 36.5 / 31.2 req/s and Pyserini 4.4 / 2.5 / 1.0 req/s at 1 / 8 / 32 clients: "
@@ -454,7 +454,8 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
                 r = per[c]
                 rows.append([name, c, r["rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["ok"], r["errors"]])
     out = [
-        f"`python -m eval.bench.serve_load --duration {meta['duration']:g}`: POST a search (k=10, with text) "
+        f"`python -m eval.bench.serve_load --duration {meta['duration']:g} --rounds {meta.get('rounds', 3)}`: "
+        "POST a search (k=10, with text) "
         f"over HTTP on 127.0.0.1, {meta['duration']:g} s per level after {meta['warmup']:g} s warm-up, every "
         f"client sending its next request as soon as the last is answered (httpx async, in the benchmark "
         f"process). Index: {meta['num_docs']:,} passages (Flat, 384-d): the {meta['n_real']:,} real xquad-r/de "
@@ -489,7 +490,9 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=60.0, help="measured seconds per server and level")
+    p.add_argument(
+        "--duration", type=float, default=30.0, help="measured seconds per server and level (default 30)"
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each slice")
     p.add_argument("--rounds", type=int, default=3, help="slices per server and level, taken in turns")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -573,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v}/50" for k, v in agree.items())
         + ".",
     ]
-    meta = {"duration": args.duration, "warmup": args.warmup, "num_docs": args.docs, "n_real": n_real,
-            "n_queries": len(queries), "notes": notes, "conditions": common.conditions(load_before)}  # fmt: skip
+    meta = {"duration": args.duration, "rounds": args.rounds, "warmup": args.warmup, "num_docs": args.docs,
+            "n_real": n_real, "n_queries": len(queries), "notes": notes,
+            "conditions": common.conditions(load_before)}  # fmt: skip
     common.save_json("serve_load", {"meta": meta, "results": results, "load_before": load_before})
     text = report(results, meta, load_before)
     if args.no_write:

@@ -17,6 +17,10 @@ def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
+def _runs(res: dict[str, Any], name: str) -> str:
+    return common.spread(res["rates"][name]["rates"])
+
+
 def encoding_lines(d: dict[str, Any]) -> list[str]:
     out = []
     for set_name, res in d["main"].items():
@@ -29,7 +33,8 @@ def encoding_lines(d: dict[str, Any]) -> list[str]:
             f"{cos['clir bf16 (auto)']:.5f} (target >= 1.5x with cosine >= 0.9999: "
             f"{_met(ratio >= 1.5 and cos['clir bf16 (auto)'] >= 0.9999)}). Same precision on both sides: "
             f"fp32 {r['clir fp32'] / r['sentence-transformers fp32']:.2f}x, bf16 autocast "
-            f"{r['clir bf16 (auto)'] / r['sentence-transformers bf16 autocast']:.2f}x."
+            f"{r['clir bf16 (auto)'] / r['sentence-transformers bf16 autocast']:.2f}x (medians; fp32 runs "
+            f"{_runs(res, 'clir fp32')} vs {_runs(res, 'sentence-transformers fp32')} passages/s)."
         )
     pads = d.get("padding", {})
     if d.get("levers"):
@@ -46,7 +51,7 @@ def encoding_lines(d: dict[str, Any]) -> list[str]:
         o = {x["policy"]: x["median"] for x in d["omp"]}
         (k0, v0), (k1, v1) = list(o.items())[:2]
         out.append(
-            f"- OpenMP wait policy (fresh processes, shared machine): {k1} {v1 / v0:.2f}x the throughput of "
+            f"- OpenMP wait policy (fresh processes; load average in its section): {k1} {v1 / v0:.2f}x the throughput of "
             f"{k0}."
         )
     return out
@@ -125,22 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "**What made the difference.** On this CPU (AVX512-BF16), bf16 autocast (clir's `precision: auto`) "
-        "gives the bulk of the encoding ratio while keeping every vector within cosine 0.9999 of fp32; "
-        "sentence-transformers runs fp32 unless told otherwise. On mixed-language collections clir's "
-        "batches, sorted by token count rather than characters, carry much less padding. Flush-denormal, SDPA "
-        "(already transformers' default) and tokenisation (a few % of the time, so no overlap thread) are "
-        "small next to those. For search and serving, clir encodes a batch of queries in one call where "
-        "Pyserini loops per query, and its encoder now keeps bf16 copies of the weights between calls instead "
-        "of autocast re-casting them on every request. Environment: on a machine shared with other jobs, "
-        "`OMP_WAIT_POLICY=PASSIVE` matters more than any of these (spinning OpenMP threads collapse "
-        "throughput); `make bench` sets it for both sides of every comparison. FAISS IVF-PQ builds skip "
-        "polysemous training (FAISS's factory default, unused by search): identical results, and in a one-off A/B "
-        "here IVF64,PQ32 on 10k vectors trained and filled in 6.6 s instead of 77.7 s. At equal precision "
-        "the encoders are close (see the same-precision ratios above): the transformer's matrix products are "
-        "the same on both sides. Tried and left out: `torch.compile` (inductor, dynamic shapes) of the bf16 "
-        "encoder measured 1.06x on the sentences and 1.16x on the long passages over clir's eager path after "
-        "10 s of compiling (1.11x / 1.16x with weight freezing, 17 s), in a one-off alternating A/B on the quiet "
-        "machine (2026-11-26): too little for a per-process compile and a C++ toolchain at run time.",
+        "gives the bulk of the encoding ratio over sentence-transformers as shipped, while keeping every vector "
+        "within cosine 0.9999 of fp32. At equal precision the transformer's matrix products are the same on "
+        "both sides, so what is left is padding: clir sorts batches by token count, sentence-transformers by "
+        "characters, which on mixed-script collections leaves it much more padding (see the padding line); on "
+        "long passages, where neither pads much, the two are even within run-to-run noise. Flush-denormal, SDPA "
+        "(already transformers' default) and tokenisation (about 1% of the time, so no overlap thread) are "
+        "small next to those, and their A/Bs move by ~10% from run to run. For search and serving, clir "
+        "encodes a batch of queries in one call where Pyserini loops per query, and its encoder keeps bf16 "
+        "copies of the weights between calls instead of autocast re-casting them on every request. "
+        "Environment: `OMP_WAIT_POLICY=PASSIVE` is a trade: on a machine shared with other jobs (load 4-12, an "
+        "earlier run) it gave 3.39x, because spinning OpenMP threads starve the thread that has work; on a "
+        "quiet machine it costs a little (the OpenMP line above). `make bench` sets it for both sides of every "
+        "comparison, so the ratios hold either way. FAISS IVF-PQ builds skip polysemous training (FAISS's "
+        "factory default, unused by search): identical results, and in a one-off A/B here IVF64,PQ32 on 10k "
+        "vectors trained and filled in 6.6 s instead of 77.7 s. Tried and left out: `torch.compile` (inductor, "
+        "dynamic shapes; `encode_throughput --compile` measures it) of the bf16 encoder gave 1.06x on the "
+        "sentences and 1.16x on the long passages over clir's eager path after 10 s of compiling (1.11x / "
+        "1.16x with weight freezing, 17 s) in a one-off alternating A/B on the quiet machine (2026-11-26): too "
+        "little for a compile per process and a C++ toolchain at run time.",
     ]
     common.write_section(TITLE, "\n".join(lines), first=True)
     print(f"wrote the '{TITLE}' section of {common.RESULTS}")
