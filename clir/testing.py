@@ -131,3 +131,24 @@ def write_tiny_collection(out: str | Path, *, n_docs: int | None = None) -> Path
             f.write(f"q{i}\t{q}\n")
     (out / "qrels.txt").write_text("\n".join(qrels) + "\n", encoding="utf-8")
     return out
+
+
+def provision_e5_small(shared: str | Path, out: str | Path) -> str | None:
+    """Build multilingual-e5-small into ``out`` with the shared folder's offline tool, unless it is already
+    there (the test suite's e5_small fixture and the benchmarks use it). Returns None on success, else why not."""
+    import os
+    import subprocess
+    import sys
+
+    out = Path(out)
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return None
+    tool = Path(shared) / "tools" / "provision-multilingual-e5-small"
+    if not tool.is_file():
+        return f"no {tool} to build it"
+    # the tool runs `python`: make it this interpreter (the one with transformers installed)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    res = subprocess.run(["bash", str(tool), str(out)], capture_output=True, text=True, env=env)
+    if res.returncode != 0 or not (out / "model.safetensors").is_file():
+        return res.stderr[-500:] or f"{tool} exited with {res.returncode}"
+    return None

@@ -36,15 +36,10 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def e5_small(shared_dir, tmp_path_factory) -> Path:
     """The real multilingual-e5-small folder built by ../shared's provisioning tool (cached per user)."""
-    import subprocess
-    import sys
+    from clir.testing import provision_e5_small
 
     cached = Path(__file__).resolve().parents[1] / ".cache" / "multilingual-e5-small-q4"
-    if (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file():
-        return cached
-    tool = shared_dir / "tools" / "provision-multilingual-e5-small"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    res = subprocess.run(["bash", str(tool), str(cached)], capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        pytest.skip(f"could not provision multilingual-e5-small: {res.stderr[-500:]}")
+    why = provision_e5_small(shared_dir, cached)
+    if why is not None:
+        pytest.skip(f"could not provision multilingual-e5-small: {why}")
     return cached

@@ -9,6 +9,7 @@ import sys
 import time
 
 from clir.cli.common import add_model_args, model_overrides, positive_int
+from clir.index.faiss_index import DEFAULT_NPROBE
 
 HELP = "search an index: one --query, or --queries to a TREC --run file"
 DESCRIPTION = """Search an index folder with the encoder recorded in its manifest (or --model).
@@ -34,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--tag", default="clir", help="run tag (last column of the run file)")
     p.add_argument(
-        "--nprobe", type=positive_int, help="IVF lists to visit (default: 32, or all lists when fewer)"
+        "--nprobe",
+        type=positive_int,
+        help=f"IVF lists to visit (default: {DEFAULT_NPROBE}, or all lists when fewer)",
     )
     p.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
     p.add_argument("--force", action="store_true", help="use --model even if it does not match the index")

@@ -111,18 +111,14 @@ DEFAULT_NPROBE = 32
 def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
     import faiss
 
-    if nprobe is None:
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:  # not an IVF index
-            pass
-        else:
-            ivf.nprobe = min(ivf.nlist, DEFAULT_NPROBE)
-    else:
-        try:
-            faiss.extract_index_ivf(index).nprobe = nprobe
-        except RuntimeError:
-            raise ClirError("--nprobe applies to IVF indexes only") from None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        ivf = None
+    if ivf is not None:
+        ivf.nprobe = min(ivf.nlist, DEFAULT_NPROBE) if nprobe is None else nprobe
+    elif nprobe is not None:
+        raise ClirError("--nprobe applies to IVF indexes only")
     if ef_search is not None:
         hnsw = getattr(index, "hnsw", None)
         if hnsw is None:

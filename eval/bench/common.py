@@ -220,20 +220,16 @@ def require_shared() -> None:
         raise ClirError(f"benchmark data not found: {XQUAD} (set CLIR_SHARED to the shared folder)")
     if (E5_DIR / "model.safetensors").is_file():
         return
-    tool = SHARED / "tools" / "provision-multilingual-e5-small"
-    if not tool.is_file():
-        raise ClirError(
-            f"multilingual-e5-small not found in {E5_DIR} and no {tool} to build it (set CLIR_E5_DIR)"
-        )
     import logging
-    import subprocess
-    import sys
+
+    from clir.testing import provision_e5_small
 
     logging.getLogger(__name__).info("provisioning multilingual-e5-small into %s", E5_DIR)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    res = subprocess.run(["bash", str(tool), str(E5_DIR)], capture_output=True, text=True, env=env)
-    if res.returncode != 0 or not (E5_DIR / "model.safetensors").is_file():
-        raise ClirError(f"could not provision multilingual-e5-small into {E5_DIR}: {res.stderr[-500:]}")
+    why = provision_e5_small(SHARED, E5_DIR)
+    if why is not None:
+        raise ClirError(
+            f"multilingual-e5-small not found in {E5_DIR} and could not be built (set CLIR_E5_DIR): {why}"
+        )
 
 
 def xquad_de_index(path: Path, encoder: Any = None) -> Path:
