@@ -22,7 +22,6 @@ from clir.atomic import swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
-from clir.index.faiss_index import build_faiss_index
 from clir.index.passages import PassageSpec, Splitter, passage_id
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,8 @@ class IndexArgs:
     out: str
     doc_lang: str | None = None
     factory: str = "Flat"
+    #: a named recipe (clir.index.presets) instead of ``factory``: sized to the collection, search settings kept
+    preset: str | None = None
     batch_size: int = 32
     shard: tuple[int, int] | None = None  # (i, n): keep documents whose ordinal % n == i
     resume: bool = False
@@ -341,7 +342,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
 
 def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     """Chunks -> FAISS index + docid + doc store (+ passage map) + manifest, then the atomic rename."""
-    import faiss
+    from clir.index.presets import write_faiss
 
     args, partial = b.args, b.partial
     chunks_dir = partial / CHUNKS
@@ -363,11 +364,16 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
                 parts.append(np.load(p, mmap_mode="r")[sel])
         return np.concatenate(parts)
 
-    index = build_faiss_index(
-        encoder.dim, args.factory, n_rows, chunks, train_sample=sample, max_train=args.max_train
+    faiss_fields = write_faiss(
+        partial,
+        encoder.dim,
+        n_rows,
+        chunks,
+        sample,
+        factory=args.factory,
+        preset=args.preset,
+        max_train=args.max_train,
     )
-    faiss.write_index(index, str(partial / (store.INDEX_FILE + ".tmp")))
-    os.replace(partial / (store.INDEX_FILE + ".tmp"), partial / store.INDEX_FILE)
 
     writer = store.DocStoreWriter(partial)
     ids: list[str] = []
@@ -389,7 +395,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     split = b.counters["split_docs"] > 0
     if split:
         store.atomic_save_npy(partial / store.PASSAGES_FILE, np.asarray(spans, dtype=np.int64))
-    manifest = _manifest(b, encoder, langs, writer.count, n_rows)
+    manifest = {**_manifest(b, encoder, langs, writer.count, n_rows), **faiss_fields}
     if args.shard:
         store.atomic_save_npy(partial / store.VECTORS_FILE, np.concatenate(list(chunks())))
         store.atomic_save_npy(partial / store.POSITIONS_FILE, np.asarray(positions, dtype=np.int64))
@@ -438,7 +444,6 @@ def _manifest(b: BuildState, encoder, langs: dict[str, int], n_docs: int, n_rows
         "model": {"source": encoder.source, "config": to_dict(encoder.config)},
         "dim": encoder.dim,
         "metric": "inner_product",
-        "factory": args.factory,
         "num_docs": n_docs,
         "num_passages": n_rows,
         "passages": {**b.passages, "split_docs": c["split_docs"]},
