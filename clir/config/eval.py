@@ -136,6 +136,9 @@ class SignificanceConfig:
     max_p: float = 0.05
     n_permutations: int = 1000
     random_seed: int = 42
+    #: adjustment for testing several pairs on one collection (one family per test and metric):
+    #: holm (Holm-Bonferroni), bonferroni or none
+    correction: Literal["holm", "bonferroni", "none"] = "holm"
 
     def validate(self) -> None:
         if not 0 < self.max_p < 1:

@@ -1116,9 +1116,10 @@ def score_grid(
         swap_pairs = []
         for r in present:
             if r.kind == "dense" and r.routing is not None and r.routing.doc == "source":
-                tgt = f"{r.model.name}/{Routing(r.routing.query, 'target').label()}"  # type: ignore[union-attr]
-                if tgt in runs:
-                    swap_pairs.append((r.variant, tgt))
+                for doc in ("target", "none"):  # the swap, and dropping the language adapter
+                    other = f"{r.model.name}/{Routing(r.routing.query, doc).label()}"  # type: ignore[union-attr]
+                    if other in runs:
+                        swap_pairs.append((r.variant, other))
         all_pairs = list(dict.fromkeys(pairs + swap_pairs))
         tests = (
             compare_runs(
@@ -1130,6 +1131,7 @@ def score_grid(
                 max_p=sig.max_p,
                 n_permutations=sig.n_permutations,
                 random_seed=sig.random_seed,
+                correction=sig.correction,
             )
             if all_pairs
             else {}
@@ -1164,6 +1166,7 @@ def score_grid(
                     "lang": coll.doc_lang,
                     "model": ra.model.name,  # type: ignore[union-attr]
                     "query_routing": ra.routing.query,  # type: ignore[union-attr]
+                    "doc_routing": b.rsplit("d-", 1)[-1],
                     "source": a,
                     "target": b,
                     "delta": {m: scores[b][m] - scores[a][m] for m in cfg.metrics},

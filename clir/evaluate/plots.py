@@ -62,7 +62,11 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
         return None
     plt = _pyplot()
     collections = list(dict.fromkeys(s["collection"] for s in swaps))
-    series = list(dict.fromkeys(f"{s['model']} (q-{s['query_routing']})" for s in swaps))
+    series = list(
+        dict.fromkeys(
+            f"{s['model']} (q-{s['query_routing']}, d-{s.get('doc_routing', 'target')})" for s in swaps
+        )
+    )
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(collections) + 3), 4.0))
     for j, name in enumerate(series):
@@ -71,7 +75,8 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
                 (
                     s
                     for s in swaps
-                    if s["collection"] == c and f"{s['model']} (q-{s['query_routing']})" == name
+                    if s["collection"] == c
+                    and f"{s['model']} (q-{s['query_routing']}, d-{s.get('doc_routing', 'target')})" == name
                 ),
                 None,
             )
@@ -81,7 +86,7 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
             d = s["delta"][metric]
             ax.bar(x, d, width=width, color=f"C{j}", label=name if i == 0 else None)
             sig = s.get("significance") or {}
-            if any(t.get(metric, {}).get("p_value", 1.0) < max_p for t in sig.values()):
+            if any(t.get(metric, {}).get("significant") for t in sig.values()):
                 ax.annotate("*", (x, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=12)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(collections)), collections, fontsize=8)

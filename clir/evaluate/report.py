@@ -127,7 +127,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
 def _cell(row: dict[str, Any], metric: str, max_p: float, tests: list[str]) -> str:
     v = f"{row['metrics'][metric]:.4f}"
     sig = row.get("significance") or {}
-    marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("p_value", 1.0) < max_p)
+    marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("significant"))
     return v + marks
 
 
@@ -160,7 +160,8 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         "manifest's encoder fingerprint matches)",
         f"- {plan.k} hits per query; metrics: {', '.join(_label(m) for m in cfg.metrics)} (ranx; queries a run "
         "misses score 0)",
-        f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p})",
+        f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p} "
+        f"after {_CORRECTION[sig.correction]})",
     ]
     if "fisher" in tests:
         se = (sig.max_p * (1 - sig.max_p) / sig.n_permutations) ** 0.5
@@ -254,27 +255,31 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         out += _table(["variant", *(_label(m) for m in cfg.metrics), "time (s)"], body)
         out.append("")
 
-    out += ["## Language-adapter swap: d-target minus d-source", ""]
+    out += ["## Language-adapter swap: d-target (or d-none) minus d-source", ""]
     if result.swaps:
-        header = ["model", "query routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
-        header += [f"p {_label(primary)} ({t})" for t in tests]
+        header = ["model", "routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
+        header += [f"adj. p {_label(primary)} ({t})" for t in tests]
         body = []
         for s in result.swaps:
-            cells = [s["model"], s["query_routing"], s["collection"], s.get("lang") or "-"]
+            route = f"q-{s['query_routing']} d-source → d-{s.get('doc_routing', 'target')}"
+            cells = [s["model"], route, s["collection"], s.get("lang") or "-"]
             for m in cfg.metrics:
                 d = s["delta"][m]
                 sigm = "".join(
                     MARKS[t]
                     for t in tests
-                    if (s.get("significance") or {}).get(t, {}).get(m, {}).get("p_value", 1) < sig.max_p
+                    if (s.get("significance") or {}).get(t, {}).get(m, {}).get("significant")
                 )
                 cells.append(f"{d:+.4f}{sigm}")
             for t in tests:
-                p = (s.get("significance") or {}).get(t, {}).get(primary, {}).get("p_value")
+                p = (s.get("significance") or {}).get(t, {}).get(primary, {}).get("p_adjusted")
                 cells.append(("<0.001" if p < 0.001 else f"{p:.3f}") if p is not None else "-")
             body.append(cells)
         out += _table(header, body)
-        out += ["", f"Marks: the swap's own paired test ({marks}, p < {sig.max_p})."]
+        out += [
+            "",
+            f"Marks: the swap's own paired test ({marks}, adjusted p < {sig.max_p}; {_CORRECTION[sig.correction]}).",
+        ]
     else:
         out.append("No swap pair in this grid (it needs a madx model with both d-source and d-target rows).")
     out += ["", "## Plots", ""]
@@ -293,6 +298,14 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     if extra:
         out += ["", "## Notes", ""] + [f"- {n}" for n in extra]
     return "\n".join(out) + "\n"
+
+
+_CORRECTION = {
+    "holm": "Holm-Bonferroni correction over the pairs tested on each collection (one family per test and "
+    "metric: every row against the baseline plus each swap pair)",
+    "bonferroni": "Bonferroni correction over the pairs tested on each collection (per test and metric)",
+    "none": "no correction for multiple comparisons",
+}
 
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
