@@ -101,3 +101,29 @@ def test_compare_runs_marks_significance_after_the_correction():
     for pair in pairs:
         assert res[pair]["student"]["mrr"]["significant"] == (adj[pair] < 0.05)
         assert adj[pair] >= raw[pair]
+
+
+def test_vectors_round_trip_and_row_measures_from_file(tmp_path):
+    X, y = two_clusters()
+    Q = X[:10] + 0.01
+    path = tmp_path / "row.vectors.npz"
+    A.save_vectors(path, Q, [f"q{i}" for i in range(10)], X, [f"d{i}" for i in range(len(X))], y)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(10)}
+    got = A.measure_row(path, qrels)
+    want = A.row_measures(
+        Q.astype(np.float16).astype(np.float32),
+        X.astype(np.float16).astype(np.float32),
+        [(i, i) for i in range(10)],
+        y,
+    )
+    assert got == want and got["lang_accuracy"] == 1.0
+
+
+def test_per_query_and_collection_pairs():
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
+    a = {"q1": {"d1": 2.0, "x": 1.0}, "q2": {"x": 2.0, "d2": 1.0}}  # q3 missing: scores 0
+    b = {"q1": {"x": 2.0, "d1": 1.0}, "q2": {"d2": 2.0, "x": 1.0}, "q3": {"d3": 1.0}}
+    pa = A.per_query(a, qrels, "mrr")
+    assert pa == pytest.approx({"q1": 1.0, "q2": 0.5, "q3": 0.0})
+    _, pairs = A.collection_analysis("c", {}, {"src": a, "tgt": b}, qrels, [("src", "tgt")], "mrr")
+    assert pairs[0]["wins_losses"] == {"wins": 2, "losses": 1, "ties": 0}  # tgt better on q2, q3; worse on q1

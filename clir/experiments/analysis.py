@@ -200,3 +200,112 @@ def plot_projections(paths: dict[str, str], out, *, title: str, max_docs: int = 
     saved = _save(fig, out)
     plt.close(fig)
     return saved
+
+
+# ---------------------------------------------------------------------- report section
+_COLUMNS = [
+    ("centroid_gap", "centroid gap ↓"),
+    ("alignment", "alignment ↓"),
+    ("uniformity", "uniformity ↓"),
+    ("sim_relevant", "sim rel"),
+    ("sim_random", "sim random"),
+    ("sim_margin", "margin ↑"),
+    ("lang_accuracy", "language probe"),
+    ("query_doc_accuracy", "query/doc probe"),
+]
+
+
+def report_lines(analysis: dict) -> list[str]:
+    """The report's analysis section: the measures per row, then each routing pair in plain words."""
+    rows = analysis.get("rows", [])
+    if not rows:
+        return []
+    out = [
+        "## Why routing matters: the embeddings",
+        "",
+        "Measured on each row's own vectors (queries as searched, documents from its index). centroid gap: "
+        "distance between the mean English-query and mean document unit vectors; alignment: mean squared "
+        "distance of a query to its relevant document; uniformity: log E exp(-2‖x−y‖²) over documents "
+        "(Wang & Isola 2020); sim rel / random: mean query-document score of relevant and of random pairs, "
+        "margin their difference; language probe: accuracy of a nearest-centroid classifier (5-fold) "
+        "predicting a document's language from its vector (mixed-language collections; chance = 1/languages); "
+        "query/doc probe: the same classifier telling English queries from documents (chance 0.5).",
+        "",
+    ]
+    for coll in dict.fromkeys(r["collection"] for r in rows):
+        crow = [r for r in rows if r["collection"] == coll]
+        cols = [(k, label) for k, label in _COLUMNS if any(k in r["measures"] for r in crow)]
+        out += [f"### {coll}", "", "| row | " + " | ".join(label for _, label in cols) + " |"]
+        out.append("|---|" + "|".join("---" for _ in cols) + "|")
+        for r in crow:
+            cells = [f"{r['measures'][k]:.3f}" if k in r["measures"] else "-" for k, _ in cols]
+            out.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+        out.append("")
+        for p in (x for x in analysis.get("pairs", []) if x["collection"] == coll):
+            out.append("- " + _pair_sentence(p, {r["variant"]: r["measures"] for r in crow}))
+        out.append("")
+    return out
+
+
+def _pair_sentence(p: dict, measures: dict[str, dict[str, float]]) -> str:
+    a, b = measures.get(p["a"], {}), measures.get(p["b"], {})
+
+    def move(key: str, name: str) -> str:
+        return f"{name} {a[key]:.3f} → {b[key]:.3f}" if key in a and key in b else ""
+
+    parts = [
+        move("centroid_gap", "centroid gap"),
+        move("sim_margin", "margin"),
+        move("alignment", "alignment"),
+        move("lang_accuracy", "language probe"),
+    ]
+    wl = p["wins_losses"]
+    return (
+        f"`{p['b']}` against `{p['a']}`: "
+        + "; ".join(x for x in parts if x)
+        + f"; per query ({p['metric']}) {wl['wins']} better, {wl['losses']} worse, {wl['ties']} tied."
+    )
+
+
+# ---------------------------------------------------------------------- one collection of a grid
+def per_query(
+    run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], metric: str
+) -> dict[str, float]:
+    """``metric`` of each query of the qrels (0 for queries the run misses), with ranx."""
+    import ranx
+
+    qids = sorted(qrels)
+    full = {q: run.get(q) or {"__none__": 0.0} for q in qids}
+    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(full), metric, return_mean=False)
+    return dict(zip(qids, (float(s) for s in scores), strict=True))
+
+
+def collection_analysis(
+    collection: str,
+    vectors: dict[str, str],
+    runs: dict[str, dict[str, dict[str, float]]],
+    qrels: dict[str, dict[str, int]],
+    pairs: list[tuple[str, str]],
+    metric: str,
+    *,
+    seed: int = 0,
+) -> tuple[list[dict], list[dict]]:
+    """Measures of every row with saved vectors, and per-query wins/losses of each routing pair."""
+    rows = [
+        {"collection": collection, "variant": v, "measures": measure_row(path, qrels, seed=seed)}
+        for v, path in vectors.items()
+    ]
+    out_pairs = []
+    for a, b in pairs:
+        if a in runs and b in runs:
+            wl = wins_losses(per_query(runs[b], qrels, metric), per_query(runs[a], qrels, metric))
+            out_pairs.append(
+                {
+                    "collection": collection,
+                    "a": a,
+                    "b": b,
+                    "metric": metric,
+                    "wins_losses": {"wins": wl.wins, "losses": wl.losses, "ties": wl.ties},
+                }
+            )
+    return rows, out_pairs
