@@ -171,37 +171,6 @@ def measure_row(path, qrels: dict[str, dict[str, int]], *, seed: int = 0) -> dic
     return row_measures(Q, D, relevant_pairs(v, qrels), langs if len(set(langs)) > 1 else None, seed=seed)
 
 
-def plot_projections(paths: dict[str, str], out, *, title: str, max_docs: int = 1500, seed: int = 0):
-    """One panel per row: documents (coloured by language) and queries (grey) projected on the first two
-    principal components of that row's own embeddings."""
-    from clir.experiments.plots import _pyplot, _save
-
-    if not paths:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(paths), figsize=(4.2 * len(paths), 4.2), squeeze=False)
-    rng = np.random.default_rng(seed)
-    for ax, (label, path) in zip(axes[0], paths.items(), strict=True):
-        v = load_vectors(path)
-        D, Q, langs = v["D"].astype(np.float32), v["Q"].astype(np.float32), v["doc_langs"]
-        di = rng.choice(len(D), min(max_docs, len(D)), replace=False)
-        qi = rng.choice(len(Q), min(max_docs // 3, len(Q)), replace=False)
-        P = pca_2d(np.concatenate([D[di], Q[qi]]))
-        pd, pq = P[: len(di)], P[len(di) :]
-        ax.scatter(pq[:, 0], pq[:, 1], s=4, c="0.6", alpha=0.5, label="en queries")
-        for j, lang in enumerate(sorted(set(langs[di].tolist()))):
-            m = langs[di] == lang
-            ax.scatter(pd[m, 0], pd[m, 1], s=4, color=f"C{j}", alpha=0.6, label=f"{lang} docs")
-        ax.set_title(label, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].legend(fontsize=7, markerscale=3)
-    fig.suptitle(title, fontsize=10)
-    saved = _save(fig, out)
-    plt.close(fig)
-    return saved
-
-
 # ---------------------------------------------------------------------- report section
 _COLUMNS = [
     ("centroid_gap", "centroid gap ↓"),

@@ -10,8 +10,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clir.experiments.grid import config_hash
+
 if TYPE_CHECKING:
-    from clir.evaluate.grid import GridModel, GridResult, Plan
+    from clir.experiments.grid import GridModel, Plan
+    from clir.experiments.scoring import GridResult
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,6 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- metrics.json
 def metrics_document(result: GridResult) -> dict[str, Any]:
-    from clir.evaluate.grid import config_hash
     from clir.index.store import now_iso
 
     plan = result.plan
@@ -116,6 +118,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
         "models": [describe_model(m, plan) for m in plan.models],
         "rows": result.rows,
         "swaps": result.swaps,
+        "analysis": result.analysis,
         "computed": result.computed,
         "reused": result.skipped,
         "missing": result.missing,
@@ -138,7 +141,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def render_report(result: GridResult, doc: dict[str, Any]) -> str:
-    from clir.evaluate.significance import TEST_NAMES
+    from clir.experiments.significance import TEST_NAMES
 
     plan = result.plan
     cfg = plan.config
@@ -146,7 +149,7 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     tests = list(sig.tests)
     primary = cfg.primary
     rows = result.rows
-    out: list[str] = [f"# clir eval: {cfg.name}", ""]
+    out: list[str] = [f"# clir experiment: {cfg.name}", ""]
     if cfg.description:
         out += [cfg.description.strip(), ""]
     marks = ", ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in tests)
@@ -255,7 +258,7 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         out += _table(["variant", *(_label(m) for m in cfg.metrics), "time (s)"], body)
         out.append("")
 
-    out += ["## Language-adapter swap: d-target (or d-none) minus d-source", ""]
+    out += ["## Language-adapter swap: d-target minus d-source (and d-none minus d-source)", ""]
     if result.swaps:
         header = ["model", "routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
         header += [f"adj. p {_label(primary)} ({t})" for t in tests]
@@ -282,7 +285,10 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         ]
     else:
         out.append("No swap pair in this grid (it needs a madx model with both d-source and d-target rows).")
-    out += ["", "## Plots", ""]
+    from clir.experiments.analysis import report_lines
+
+    out += [""] + report_lines(result.analysis)
+    out += ["## Plots", ""]
     for p in doc.get("plots", []):
         out.append(f"![{p}]({p})")
     extra = list(result.notes)
@@ -308,9 +314,33 @@ _CORRECTION = {
 }
 
 
+def _projection_plots(result: GridResult, folder: Path) -> list[str]:
+    """A 2-D projection per row, coloured by document language: for each analysed collection with several
+    languages, else for the first analysed collection."""
+    from clir.experiments.plots import plot_projections
+
+    plan = result.plan
+    rows = [r for r in plan.rows if plan.analyses(r) and plan.vectors_path(r).is_file()]
+    by_coll: dict[str, dict[str, str]] = {}
+    multi: list[str] = []
+    for r in rows:
+        by_coll.setdefault(r.collection.name, {})[r.variant] = str(plan.vectors_path(r))
+        if r.collection.doc_lang is None and r.collection.name not in multi:
+            multi.append(r.collection.name)
+    chosen = multi or list(by_coll)[:1]
+    written = []
+    for name in chosen:
+        p = plot_projections(
+            by_coll[name], folder / f"projection_{name}.png", title=f"{name}: first two principal components"
+        )
+        if p:
+            written.append(f"plots/{p.name}")
+    return written
+
+
 def write_outputs(result: GridResult) -> dict[str, Path]:
     """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
-    from clir.evaluate import plots
+    from clir.experiments import plots
     from clir.index.store import atomic_write_text
 
     plan = result.plan
@@ -331,6 +361,7 @@ def write_outputs(result: GridResult) -> dict[str, Path]:
     )
     if p:
         written.append(str(p.relative_to(out)))
+    written += _projection_plots(result, out / "plots")
     doc["plots"] = written
     atomic_write_text(out / "metrics.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "report.md", render_report(result, doc))
@@ -342,7 +373,7 @@ def _safe(metric: str) -> str:
 
 
 def overview_text(result: GridResult) -> str:
-    """The primary-metric table (collections x variants) that ``clir eval`` prints on stdout."""
+    """The primary-metric table (collections x variants) that ``clir experiment`` prints on stdout."""
     cfg = result.plan.config
     rows = result.rows
     if not rows:
