@@ -51,6 +51,14 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------- grid parts
+MODEL_FILE = "clir_model.yaml"  # clir.model.encoder.MODEL_FILE, without importing torch
+
+
+def model_ready(folder: Path) -> bool:
+    """A finished model folder (a clir model or a Hugging Face one), not an unfinished training run."""
+    return (folder / MODEL_FILE).is_file() or (folder / "config.json").is_file()
+
+
 @dataclass
 class GridCollection:
     spec: CollectionSpec
@@ -116,7 +124,7 @@ class GridModel:
         return self.mode == "madx"
 
     def exists(self) -> bool:
-        return self.folder is None or self.folder.is_dir()
+        return self.folder is None or model_ready(self.folder)
 
     def stamp(self) -> Any:
         """What identifies the model's weights and settings without loading it (for run markers)."""
