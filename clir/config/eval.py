@@ -1,4 +1,4 @@
-"""The experiment grid of ``clir eval``: collections x models x language-adapter routings, metrics,
+"""The experiment grid of ``clir experiment`` (alias ``clir eval``): collections x models x language-adapter routings, metrics,
 significance, the BM25 baseline and fusion rows."""
 
 from __future__ import annotations

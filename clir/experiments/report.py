@@ -10,8 +10,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clir.experiments.grid import config_hash
+
 if TYPE_CHECKING:
-    from clir.evaluate.grid import GridModel, GridResult, Plan
+    from clir.experiments.grid import GridModel, Plan
+    from clir.experiments.scoring import GridResult
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,6 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- metrics.json
 def metrics_document(result: GridResult) -> dict[str, Any]:
-    from clir.evaluate.grid import config_hash
     from clir.index.store import now_iso
 
     plan = result.plan
@@ -138,7 +140,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def render_report(result: GridResult, doc: dict[str, Any]) -> str:
-    from clir.evaluate.significance import TEST_NAMES
+    from clir.experiments.significance import TEST_NAMES
 
     plan = result.plan
     cfg = plan.config
@@ -146,7 +148,7 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     tests = list(sig.tests)
     primary = cfg.primary
     rows = result.rows
-    out: list[str] = [f"# clir eval: {cfg.name}", ""]
+    out: list[str] = [f"# clir experiment: {cfg.name}", ""]
     if cfg.description:
         out += [cfg.description.strip(), ""]
     marks = ", ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in tests)
@@ -297,7 +299,7 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
     """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
-    from clir.evaluate import plots
+    from clir.experiments import plots
     from clir.index.store import atomic_write_text
 
     plan = result.plan
@@ -329,7 +331,7 @@ def _safe(metric: str) -> str:
 
 
 def overview_text(result: GridResult) -> str:
-    """The primary-metric table (collections x variants) that ``clir eval`` prints on stdout."""
+    """The primary-metric table (collections x variants) that ``clir experiment`` prints on stdout."""
     cfg = result.plan.config
     rows = result.rows
     if not rows:
