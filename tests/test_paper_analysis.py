@@ -69,7 +69,7 @@ def test_row_measures_flat_and_rounded():
 
 
 def test_holm_adjustment_matches_hand_computation():
-    from clir.evaluate.significance import adjust
+    from clir.experiments.significance import adjust
 
     p = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5}
     # sorted: a 0.01*4=0.04, c 0.03*3=0.09, b 0.04*2=0.08 -> monotone 0.09, d 0.5*1=0.5
@@ -81,7 +81,7 @@ def test_holm_adjustment_matches_hand_computation():
 
 
 def test_compare_runs_marks_significance_after_the_correction():
-    from clir.evaluate.significance import compare_runs
+    from clir.experiments.significance import compare_runs
 
     rng = np.random.default_rng(0)
     qrels = {f"q{i}": {"d0": 1} for i in range(60)}
@@ -94,7 +94,7 @@ def test_compare_runs_marks_significance_after_the_correction():
     res = compare_runs(qrels, runs, ["mrr"], pairs=pairs, tests=["student"], correction="holm")
     raw = {pair: res[pair]["student"]["mrr"]["p_value"] for pair in pairs}
     adj = {pair: res[pair]["student"]["mrr"]["p_adjusted"] for pair in pairs}
-    from clir.evaluate.significance import adjust
+    from clir.experiments.significance import adjust
 
     assert adj == pytest.approx(adjust(raw, "holm"))
     assert res[("base", "good")]["student"]["mrr"]["significant"]
