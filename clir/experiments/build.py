@@ -79,11 +79,18 @@ def run_builds(plan: Plan) -> None:
         if r.kind == "fusion" and r.dense is not None and r.dense.model is not None:
             if not plan.is_done(r.dense):
                 needed.add(r.dense.model.name)
+    builds = [m for m in plan.models if m.name in needed and m.build_cmd and not m.exists()]
+    # language adapters serve madx rows and the models trained on them; a selection without either
+    # (e.g. --only '*/e5') needs none of them
+    if any(m.madx for m in plan.models if m.name in needed) or builds:
+        _build_adapters(plan)
+    for m in builds:
+        build(m.build_cmd, f"model {m.name} ({m.folder})")  # type: ignore[arg-type]
+        if not m.exists():
+            raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")  # type: ignore[arg-type]
+
+
+def _build_adapters(plan: Plan) -> None:
     for lang, outp, cmd in plan.adapter_builds:
         if not outp.is_dir():
             build(cmd, f"language adapter {lang} ({outp})")
-    for m in plan.models:
-        if m.name in needed and m.build_cmd and not m.exists():
-            build(m.build_cmd, f"model {m.name} ({m.folder})")
-            if not m.exists():
-                raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")

@@ -51,6 +51,14 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------- grid parts
+MODEL_FILE = "clir_model.yaml"  # clir.model.encoder.MODEL_FILE, without importing torch
+
+
+def model_ready(folder: Path) -> bool:
+    """A finished model folder (a clir model or a Hugging Face one), not an unfinished training run."""
+    return (folder / MODEL_FILE).is_file() or (folder / "config.json").is_file()
+
+
 @dataclass
 class GridCollection:
     spec: CollectionSpec
@@ -116,7 +124,7 @@ class GridModel:
         return self.mode == "madx"
 
     def exists(self) -> bool:
-        return self.folder is None or self.folder.is_dir()
+        return self.folder is None or model_ready(self.folder)
 
     def stamp(self) -> Any:
         """What identifies the model's weights and settings without loading it (for run markers)."""
@@ -208,6 +216,16 @@ class Plan:
     def marker_path(self, row: GridRow) -> Path:
         return self.runs_dir / f"{row.stem}.done.json"
 
+    def vectors_path(self, row: GridRow) -> Path:
+        return self.runs_dir / f"{row.stem}.vectors.npz"
+
+    def analyses(self, row: GridRow) -> bool:
+        """Whether the row keeps its vectors for the embedding analysis."""
+        a = self.config.analysis
+        return (
+            a.enabled and row.kind == "dense" and (not a.collections or row.collection.name in a.collections)
+        )
+
     def index_path(self, coll: GridCollection, model: GridModel, doc_route: str | None) -> Path:
         suffix = f"__d-{doc_route}" if doc_route else ""
         return self.index_root / f"{coll.name}__{model.name}{suffix}"
@@ -249,6 +267,8 @@ class Plan:
             return False
         marker, run = self.marker_path(row), self.run_path(row)
         if not (marker.is_file() and run.is_file()):
+            return False
+        if self.analyses(row) and not self.vectors_path(row).is_file():
             return False
         try:
             info = json.loads(marker.read_text(encoding="utf-8"))

@@ -11,11 +11,10 @@ from typing import Any
 from clir.config import EvalConfig, ModelConfig, ModelSpec, Routing, from_dict, load_yaml
 from clir.config.eval import CollectionSpec
 from clir.errors import ClirError
-from clir.experiments.grid import GridCollection, GridModel
+from clir.experiments.grid import MODEL_FILE, GridCollection, GridModel, model_ready
+from clir.model.registry import local_path
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "clir_model.yaml"  # clir.model.encoder.MODEL_FILE, without importing torch
 
 
 def _looks_like_path(s: str) -> bool:
@@ -136,7 +135,7 @@ def _model_settings(spec: ModelSpec) -> tuple[str, Path | None, dict[str, Any] |
     downloads: list[str] = []
     if spec.build is not None or p.exists() or _looks_like_path(s):
         folder = p.resolve()
-        if folder.is_dir():
+        if folder.is_dir() and (model_ready(folder) or spec.build is None):
             if (folder / MODEL_FILE).is_file():
                 data = load_yaml(folder / MODEL_FILE)
                 for lang, src in list((data.get("language_adapters") or {}).items()):
@@ -191,7 +190,9 @@ def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
         cmd += ["--config", b.config]
     if b.max_steps:
         cmd += ["--max-steps", str(b.max_steps)]
-    return [*cmd, "--out", str(folder), *b.args]
+    # an interrupted build left checkpoints in its folder: continue it (a fresh one simply starts)
+    resume = ["--resume"] if "--resume" not in b.args and "--overwrite" not in b.args else []
+    return [*cmd, "--out", str(folder), *resume, *b.args]
 
 
 def resolve_model(
@@ -201,7 +202,7 @@ def resolve_model(
     if settings is not None and spec.overrides:
         settings = _merge(settings, spec.overrides)
     elif spec.overrides:
-        settings = None if folder is not None and not folder.is_dir() else dict(spec.overrides)
+        settings = None if folder is not None and not model_ready(folder) else dict(spec.overrides)
     known_mode = (settings or {}).get("adapter_mode") or spec.overrides.get("adapter_mode")
     if settings is not None and "adapter_mode" not in settings and not known_mode:
         known_mode = "full"
@@ -213,7 +214,7 @@ def resolve_model(
             f"models[{spec.name}]: cannot tell its adapter mode before it is built; add `mode: full|task|madx`"
         )
     notes: list[str] = []
-    if settings is not None and (folder is None or folder.is_dir()):
+    if settings is not None and (folder is None or model_ready(folder)):
         from_dict(ModelConfig, {k: v for k, v in settings.items()}, prefix=f"models[{spec.name}]")
     routings: list[Routing | None]
     if mode == "madx":
@@ -224,7 +225,7 @@ def resolve_model(
             raise ClirError(f"models[{spec.name}]: routing {bad[0]} needs a madx model (mode is {mode})")
         routings = [None]  # no language adapter to route: one row
     build_cmd = None
-    if folder is not None and not folder.is_dir():
+    if folder is not None and not model_ready(folder):
         build_cmd = _build_command(spec, folder)
     if mode == "madx" and settings is not None:
         adapters = settings.get("language_adapters") or {}
@@ -243,7 +244,7 @@ def resolve_model(
                 continue
             src = adapters.get(lang)
             if src is None:
-                if folder is not None and not folder.is_dir():
+                if folder is not None and not model_ready(folder):
                     notes.append(
                         f"language adapter {lang!r}: not in the training config; must come with the model"
                     )
@@ -263,9 +264,15 @@ def resolve_model(
             downloads.append(
                 f"model {spec.name}: language adapter {lang} from {src} (AdapterHub / Hugging Face hub)"
             )
-    if settings is not None and not (folder is not None and folder.is_dir() and mode == "full"):
+    if settings is not None and not (folder is not None and model_ready(folder) and mode == "full"):
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it
-        if isinstance(bb, str) and not _looks_like_path(bb) and bb != source and not _hub_cached(bb):
+        if (
+            isinstance(bb, str)
+            and not _looks_like_path(bb)
+            and bb != source
+            and local_path(bb) == bb
+            and not _hub_cached(bb)
+        ):
             downloads.append(f"model {spec.name}: Hugging Face hub {bb} (backbone, not in the local cache)")
     return GridModel(
         spec=spec,
