@@ -32,9 +32,11 @@ def _size(folder: Path) -> tuple[int, int]:
     return index, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run_one(encoder, lang: str, length: int, split: str, work: Path, queries, qrels) -> list[dict[str, Any]]:
-    from clir.evaluate import evaluate
+def run_one(
+    encoder, lang: str, length: int, split: str, work: Path, queries, qvecs, qrels
+) -> list[dict[str, Any]]:
     from clir.index import IndexArgs, PassageSpec, build_index
+    from clir.metrics import evaluate
     from clir.search import Searcher
 
     coll = ARTICLES / lang
@@ -55,8 +57,13 @@ def run_one(encoder, lang: str, length: int, split: str, work: Path, queries, qr
     modes = ["maxp", "firstp"] if split == "passages" else ["maxp"]
     for mode in modes:
         s = Searcher(out, encoder=encoder, mode=mode)
-        hits = s.batch_search([q.text for q in queries], 100)
-        run = {q.query_id: {h.doc_id: h.score for h in hs} for q, hs in zip(queries, hits, strict=True)}
+        scores, rows = s.search_vectors(qvecs, 100)
+        run = {
+            q.query_id: {
+                s.hit_id(int(r)): float(x) for x, r in zip(scores[i], rows[i], strict=True) if r >= 0
+            }
+            for i, q in enumerate(queries)
+        }
         scores = evaluate(run, qrels, METRICS)
         rows.append(
             {
