@@ -117,18 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         for lang in args.langs:
             coll = load_collection(ARTICLES / lang)
             queries, qrels = coll.queries(), coll.qrels()
+            qvecs = enc.encode_queries([q.text for q in queries], batch_size=64)  # once for every index
             for split in ("none", "passages"):
-                rows += run_one(enc, lang, length, split, args.work, queries, qrels)
-    args.out.mkdir(parents=True, exist_ok=True)
+                rows += run_one(enc, lang, length, split, args.work, queries, qvecs, qrels)
+                write(args.out, rows)  # as it goes: a partial run keeps what it measured
+    print(table(rows))
+    return 0
+
+
+def write(out: Path, rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": common.cpu_model(),
         "load_avg_end": common.load_avg(),
         "model": "multilingual-e5-small",
     }
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (args.out / "table.md").write_text(table(rows) + "\n")
-    print(table(rows))
-    return 0
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / "table.md").write_text(table(rows) + "\n")
 
 
 if __name__ == "__main__":
