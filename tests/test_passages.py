@@ -395,3 +395,20 @@ def test_language_id_labels_unlabelled_documents_and_routes_them(tiny_bert, tmp_
     # labels win over detection unless --lang-id all; off leaves them unknown
     off = build_index(_args(coll, tiny_bert, tmp_path / "off", lang_id="off"), encoder=enc).path
     assert json.loads((off / "manifest.json").read_text())["doc_langs"] == {"unknown": 5}
+
+
+def test_rest_hits_carry_the_best_passage(split_index):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clir.serve.app import ServeSettings, create_app
+
+    with TestClient(create_app({"long": str(split_index)}, ServeSettings())) as c:
+        r = c.post("/search", json={"query": "история империи", "k": 30})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+    assert len(hits) == 23 and len({h["doc_id"] for h in hits}) == 23  # documents, each once
+    hit = next(h for h in hits if h["doc_id"] == "long-ru")
+    p = hit["passage"]
+    assert p["id"] == f"long-ru#{p['index']}" and hit["text"][p["start"] : p["end"]] == p["text"]
+    assert next(h for h in hits if h["doc_id"] == "de-1")["passage"] is None
