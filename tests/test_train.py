@@ -463,7 +463,7 @@ def test_language_adapter_keeps_a_pretrained_head_frozen(tiny_bert, tmp_path):
     model, fresh = load_mlm(str(mlm_dir))
     assert not fresh
     text = tmp_path / "lines.txt"
-    text.write_text("\n".join(DE * 3) + "\n")
+    text.write_text("\n".join(f"{s} ({i})" for i in range(10) for s in DE) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tiny_bert / f).exists():
             (mlm_dir / f).write_bytes((tiny_bert / f).read_bytes())

@@ -4,7 +4,7 @@ test on per-query ranx scores.
 The randomisation test is ours, not ranx's: ranx draws its permutations in numba threads whose random
 states its seed does not reach, so its p-values changed from one invocation to the next. Here one seeded
 NumPy generator draws every permutation: the same runs and seed give the same p-value on any machine.
-A result is significant when ``p < max_p`` (the rule the reports print)."""
+A result is significant when its p-value, adjusted for the pairs compared, is below ``max_p``."""
 
 from __future__ import annotations
 
@@ -81,25 +81,54 @@ def compare_runs(
     max_p: float = 0.05,
     n_permutations: int = 1000,
     random_seed: int = 42,
+    correction: str = "holm",
 ) -> dict[tuple[str, str], dict[str, dict[str, dict[str, Any]]]]:
-    """p-values of each (control, treatment) pair: ``{pair: {test: {metric: {"p_value", "significant"}}}}``.
+    """p-values of each (control, treatment) pair: ``{pair: {test: {metric: {"p_value", "p_adjusted",
+    "significant"}}}}``. ``significant`` uses the p-value adjusted for the number of pairs compared (one
+    family per test and metric): ``holm`` (Holm-Bonferroni), ``bonferroni`` or ``none``.
 
     Runs score 0 on queries of the qrels they miss, as in :func:`evaluate`."""
     names = sorted({n for pair in pairs for n in pair})
+    if not names:
+        return {}
     scores = {n: per_query_scores(qrels, runs[n], metrics) for n in names}
     out: dict[tuple[str, str], dict[str, dict[str, dict[str, Any]]]] = {p: {} for p in pairs}
-    for a, b in pairs:
-        for test in tests:
-            res = {}
-            for m in metrics:
+    for test in tests:
+        for m in metrics:
+            raw = {}
+            for a, b in pairs:
                 if test == "fisher":
-                    p = fisher_randomization_test(
+                    raw[(a, b)] = fisher_randomization_test(
                         scores[a][m], scores[b][m], n_permutations=n_permutations, random_seed=random_seed
                     )
                 elif test == "student":
-                    p = paired_t_test(scores[a][m], scores[b][m])
+                    raw[(a, b)] = paired_t_test(scores[a][m], scores[b][m])
                 else:
                     raise ValueError(f"unknown significance test {test!r}")
-                res[m] = {"p_value": p, "significant": p < max_p}
-            out[(a, b)][test] = res
+            adjusted = adjust(raw, correction)
+            for pair in pairs:
+                out[pair].setdefault(test, {})[m] = {
+                    "p_value": raw[pair],
+                    "p_adjusted": adjusted[pair],
+                    "significant": adjusted[pair] < max_p,
+                }
+    return out
+
+
+def adjust(pvalues: dict[Any, float], method: str = "holm") -> dict[Any, float]:
+    """p-values adjusted for testing them together. Holm-Bonferroni: the i-th smallest of m p-values is
+    multiplied by (m - i + 1), kept monotone, capped at 1; it controls the family-wise error rate like
+    Bonferroni (every p-value times m) with more power."""
+    m = len(pvalues)
+    if method == "none" or m == 0:
+        return dict(pvalues)
+    if method == "bonferroni":
+        return {k: min(1.0, p * m) for k, p in pvalues.items()}
+    if method != "holm":
+        raise ValueError(f"unknown correction {method!r} (holm, bonferroni, none)")
+    out: dict[Any, float] = {}
+    running = 0.0
+    for i, (k, p) in enumerate(sorted(pvalues.items(), key=lambda kv: kv[1])):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
     return out
