@@ -107,7 +107,7 @@ def server(tiny_bert, madx_model, tiny_collection, tmp_path_factory):
     cmd = [sys.executable, "-m", "clir", "serve", "--index", f"madx={madx}", "--index", f"plain={plain}",
            "--api-key-env", KEY_ENV, "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    url, seen, deadline = None, [], time.monotonic() + 120
+    url, seen, deadline = None, [], time.monotonic() + 600  # a loaded CI machine is slow
     try:
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline()

@@ -322,6 +322,12 @@
     link.textContent = hit.doc_id;
     head.append(rank, link);
     if (hit.lang) head.append(langBadge(hit.lang));
+    const p = passageOf(hit);
+    if (p && Number.isInteger(p.index)) {
+      const badge = span("passage-badge", `passage ${p.index + 1}`);
+      badge.title = `the best passage (${p.id ?? `number ${p.index}`}) is marked in the text`;
+      head.append(badge);
+    }
     const score = span("score", hit.score.toFixed(4));
     score.title = "score (inner product of query and document vectors)";
     head.append(score);
