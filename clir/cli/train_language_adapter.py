@@ -74,37 +74,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
-def run(args: argparse.Namespace) -> int:
+def adapter_args(args: argparse.Namespace):
+    """The typed arguments of a parsed command line (also what the experiment grid builds with)."""
     from clir.errors import ClirError
-    from clir.train import LanguageAdapterArgs, train_language_adapter
+    from clir.train import LanguageAdapterArgs
 
     if not args.reduction_factor > 0:
         raise ClirError("--reduction-factor must be > 0")
-    res = train_language_adapter(
-        LanguageAdapterArgs(
-            lang=args.lang,
-            text=args.text,
-            backbone=args.backbone,
-            out=args.out,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            max_length=args.max_length,
-            invertible=args.invertible,
-            reduction_factor=args.reduction_factor,
-            non_linearity=args.non_linearity,
-            mlm_probability=args.mlm_probability,
-            seed=args.seed,
-            precision=args.precision,
-            device=args.device,
-            overwrite=args.overwrite,
-            dev_fraction=args.dev_fraction,
-            dev_max=args.dev_max,
-            baseline=args.baseline,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-        )
+    return LanguageAdapterArgs(
+        lang=args.lang,
+        text=args.text,
+        backbone=args.backbone,
+        out=args.out,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        invertible=args.invertible,
+        reduction_factor=args.reduction_factor,
+        non_linearity=args.non_linearity,
+        mlm_probability=args.mlm_probability,
+        seed=args.seed,
+        precision=args.precision,
+        device=args.device,
+        overwrite=args.overwrite,
+        dev_fraction=args.dev_fraction,
+        dev_max=args.dev_max,
+        baseline=args.baseline,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from clir.train import train_language_adapter
+
+    res = train_language_adapter(adapter_args(args))
     print(
         json.dumps(
             {
