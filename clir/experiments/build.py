@@ -48,6 +48,9 @@ def build(cmd: list[str], what: str) -> None:
     ns = parse_build(cmd)
     log.info("building %s: clir %s", what, shlex.join(cmd))
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
+    import torch
+
+    threads = torch.get_num_threads()  # a build may pin its own (optim.threads / --threads)
     try:
         if cmd[0] == "train":
             from clir.cli.train import load_config
@@ -70,6 +73,8 @@ def build(cmd: list[str], what: str) -> None:
             log.info("built %s: %d steps in %.1f s", what, res_la.steps, res_la.seconds)
     except ClirError as e:
         raise ClirError(f"building {what} failed: {e}") from None
+    finally:
+        torch.set_num_threads(threads)  # the encoding that follows uses every core again
 
 
 def run_builds(plan: Plan) -> None:
