@@ -3,6 +3,7 @@ temporary IR_DATASETS_HOME, give exactly the reference collections in ../shared/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -29,17 +30,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def irds_home(shared_dir, tmp_path, monkeypatch) -> Path:
-    """IR_DATASETS_HOME with the upstream files where the loaders look for their downloads (clir/<upstream path>)."""
-    home = tmp_path / "irds-home"
-    (home / "clir").mkdir(parents=True)
-    for upstream in ("lareqa", "laser"):
-        (home / "clir" / upstream).symlink_to(shared_dir / "data/raw" / upstream, target_is_directory=True)
-    monkeypatch.setenv("IR_DATASETS_HOME", str(home))
-    return home
-
-
 def _reference(shared_dir: Path, kind: str, lang: str):
     root = shared_dir / "data/collections" / kind / lang
     with open(root / "docs.jsonl", encoding="utf-8") as f:
@@ -50,7 +40,7 @@ def _reference(shared_dir: Path, kind: str, lang: str):
 
 @pytest.mark.shared
 @pytest.mark.parametrize(("kind", "lang"), CASES)
-def test_registered_datasets_equal_the_reference_collections(irds_home, shared_dir, kind, lang):
+def test_registered_datasets_equal_the_reference_collections(raw_irds_home, shared_dir, kind, lang):
     docs, queries, qrels = _reference(shared_dir, kind, lang)
     coll = load_collection(f"irds:clir/{kind}/{lang}")
     assert [(d.doc_id, d.text, d.lang) for d in coll.docs()] == docs
@@ -60,7 +50,7 @@ def test_registered_datasets_equal_the_reference_collections(irds_home, shared_d
 
 
 @pytest.mark.shared
-def test_raw_ir_datasets_api_and_languages(irds_home):
+def test_raw_ir_datasets_api_and_languages(raw_irds_home):
     import ir_datasets
 
     from clir.data.irds import load_dataset
@@ -79,8 +69,8 @@ def test_raw_ir_datasets_api_and_languages(irds_home):
 
 
 @pytest.mark.shared
-def test_corrupted_file_is_refused_with_both_checksums(irds_home, shared_dir):
-    target = irds_home / "clir/laser"
+def test_corrupted_file_is_refused_with_both_checksums(raw_irds_home, shared_dir):
+    target = raw_irds_home / "clir/laser"
     target.unlink()
     src = shared_dir / "data/raw/laser/tatoeba/v1"
     (target / "tatoeba/v1").mkdir(parents=True)
@@ -93,7 +83,7 @@ def test_corrupted_file_is_refused_with_both_checksums(irds_home, shared_dir):
         list(coll.docs())
     msg = str(e.value)
     assert "e5b09638252fc545e3e57711f1177234" in msg  # expected (LASER's file)
-    assert __import__("hashlib").md5(bad.read_bytes()).hexdigest() in msg  # found
+    assert hashlib.md5(bad.read_bytes()).hexdigest() in msg  # found
     assert str(bad) in msg and "\n" not in msg
     assert [q.text for q in coll.queries()][:1] == [
         "Mary said she didn't know where Tom was."
@@ -114,3 +104,33 @@ def test_missing_file_names_its_url_and_place(tmp_path, monkeypatch):
             in msg
         )
     assert msg.count("de.json (from") == 1  # one line per file, whichever parts read it
+
+
+@pytest.mark.shared
+def test_an_id_works_wherever_a_collection_does(raw_irds_home, shared_dir, tiny_bert, tmp_path, capsys):
+    """index, search, evaluate and language-adapter training text take ``irds:clir/...`` like a folder."""
+    from clir.cli.main import main
+
+    ds = "irds:clir/tatoeba/deu"
+    model = ["--model", str(tiny_bert), "--pooling", "mean", "--normalize"]
+    assert main(["index", "--collection", ds, "--out", str(tmp_path / "idx"), *model]) == 0
+    run = tmp_path / "run.trec"
+    assert (
+        main(["search", "--index", str(tmp_path / "idx"), "--queries", ds, "--run", str(run), "--k", "10"])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--qrels", ds, "--metrics", "mrr@10", "recall@10"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    folder = shared_dir / "data/collections/tatoeba/deu"
+    assert (
+        main(["evaluate", "--run", str(run), "--qrels", str(folder), "--metrics", "mrr@10", "recall@10"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) == ours  # same judgements as the reference folder
+    with open(run) as f:
+        assert len({line.split()[0] for line in f}) == 1000  # every query searched
+
+    out = tmp_path / "adapter-de"
+    args = ["train-language-adapter", "--lang", "de", "--text", ds, "--backbone", str(tiny_bert)]
+    assert main([*args, "--out", str(out), "--max-steps", "2", "--batch-size", "4"]) == 0
+    assert (out / "adapter_config.json").is_file()
