@@ -19,7 +19,7 @@ _LAZY = {
     "build_index": "clir.index",
     "merge_indexes": "clir.index",
     "Searcher": "clir.search",
-    "evaluate": "clir.evaluate",
+    "evaluate": "clir.metrics",
     "load_collection": "clir.data",
 }
 
@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from clir.config import ModelConfig
     from clir.data import load_collection
     from clir.errors import ClirError
-    from clir.evaluate import evaluate
     from clir.index import build_index, merge_indexes
+    from clir.metrics import evaluate
     from clir.model import DualEncoder, load_encoder
     from clir.search import Searcher
 

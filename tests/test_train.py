@@ -203,6 +203,56 @@ def test_resume_is_bit_identical(tiny_bert, pairs_file, tmp_path, mode):
     assert log == [5, 10]  # replayed steps are logged once
 
 
+class _Payload:
+    """Unpickling this creates ``path``: the proof that a loader ran code from a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_checkpoints_hold_no_pickle_and_a_crafted_one_never_runs(tiny_bert, pairs_file, tmp_path):
+    cfg = train_config(tiny_bert, pairs_file, "task", steps=6, every=2)
+    train(cfg, out=tmp_path / "r", stop_after=2, show_progress=False)
+    (ckpt,) = list_checkpoints(tmp_path / "r")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.json", "tensors.safetensors"]
+    json.loads((ckpt / "state.json").read_text())  # data only
+
+    marker = tmp_path / "pwned"
+    # an old-format (pickle) checkpoint, e.g. planted by someone else: refused by name, never unpickled
+    legacy = tmp_path / "legacy" / "checkpoints" / "step-00000002"
+    legacy.mkdir(parents=True)
+    torch.save(_Payload(marker), legacy / "state.pt")  # torch.load(weights_only=False) would run it
+    with pytest.raises(ClirError, match=r"state\.pt is a checkpoint in the old pickle format"):
+        train(cfg, out=tmp_path / "legacy", resume=True, show_progress=False)
+    # the payload in place of the new files: they are parsed as JSON / safetensors, which cannot run code
+    torch.save(_Payload(marker), ckpt / "tensors.safetensors")
+    with pytest.raises(ClirError, match=r"tensors\.safetensors is unreadable"):
+        train(cfg, out=tmp_path / "r", resume=True, show_progress=False)
+    assert not marker.exists()
+
+
+def test_damaged_checkpoint_is_named(tiny_bert, pairs_file, tmp_path):
+    cfg = train_config(tiny_bert, pairs_file, "task", steps=6, every=2)
+    train(cfg, out=tmp_path / "r", stop_after=4, show_progress=False)
+    last = list_checkpoints(tmp_path / "r")[-1]
+    state = last / "state.json"
+    good = state.read_text()
+    state.write_text(good[: len(good) // 2])  # a torn write
+    with pytest.raises(ClirError, match=rf"checkpoint {last}/state\.json is unreadable"):
+        train(cfg, out=tmp_path / "r", resume=True, show_progress=False)
+    state.write_text(json.dumps({**json.loads(good), "step": "many"}))
+    with pytest.raises(ClirError, match=rf"checkpoint {last} does not fit this run"):
+        train(cfg, out=tmp_path / "r", resume=True, show_progress=False)
+    # as the message says: without the damaged step the run resumes from the one before
+    import shutil
+
+    shutil.rmtree(last)
+    assert train(cfg, out=tmp_path / "r", resume=True, show_progress=False).finished
+
+
 def test_resume_refuses_a_different_config(tiny_bert, pairs_file, tmp_path):
     cfg = train_config(tiny_bert, pairs_file, "task", steps=6, every=2)
     train(cfg, out=tmp_path / "r", stop_after=2, show_progress=False)
@@ -413,7 +463,7 @@ def test_language_adapter_keeps_a_pretrained_head_frozen(tiny_bert, tmp_path):
     model, fresh = load_mlm(str(mlm_dir))
     assert not fresh
     text = tmp_path / "lines.txt"
-    text.write_text("\n".join(DE * 3) + "\n")
+    text.write_text("\n".join(f"{s} ({i})" for i in range(10) for s in DE) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tiny_bert / f).exists():
             (mlm_dir / f).write_bytes((tiny_bert / f).read_bytes())

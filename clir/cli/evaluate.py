@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clir.evaluate import evaluate
+    from clir.metrics import evaluate
 
     scores = evaluate(args.run, args.qrels, args.metrics)
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}, indent=2))

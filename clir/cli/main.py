@@ -19,7 +19,7 @@ VERBS: list[tuple[str, str]] = [
     ("index", "clir.cli.index"),
     ("search", "clir.cli.search"),
     ("evaluate", "clir.cli.evaluate"),
-    ("eval", "clir.cli.eval"),
+    ("experiment", "clir.cli.experiment"),
     ("train", "clir.cli.train"),
     ("train-language-adapter", "clir.cli.train_language_adapter"),
     ("serve", "clir.cli.serve"),
@@ -27,17 +27,6 @@ VERBS: list[tuple[str, str]] = [
 ]
 
 log = logging.getLogger("clir")
-
-
-def _available_verbs() -> list[tuple[str, object]]:
-    out = []
-    for verb, modname in VERBS:
-        try:
-            out.append((verb, importlib.import_module(modname)))
-        except ModuleNotFoundError as e:
-            if e.name != modname:  # a verb module that exists but is broken must not hide silently
-                raise
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, mod in _available_verbs():
+    for verb, modname in VERBS:
+        mod = importlib.import_module(modname)
         p = sub.add_parser(
             verb,
+            aliases=getattr(mod, "ALIASES", []),
             help=mod.HELP,
             description=getattr(mod, "DESCRIPTION", mod.HELP),
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _merge_parser(global_args: list[str]) -> argparse.ArgumentParser:
+def _merge_parser() -> argparse.ArgumentParser:
     """`clir index merge` gets a parser of its own: `clir index` itself takes options, not sub-verbs."""
     from clir.cli import index
 
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     verb_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if verb_at is not None and argv[verb_at : verb_at + 2] == ["index", "merge"]:
-        parser = _merge_parser(argv[:verb_at])
+        parser = _merge_parser()
         argv = argv[:verb_at] + argv[verb_at + 2 :]
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):

@@ -18,6 +18,11 @@ The output folder (adapter_config.json + weights) is a language source for madx 
   clir train-language-adapter --lang it --text irds:neumarco/it --backbone bert-base-multilingual-cased \\
       --out adapters/mbert-it
 
+A dev slice (--dev-fraction, by a seeded hash of each text) is held out; the adapter's dev MLM loss is
+reported beside a head-only baseline trained on the same budget (--no-baseline skips it): with a fresh head,
+the adapter is trained only when its dev loss is clearly below the baseline's. Checkpoints go to OUT.partial;
+--resume continues an interrupted run.
+
 --text: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder (its docs) or irds:<id>."""
 
 
@@ -50,37 +55,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU"
     )
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.05,
+        help="share of the text held out (seeded hash of each text) to report dev MLM loss (default 0.05)",
+    )
+    p.add_argument("--dev-max", type=positive_int, default=500, help="at most this many dev texts")
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the MLM head alone (no adapter) on the same budget and report its dev loss: the "
+        "adapter is trained when its dev loss is below that (default on)",
+    )
+    p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT.partial")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
-def run(args: argparse.Namespace) -> int:
+def adapter_args(args: argparse.Namespace):
+    """The typed arguments of a parsed command line (also what the experiment grid builds with)."""
     from clir.errors import ClirError
-    from clir.train import LanguageAdapterArgs, train_language_adapter
+    from clir.train import LanguageAdapterArgs
 
-    if not args.lr > 0:
-        raise ClirError("--lr must be > 0")
     if not args.reduction_factor > 0:
         raise ClirError("--reduction-factor must be > 0")
-    res = train_language_adapter(
-        LanguageAdapterArgs(
-            lang=args.lang,
-            text=args.text,
-            backbone=args.backbone,
-            out=args.out,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            max_length=args.max_length,
-            invertible=args.invertible,
-            reduction_factor=args.reduction_factor,
-            non_linearity=args.non_linearity,
-            mlm_probability=args.mlm_probability,
-            seed=args.seed,
-            precision=args.precision,
-            device=args.device,
-            overwrite=args.overwrite,
-        )
+    return LanguageAdapterArgs(
+        lang=args.lang,
+        text=args.text,
+        backbone=args.backbone,
+        out=args.out,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        invertible=args.invertible,
+        reduction_factor=args.reduction_factor,
+        non_linearity=args.non_linearity,
+        mlm_probability=args.mlm_probability,
+        seed=args.seed,
+        precision=args.precision,
+        device=args.device,
+        overwrite=args.overwrite,
+        dev_fraction=args.dev_fraction,
+        dev_max=args.dev_max,
+        baseline=args.baseline,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from clir.train import train_language_adapter
+
+    res = train_language_adapter(adapter_args(args))
     print(
         json.dumps(
             {
@@ -90,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
                 "first_loss": round(res.first_loss, 4),
                 "last_loss": round(res.last_loss, 4),
                 "fresh_head": res.fresh_head,
+                "dev_texts": res.dev_texts,
+                "dev_loss": round(res.dev_loss, 4),
+                "head_only_dev_loss": None
+                if res.baseline_dev_loss is None
+                else round(res.baseline_dev_loss, 4),
                 "texts_per_s": round(res.texts_per_s, 1),
                 "seconds": round(res.seconds, 1),
             }

@@ -22,7 +22,6 @@ from clir.atomic import swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
-from clir.index.faiss_index import build_faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,8 @@ class IndexArgs:
     out: str
     doc_lang: str | None = None
     factory: str = "Flat"
+    #: a named recipe (clir.index.presets) instead of ``factory``: sized to the collection, search settings kept
+    preset: str | None = None
     batch_size: int = 32
     shard: tuple[int, int] | None = None  # (i, n): keep documents whose ordinal % n == i
     resume: bool = False
@@ -263,9 +264,8 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
 
 def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skipped) -> None:
     """Chunks -> FAISS index + docid + doc store + manifest, then the atomic rename."""
-    import faiss
-
     from clir.config import to_dict
+    from clir.index.presets import write_faiss
 
     chunks_dir = partial / CHUNKS
     vec_paths = [_chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
@@ -286,11 +286,16 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
                 parts.append(np.load(p, mmap_mode="r")[sel])
         return np.concatenate(parts)
 
-    index = build_faiss_index(
-        encoder.dim, args.factory, n_docs, chunks, train_sample=sample, max_train=args.max_train
+    faiss_fields = write_faiss(
+        partial,
+        encoder.dim,
+        n_docs,
+        chunks,
+        sample,
+        factory=args.factory,
+        preset=args.preset,
+        max_train=args.max_train,
     )
-    faiss.write_index(index, str(partial / (store.INDEX_FILE + ".tmp")))
-    os.replace(partial / (store.INDEX_FILE + ".tmp"), partial / store.INDEX_FILE)
 
     writer = store.DocStoreWriter(partial)
     ids: list[str] = []
@@ -320,7 +325,7 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
         "model": {"source": encoder.source, "config": to_dict(encoder.config)},
         "dim": encoder.dim,
         "metric": "inner_product",
-        "factory": args.factory,
+        **faiss_fields,
         "num_docs": n_docs,
         "skipped_empty": skipped,
         "collection": args.collection,

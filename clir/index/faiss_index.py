@@ -111,6 +111,8 @@ DEFAULT_NPROBE = 32
 def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
     import faiss
 
+    index = getattr(index, "base", index)  # a presets.RefinedIndex: the parameters are its FAISS index's
+
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index

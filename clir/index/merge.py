@@ -10,7 +10,7 @@ import numpy as np
 
 from clir.errors import ClirError
 from clir.index import store
-from clir.index.faiss_index import build_faiss_index
+from clir.index.presets import write_faiss
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,8 @@ def merge_indexes(
     shards: list[str | Path], out: str | Path, *, factory: str | None = None, overwrite: bool = False
 ) -> Path:
     """Merge shard index folders into ``out``: documents back in collection order, one FAISS index built
-    from the shards' vectors (with ``factory`` or the shards' own)."""
-    import faiss
-
+    from the shards' vectors (with ``factory``, else the shards' preset re-planned for the merged size, else
+    their factory)."""
     from clir.atomic import swap_into_place
 
     out = Path(out)
@@ -63,20 +62,22 @@ def merge_indexes(
     if len(np.unique(pos)) != len(pos):
         raise ClirError("cannot merge: shards overlap (a document appears in two shards)")
     vecs = vecs[order]
+    preset = None if factory else first.get("preset")
     factory = factory or first["factory"]
 
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    index = build_faiss_index(
+    faiss_fields = write_faiss(
+        partial,
         vecs.shape[1],
-        factory,
         len(vecs),
         lambda: [vecs],
-        train_sample=lambda n: vecs[np.sort(np.random.default_rng(0).choice(len(vecs), n, replace=False))],
+        lambda n: vecs[np.sort(np.random.default_rng(0).choice(len(vecs), n, replace=False))],
+        factory=factory,
+        preset=preset,
     )
-    faiss.write_index(index, str(partial / store.INDEX_FILE))
     stores = [store.DocStore(Path(s), store.read_docids(Path(s))) for s in shards]
     writer = store.DocStoreWriter(partial)
     ids = []
@@ -92,7 +93,7 @@ def merge_indexes(
             langs[k] = langs.get(k, 0) + v
     manifest = dict(first)
     manifest.update(
-        factory=factory,
+        **faiss_fields,
         num_docs=len(ids),
         skipped_empty=sum(m.get("skipped_empty", 0) for m in manifests),
         doc_langs=langs,

@@ -70,14 +70,19 @@ class Searcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> None:
-        import faiss
-
         from clir.index.faiss_index import set_search_params
+        from clir.index.presets import open_index
 
         self.path = Path(index_dir)
         self.manifest = store.read_manifest(self.path)
-        self.index = faiss.read_index(str(self.path / store.INDEX_FILE))
-        set_search_params(self.index, nprobe=nprobe, ef_search=ef_search)
+        self.index = open_index(self.path, self.manifest)
+        # search settings recorded by a preset (`clir index --preset`) apply unless the caller names others
+        preset_search = self.manifest.get("search") or {}
+        set_search_params(
+            self.index,
+            nprobe=nprobe if nprobe is not None else preset_search.get("nprobe"),
+            ef_search=ef_search if ef_search is not None else preset_search.get("ef_search"),
+        )
         self.docids = store.read_docids(self.path)
         if len(self.docids) != self.index.ntotal:
             raise ClirError(

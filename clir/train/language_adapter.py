@@ -14,15 +14,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clir.atomic import swap_into_place
 from clir.errors import ClirError
+from clir.train import mlm
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ class LanguageAdapterArgs:
     device: str | None = None
     overwrite: bool = False
     log_every: int = 10
+    #: share of the text held out to score the adapter (by a seeded hash of each text), at most dev_max texts
+    dev_fraction: float = 0.05
+    dev_max: int = 500
+    #: also train the MLM head alone on the same budget (a backbone with its own head: score it unadapted)
+    baseline: bool = True
+    checkpoint_every: int = 50
+    resume: bool = False
 
 
 @dataclass
@@ -64,6 +72,10 @@ class LanguageAdapterResult:
     texts_per_s: float
     seconds: float
     fresh_head: bool
+    #: mean MLM loss per masked token of the held-out texts: the adapter, and the head-only baseline
+    dev_loss: float = float("nan")
+    baseline_dev_loss: float | None = None
+    dev_texts: int = 0
 
 
 # ---------------------------------------------------------------------- text sources
@@ -146,46 +158,81 @@ def load_mlm(backbone: str):
 
 
 def _head_module(model):
-    """The MLM head as one module applied to hidden states (None when the model splits it up)."""
+    """The MLM head as one module applied to hidden states."""
     prefix = model.base_model_prefix
     heads = [m for name, m in model.named_children() if name != prefix]
-    return heads[0] if len(heads) == 1 else None
+    if len(heads) != 1:
+        raise ClirError(f"{type(model).__name__}: cannot find its masked-LM head as one module")
+    return heads[0]
 
 
-def train_language_adapter(
-    args: LanguageAdapterArgs, *, show_progress: bool | None = None
-) -> LanguageAdapterResult:
-    import adapters
-    import numpy as np
-    import torch
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
+@dataclass
+class _Phase:
+    """One MLM run: ``adapter`` (the language adapter, plus a fresh head) or ``head-only`` (the same budget
+    with no adapter: what a fresh head learns on the frozen backbone by itself)."""
 
-    from clir.config import AdapterArch
-    from clir.progress import progress
+    name: str
+    folder: Path  # its checkpoints
 
+    @property
+    def adapter(self) -> bool:
+        return self.name == "adapter"
+
+
+def _check_args(args: LanguageAdapterArgs) -> None:
     if not args.lang or not args.lang.replace("-", "").replace("_", "").isalnum():
         raise ClirError(f"--lang {args.lang!r}: expected a language code such as de or pt-br")
-    for key in ("max_steps", "batch_size", "max_length"):
+    for key in ("max_steps", "batch_size", "max_length", "checkpoint_every", "dev_max"):
         if getattr(args, key) < 1:
             raise ClirError(f"--{key.replace('_', '-')} must be >= 1")
     if not 0 < args.mlm_probability < 1:
         raise ClirError("--mlm-probability must be in (0, 1)")
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
-    source = TextSource(args.text)
-    backbone = resolve_backbone(args.backbone)
+    if not 0 < args.dev_fraction < 0.5:
+        raise ClirError("--dev-fraction must be in (0, 0.5)")
+    if not args.lr > 0:
+        raise ClirError("--lr must be > 0")
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
+
+def _run_record(args: LanguageAdapterArgs, backbone: str) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoints."""
+    keys = ("lang", "text", "max_steps", "batch_size", "lr", "warmup_ratio", "invertible", "reduction_factor")
+    keys += ("non_linearity", "max_length", "mlm_probability", "seed", "dev_fraction", "dev_max", "baseline")
+    return {"backbone": backbone, **{k: getattr(args, k) for k in keys}}
+
+
+def _prepare_work(args: LanguageAdapterArgs, out: Path, record: dict[str, Any]) -> Path:
+    """The ``OUT.partial`` work folder: fresh, or kept for ``--resume`` when it belongs to the same run."""
+    work = out.with_name(out.name + ".partial")
+    saved = work / "run.json"
+    if work.exists() and args.resume and saved.is_file():
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        if before != record:
+            raise ClirError(
+                f"{work} was written by a run with other settings: drop --resume (or pass --overwrite) to "
+                "start over"
+            )
+        log.info("resuming from %s", work)
+        return work
+    if work.exists():
+        if not args.resume and not args.overwrite and any(work.rglob("step-*")):
+            raise ClirError(f"{work} holds checkpoints of an unfinished run: pass --resume to continue it")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    saved.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return work
+
+
+def _load_model(args: LanguageAdapterArgs, backbone: str, phase: _Phase, device):
+    """The masked-LM model of a phase, seeded so both phases start from the same fresh head."""
+    import adapters
+    import torch
+
+    from clir.config import AdapterArch
+
     torch.manual_seed(args.seed)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(backbone)
-    except (OSError, ValueError) as e:
-        raise ClirError(f"could not load the tokenizer of {backbone!r}: {e}") from None
-    if tokenizer.mask_token is None:
-        raise ClirError(f"the tokenizer of {backbone!r} has no mask token: it cannot do masked LM")
     model, fresh_head = load_mlm(backbone)
     adapters.init(model)
     arch = AdapterArch(
@@ -193,81 +240,212 @@ def train_language_adapter(
         reduction_factor=args.reduction_factor,
         non_linearity=args.non_linearity,
     )
-    model.add_adapter(args.lang, config=arch.to_adapters_config())
-    model.train_adapter(args.lang)  # freezes the backbone, embeddings included
     prefix = model.base_model_prefix
+    if phase.adapter:
+        model.add_adapter(args.lang, config=arch.to_adapters_config())
+        model.train_adapter(args.lang)  # freezes the backbone, embeddings included
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
     for name, p in model.named_parameters():
         if not name.startswith(prefix + "."):
             p.requires_grad_(fresh_head)  # a pretrained head stays frozen; a fresh one must learn
     model.to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    log.info(
-        "training %s parameters (language adapter %s%s)",
-        f"{sum(p.numel() for p in params):,}",
-        args.lang,
-        " + fresh MLM head" if fresh_head else "",
+    return model, fresh_head, arch
+
+
+def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, device, bar_desc, show_progress):
+    """Train one phase (resuming from its last checkpoint); returns its record with the dev loss."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from clir.progress import progress
+    from clir.train.checkpoint import (
+        list_checkpoints,
+        load_checkpoint,
+        rng_state,
+        save_checkpoint,
+        set_rng_state,
     )
+
+    model, fresh_head, arch = _load_model(args, backbone, phase, device)
+    head = _head_module(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    record: dict[str, Any] = {"phase": phase.name, "trainable_parameters": sum(p.numel() for _, p in named)}
+    if not named:  # a pretrained head and no adapter: nothing to train, only to score
+        record.update(steps=0, seconds=0.0, dev_loss=round(mlm.dev_loss(model, head, dev, device), 5))
+        return record, model, fresh_head, arch
+    params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(args.warmup_ratio * args.max_steps), args.max_steps
     )
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability)
-    head = _head_module(model)
-    use_bf16 = args.precision == "bf16" or (
-        args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    texts = _texts_forever(source, block=args.shuffle_block, seed=args.seed)
-
-    bar = (
-        progress(total=args.max_steps, desc=f"mlm {args.lang}", unit="step")
-        if show_progress is not False
-        else None
-    )
-    t_start = time.perf_counter()
-    logged: list[float] = []
+    gen = torch.Generator().manual_seed(args.seed)
+    step, history, seconds = 0, [], 0.0
     interval: list[float] = []
-    history = []
+    ckpts = list_checkpoints(phase.folder)
+    if ckpts:
+        saved = load_checkpoint(ckpts[-1])
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(saved["model"][n])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["rng"]["mask"])
+        set_rng_state(saved["rng"]["global"])
+        step, history, seconds = int(saved["step"]), list(saved["history"]), float(saved["seconds"])
+        interval = [float(x) for x in saved["interval"]]
+        log.info("%s: resumed at step %d from %s", phase.name, step, ckpts[-1])
+    texts = itertools.islice(train_texts(), step * args.batch_size, None)
+    bar = progress(total=args.max_steps, desc=bar_desc, unit="step") if show_progress is not False else None
+    if bar is not None and step:
+        bar.update(step)
+    model.train()
+    t0 = time.perf_counter()
     try:
-        for step in range(1, args.max_steps + 1):
-            batch_texts = [next(texts) for _ in range(args.batch_size)]
-            enc = tokenizer(batch_texts, truncation=True, max_length=args.max_length)
-            feats = [{k: enc[k][i] for k in enc} for i in range(len(batch_texts))]
-            batch = {k: v.to(device) for k, v in collator(feats).items()}
-            labels = batch.pop("labels")
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if head is not None:
-                    # logits only at masked positions: the vocabulary (250k for e5) dominates otherwise
-                    hidden = model.base_model(**batch).last_hidden_state
-                    sel = labels != -100
-                    logits = head(hidden[sel])
-                    loss = torch.nn.functional.cross_entropy(logits.float(), labels[sel])
-                else:
-                    loss = model(**batch, labels=labels).loss
+        while step < args.max_steps:
+            enc = mlm.tokenize(tokenizer, [next(texts) for _ in range(args.batch_size)], args.max_length)
+            ids, labels = mlm.mask_tokens(enc, tokenizer, args.mlm_probability, gen)
+            loss_sum, n = mlm.masked_loss(
+                model,
+                head,
+                ids.to(device),
+                enc["attention_mask"].to(device),
+                labels.to(device),
+                encoder_grad=phase.adapter,
+            )
+            loss = loss_sum / max(n, 1)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            step += 1
             interval.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{interval[-1]:.3f}")
             if step % args.log_every == 0 or step == args.max_steps:
-                logged.append(sum(interval) / len(interval))
-                history.append({"step": step, "loss": round(logged[-1], 5)})
+                history.append({"step": step, "loss": round(sum(interval) / len(interval), 5)})
                 interval = []
+            if step % args.checkpoint_every == 0 and step < args.max_steps:
+                state = {
+                    "step": step,
+                    "data": {"texts": step * args.batch_size},
+                    "model": {n: p.detach().cpu().clone() for n, p in named},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": {
+                        "mask": gen.get_state(),
+                        "global": rng_state(),
+                    },  # dropout draws from the global one
+                    "history": history,
+                    "interval": interval,
+                    "seconds": seconds + time.perf_counter() - t0,
+                }
+                save_checkpoint(phase.folder, step, state, keep=1)
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - t_start
-    model.eval()
+    seconds += time.perf_counter() - t0
+    record.update(
+        steps=step,
+        seconds=round(seconds, 1),
+        texts_per_s=round(step * args.batch_size / seconds, 2) if seconds > 0 else None,
+        loss=history,
+        dev_loss=round(mlm.dev_loss(model, head, dev, device), 5),
+    )
+    return record, model, fresh_head, arch
 
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    model.save_adapter(str(tmp), args.lang, with_head=False)
+
+def train_language_adapter(
+    args: LanguageAdapterArgs, *, show_progress: bool | None = None
+) -> LanguageAdapterResult:
+    """Train ``args.lang``'s adapter, score it on held-out text against a head-only run of the same budget,
+    and write the adapter folder with ``clir_language_adapter.json`` (steps, dev losses, times)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    _check_args(args)
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
+    source = TextSource(args.text)
+    backbone = resolve_backbone(args.backbone)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+    except (OSError, ValueError) as e:
+        raise ClirError(f"could not load the tokenizer of {backbone!r}: {e}") from None
+    if tokenizer.mask_token is None:
+        raise ClirError(f"the tokenizer of {backbone!r} has no mask token: it cannot do masked LM")
+    split = mlm.DevSplit(args.dev_fraction, args.seed, args.dev_max)
+    dev_texts = split.dev(source.records())
+    if not dev_texts:
+        raise ClirError(
+            f"--text {args.text}: no text falls in the dev slice (--dev-fraction {args.dev_fraction}): "
+            "give more text or a larger --dev-fraction"
+        )
+    dev = mlm.dev_batches(
+        tokenizer,
+        dev_texts,
+        max_length=args.max_length,
+        probability=args.mlm_probability,
+        seed=args.seed + 1,
+        batch_size=args.batch_size,
+    )
+    record = _run_record(args, backbone)
+    work = _prepare_work(args, out, record)
+
+    def train_texts() -> Iterator[str]:
+        return split.train(_texts_forever(source, block=args.shuffle_block, seed=args.seed))
+
+    phases = [_Phase("adapter", work / "adapter")]
+    if args.baseline:
+        phases.append(_Phase("head-only", work / "head-only"))
+    records: dict[str, dict[str, Any]] = {}
+    fresh_head, arch = False, None
+    for phase in phases:
+        done = work / f"{phase.name}.json"
+        if done.is_file():
+            records[phase.name] = json.loads(done.read_text(encoding="utf-8"))
+            continue
+        rec, model, fresh, arch_ = _train_phase(
+            args,
+            backbone,
+            phase,
+            tokenizer,
+            train_texts,
+            dev,
+            device,
+            f"mlm {args.lang} {phase.name}",
+            show_progress,
+        )
+        if phase.adapter:
+            fresh_head, arch = fresh, arch_
+            model.save_adapter(str(work / "weights"), args.lang, with_head=False)
+            if not fresh:  # a pretrained head: the baseline is the backbone without the adapter, not trained
+                phases[1:] = [_Phase("no-adapter", work / "no-adapter")] if args.baseline else []
+        (done).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+        records[phase.name] = rec
+        shutil.rmtree(phase.folder, ignore_errors=True)
+        del model
+    if arch is None:  # the adapter phase finished in an earlier process
+        from clir.config import AdapterArch
+
+        fresh_head = bool(records["adapter"].get("fresh_head", True))
+        arch = AdapterArch(
+            config="seq_bn_inv" if args.invertible else "seq_bn",
+            reduction_factor=args.reduction_factor,
+            non_linearity=args.non_linearity,
+        )
+    records["adapter"]["fresh_head"] = fresh_head
+    return _finish(args, out, work, backbone, arch, records, dev_texts)
+
+
+def _finish(args, out: Path, work: Path, backbone, arch, records, dev_texts) -> LanguageAdapterResult:
+    adapter = records["adapter"]
+    baseline = next((r for k, r in records.items() if k != "adapter"), None)
     info = {
         "lang": args.lang,
         "backbone": backbone,
@@ -282,17 +460,28 @@ def train_language_adapter(
         "lr": args.lr,
         "mlm_probability": args.mlm_probability,
         "seed": args.seed,
-        "fresh_head": fresh_head,
-        "loss": history,
+        "fresh_head": adapter["fresh_head"],
+        "dev": {"fraction": args.dev_fraction, "texts": len(dev_texts), "seed": args.seed},
+        "dev_loss": adapter["dev_loss"],
+        "baseline": baseline,
+        "seconds": round(sum(r.get("seconds", 0.0) for r in records.values()), 1),
+        "loss": adapter.get("loss", []),
+        "adapter_run": {k: v for k, v in adapter.items() if k != "loss"},
     }
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    swap_into_place(tmp, out)
+    weights = work / "weights"
+    (weights / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    swap_into_place(weights, out)
+    shutil.rmtree(work, ignore_errors=True)
+    hist = adapter.get("loss") or [{"loss": float("nan")}]
     return LanguageAdapterResult(
         out=out,
         steps=args.max_steps,
-        first_loss=logged[0],
-        last_loss=logged[-1],
-        texts_per_s=args.max_steps * args.batch_size / seconds if seconds > 0 else 0.0,
-        seconds=seconds,
-        fresh_head=fresh_head,
+        first_loss=hist[0]["loss"],
+        last_loss=hist[-1]["loss"],
+        texts_per_s=adapter.get("texts_per_s") or 0.0,
+        seconds=info["seconds"],
+        fresh_head=adapter["fresh_head"],
+        dev_loss=adapter["dev_loss"],
+        baseline_dev_loss=baseline["dev_loss"] if baseline else None,
+        dev_texts=len(dev_texts),
     )

@@ -62,6 +62,12 @@ def _hub_cached(repo_id: str, filename: str) -> bool:
     return isinstance(hit, str)
 
 
+def _registered(name: str) -> bool:
+    from clir.model.registry import local_path
+
+    return local_path(name) != name
+
+
 def _backbone(plan: Plan, backbone: str) -> None:
     p = Path(backbone).expanduser()
     if p.is_dir():
@@ -71,6 +77,8 @@ def _backbone(plan: Plan, backbone: str) -> None:
     elif _looks_local(backbone):
         plan.problems.append(f"backbone folder {backbone} does not exist")
         plan.add("backbone", f"{backbone} (MISSING)")
+    elif _registered(backbone):
+        plan.add("backbone", f"{backbone} (registered model, pulled)")
     elif _hub_cached(backbone, "config.json"):
         plan.add("backbone", f"{backbone} (Hugging Face hub id, in the local cache)")
     else:

@@ -7,7 +7,8 @@ temporary name, then renamed), ``train_log.jsonl`` and ``train_config.yaml``; at
 crash never leaves a half-written model and ``--resume`` always finds the last complete checkpoint.
 
 A checkpoint holds the trainable weights, optimiser, scheduler, loss scaler, RNG states and the data
-position, so a resumed run reproduces an uninterrupted one with the same seed bit for bit."""
+position (in a data-only format, clir/train/checkpoint.py), so a resumed run reproduces an uninterrupted one
+with the same seed bit for bit."""
 
 from __future__ import annotations
 
@@ -30,11 +31,18 @@ import numpy as np
 from clir.atomic import swap_into_place
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
+from clir.train.checkpoint import (
+    CKPT_DIR,
+    legacy_checkpoints,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
-CKPT_DIR = "checkpoints"
-STATE_FILE = "state.pt"
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.yaml"
 MODEL_FILE = "clir_model.yaml"
@@ -58,20 +66,16 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------- run folder
-def list_checkpoints(out: Path) -> list[Path]:
-    root = out / CKPT_DIR
-    if not root.is_dir():
-        return []
-    done = [
-        p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()
-    ]
-    return sorted((p for p in done if not p.name.endswith(".tmp")), key=lambda p: int(p.name[5:]))
-
-
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     """Check what ``out`` holds against the flags; return the checkpoint to resume from, if any."""
     if out.exists() and not out.is_dir():
         raise ClirError(f"--out {out} exists and is not a folder")
+    legacy = legacy_checkpoints(out)
+    if legacy and not overwrite:
+        raise ClirError(
+            f"{legacy[-1]} is a checkpoint in the old pickle format, which clir no longer loads (unpickling "
+            "can run code): start over with --overwrite"
+        )
     ckpts = list_checkpoints(out)
     finished = (out / MODEL_FILE).is_file()
     if resume and ckpts:
@@ -209,45 +213,32 @@ def _amp(precision: str, device) -> tuple[Any, bool]:
     return torch.bfloat16, False
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _rng_state() -> dict[str, Any]:
+def _restore(saved, ckpt: Path, named, optimizer, scheduler, scaler) -> tuple[int, dict[str, int]]:
+    """Load a checkpoint's state into the live objects; returns (step, data position)."""
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    import torch
-
-    root = out / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = root / f"step-{step:08d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob("*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    by_name = dict(named)
+    model = saved["model"]
+    missing = sorted(set(by_name) - set(model))
+    if missing:
+        raise ClirError(f"checkpoint {ckpt} lacks weights for {missing[:3]}: it belongs to another model")
+    try:
+        with torch.no_grad():
+            for name, p in by_name.items():
+                p.copy_(model[name].to(p.device))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        data = {"epoch": int(saved["data"]["epoch"]), "index": int(saved["data"]["index"])}
+        return int(saved["step"]), data
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ClirError(
+            f"checkpoint {ckpt} does not fit this run ({msg}): delete it to resume from an earlier one, or "
+            "start over with --overwrite"
+        ) from None
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -319,8 +310,8 @@ def train(
     ckpt = _prepare_out(out, resume=resume, overwrite=overwrite)
     saved = None
     if ckpt is not None:
-        saved = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-        _check_same_run(saved["config"], cfg, ckpt)
+        saved = load_checkpoint(ckpt)
+        _check_same_run(saved.get("config") or {}, cfg, ckpt)
     source = open_triples(cfg.data.triples)
     if hasattr(source, "ensure_available"):
         source.ensure_available()  # fail before the model loads, with one message naming every file
@@ -373,19 +364,7 @@ def train(
 
     step, data_state = 0, {"epoch": 0, "index": 0}
     if saved is not None:
-        by_name = dict(named)
-        missing = sorted(set(by_name) - set(saved["model"]))
-        if missing:
-            raise ClirError(f"checkpoint {ckpt} lacks weights for {missing[:3]}: it belongs to another model")
-        with torch.no_grad():
-            for name, p in by_name.items():
-                p.copy_(saved["model"][name].to(p.device))
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"])
-        step, data_state = int(saved["step"]), saved["data"]
+        step, data_state = _restore(saved, ckpt, named, optimizer, scheduler, scaler)
         _truncate_log(out / LOG_FILE, step)
         log.info(
             "resumed from %s (step %d, epoch %d, record %d)",
@@ -421,7 +400,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": to_dict(cfg),
         }
 

@@ -44,7 +44,7 @@ def quantized_encoder(enc):
 
 def mrr_at_100(enc, lang: str = "de") -> float:
     from clir.data import load_collection, load_qrels, load_queries
-    from clir.evaluate.metrics import evaluate
+    from clir.metrics import evaluate
 
     src = str(common.XQUAD / lang)
     docs = list(load_collection(src).docs())

@@ -31,7 +31,7 @@ INDEX = common.REPO / "indexes" / "xquad-r-de-e5"  # shared with serve_load (bui
 
 def import_pyserini():
     """Pyserini needs a Java >= 21 and imports an OpenAI client that wants a key, even for dense search."""
-    from clir.evaluate.bm25 import DEFAULT_JAVA_HOME
+    from clir.experiments.bm25 import DEFAULT_JAVA_HOME
 
     if not os.environ.get("JAVA_HOME") and Path(DEFAULT_JAVA_HOME).is_dir():
         os.environ["JAVA_HOME"] = DEFAULT_JAVA_HOME
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from clir.data import load_qrels, load_queries
-    from clir.evaluate.metrics import evaluate
+    from clir.metrics import evaluate
     from clir.search import Searcher
 
     load_before = common.load_avg()

@@ -1,24 +1,26 @@
-"""``clir eval``: run an experiment grid (collections x models x language-adapter routings) end to end."""
+"""``clir experiment`` (alias ``clir eval``): run an experiment grid (collections x models x language-adapter
+routings) end to end."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 
+ALIASES = ["eval"]  # the verb's first name, kept for existing scripts
 HELP = "run an experiment grid: indexes, TREC runs, ranx metrics, significance, report and plots"
-DESCRIPTION = """Run the experiment grid an eval config describes: every collection x model x language-adapter
+DESCRIPTION = """Run the experiment grid a config describes: every collection x model x language-adapter
 routing (madx models; full/task models give one row), plus optional BM25 and fusion rows. Each index is built
 once (under OUT/indexes, or the config's index_root; an existing one is reused when its manifest matches the
 encoder), runs go to OUT/runs/*.trec, and OUT gets metrics.json, report.md and plots/*.png. Re-running the
 same config skips finished runs. ir_datasets collections are checked first: missing files stop the run before
 any work, with one message listing them.
 
-  clir eval --config configs/eval/xquad-r-e5.yaml
-  clir eval --config configs/eval/paper-hc4.yaml --dry-run        (validate offline, print the plan)
-  clir eval --config configs/eval/xquad-r-e5.yaml --only 'xquad-r-de/*' 'tatoeba-*/e5'
+  clir experiment --config configs/eval/xquad-r-e5.yaml
+  clir experiment --config configs/eval/paper-hc4.yaml --dry-run  (validate offline, print the plan)
+  clir experiment --config configs/eval/xquad-r-e5.yaml --only 'xquad-r-de/*' 'tatoeba-*/e5'
 
 --only takes shell patterns over row ids COLLECTION/MODEL[/q-ROUTE_d-ROUTE] (bm25 rows: COLLECTION/bm25);
-a pattern also selects the rows below it (`xquad-r-de` = `xquad-r-de/*`)."""
+a pattern also selects the rows below it (`xquad-r-de` = `xquad-r-de/*`). `clir eval` is the same verb."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> str:
-    parts = ["clir", "eval", "--config", args.config]
+    parts = ["clir", args.verb, "--config", args.config]
     if args.out:
         parts += ["--out", args.out]
     if args.only:
@@ -44,8 +46,8 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from clir.evaluate.grid import format_plan, load_eval_config, plan_grid, run_grid
-    from clir.evaluate.report import overview_text
+    from clir.experiments import format_plan, load_eval_config, plan_grid, run_grid
+    from clir.experiments.report import overview_text
 
     cfg = load_eval_config(args.config)
     plan = plan_grid(cfg, config_path=args.config, out=args.out, only=args.only)

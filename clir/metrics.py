@@ -1,4 +1,4 @@
-"""Scoring runs with ranx."""
+"""Scoring a run with ranx: :func:`evaluate`, behind ``clir evaluate`` and the experiment grid."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from clir.config.eval import DEFAULT_METRICS
 from clir.errors import ClirError
 
-DEFAULT_METRICS = ["ndcg@10", "ndcg@20", "map", "mrr@100", "recall@100", "recall@1000"]
+__all__ = ["DEFAULT_METRICS", "evaluate"]
 
 
 def _as_run(run: Any) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""`clir eval`: the experiment grid on a tiny model and tiny collections (routings, metrics, significance,
+"""`clir experiment` (alias `clir eval`): the experiment grid on a tiny model and tiny collections (routings, metrics, significance,
 report, plots, skipping finished runs, offline messages, the paper config's plan, BM25 and fusion)."""
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def grid(tiny_bert, tiny_collection, tmp_path_factory):
     from clir.cli.main import main
 
     tmp = tmp_path_factory.mktemp("grid")
-    cfg = _write_config(tmp / "grid.yaml", _grid_yaml(tiny_bert, tiny_collection))
+    cfg = _write_config(
+        tmp / "grid.yaml", _grid_yaml(tiny_bert, tiny_collection, "analysis: {enabled: true}")
+    )
     out = tmp / "out"
-    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    assert main(["experiment", "--config", str(cfg), "--out", str(out)]) == 0
     return cfg, out, json.loads((out / "metrics.json").read_text())
 
 
@@ -114,8 +116,9 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
         for test in ("student", "fisher"):
             for m in doc["metrics"]:
                 p = row["significance"][test][m]["p_value"]
-                assert 0.0 <= p <= 1.0
-                assert row["significance"][test][m]["significant"] == (p < 0.05)
+                adjusted = row["significance"][test][m]["p_adjusted"]
+                assert 0.0 <= p <= adjusted <= 1.0  # Holm-Bonferroni never lowers a p-value
+                assert row["significance"][test][m]["significant"] == (adjusted < 0.05)
     (swap,) = doc["swaps"]
     assert (swap["source"], swap["target"]) == ("madx/q-source_d-source", "madx/q-source_d-target")
     by = {r["variant"]: r["metrics"] for r in doc["rows"]}
@@ -127,7 +130,7 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
 def test_report_and_plots_written(grid):
     cfg, out, doc = grid
     report = (out / "report.md").read_text()
-    assert f"clir eval --config {cfg}" in report
+    assert f"clir experiment --config {cfg}" in report
     assert doc["config_hash"] in report
     assert "ranx" in report and "torch" in report  # library versions
     assert "### tiny" in report
@@ -139,6 +142,31 @@ def test_report_and_plots_written(grid):
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert "swap_delta.png" in pngs and "ndcg_at_10.png" in pngs
     assert (out / "plots" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Holm-Bonferroni" in report
+
+
+def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
+    from clir.data.collections import load_collection
+    from clir.experiments.analysis import load_vectors, measure_row
+
+    _cfg, out, doc = grid
+    rows = {r["variant"]: r["measures"] for r in doc["analysis"]["rows"]}
+    assert set(rows) == {"plain", "madx/q-source_d-source", "madx/q-source_d-target"}
+    coll = load_collection(str(tiny_collection))
+    langs = {d.doc_id: d.lang for d in coll.docs()}
+    qrels = coll.qrels()
+    for variant, measures in rows.items():
+        path = out / "runs" / f"tiny__{variant.replace('/', '__')}.vectors.npz"
+        v = load_vectors(path)
+        assert [langs[d] for d in v["doc_ids"]] == v["doc_langs"].tolist()  # each document's own language
+        assert len(v["query_ids"]) == len(v["Q"]) and len(v["doc_ids"]) == len(v["D"])
+        assert measure_row(path, qrels) == measures  # the report's numbers are the vectors' numbers
+        assert 0.0 <= measures["lang_accuracy"] <= 1.0
+    pairs = {(p["a"], p["b"]) for p in doc["analysis"]["pairs"]}
+    assert ("madx/q-source_d-source", "madx/q-source_d-target") in pairs
+    report = (out / "report.md").read_text()
+    assert "## Why routing matters: the embeddings" in report
+    assert (out / "plots" / "projection_tiny.png").is_file()
 
 
 def test_rerun_skips_finished_runs(grid, capsys):
@@ -148,15 +176,16 @@ def test_rerun_skips_finished_runs(grid, capsys):
     assert len(doc["computed"]) == 3
     runs = sorted((out / "runs").glob("*.trec"))
     before = {p: p.stat().st_mtime_ns for p in runs}
-    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0  # the verb's old name, an alias
     again = json.loads((out / "metrics.json").read_text())
     assert again["computed"] == [] and len(again["reused"]) == 3
+    assert again["command"].startswith("clir eval --config")
     assert {p: p.stat().st_mtime_ns for p in runs} == before
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in doc["rows"]]
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "report:" in printed
     # the dry run of the same config now lists every row as done and no index to build
-    assert main(["eval", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "3 rows: 0 to compute, 3 finished" in plan and "indexes (0 needed" in plan
 
@@ -166,22 +195,22 @@ def test_only_and_changed_settings_recompute(tiny_bert, tiny_collection, tmp_pat
 
     cfg = _write_config(tmp_path / "g.yaml", _grid_yaml(tiny_bert, tiny_collection))
     out = tmp_path / "out"
-    assert main(["eval", "--config", str(cfg), "--out", str(out), "--only", "tiny/plain"]) == 0
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--only", "tiny/plain"]) == 0
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["computed"] == ["tiny/plain"] and [r["variant"] for r in doc["rows"]] == ["plain"]
     assert len(doc["missing"]) == 2
     # another k changes what produces the run: the marker no longer matches and the row is recomputed
     cfg2 = _write_config(tmp_path / "g2.yaml", _grid_yaml(tiny_bert, tiny_collection, "k: 20"))
-    assert main(["eval", "--config", str(cfg2), "--out", str(out), "--only", "tiny/plain"]) == 0
+    assert main(["experiment", "--config", str(cfg2), "--out", str(out), "--only", "tiny/plain"]) == 0
     doc2 = json.loads((out / "metrics.json").read_text())
     assert doc2["computed"] == ["tiny/plain"]
-    assert main(["eval", "--config", str(cfg2), "--out", str(out), "--only", "nothing-like-this"]) == 1
+    assert main(["experiment", "--config", str(cfg2), "--out", str(out), "--only", "nothing-like-this"]) == 1
 
 
 def test_config_errors_name_the_problem(tiny_bert, tiny_collection, tmp_path):
     from clir.config import ModelSpec
     from clir.errors import ClirError
-    from clir.evaluate.grid import load_eval_config, plan_grid
+    from clir.experiments import load_eval_config, plan_grid
 
     bad_metric = _write_config(
         tmp_path / "m.yaml", _grid_yaml(tiny_bert, tiny_collection).replace("ndcg@10", "ndgc@10")
@@ -204,6 +233,26 @@ def test_config_errors_name_the_problem(tiny_bert, tiny_collection, tmp_path):
     cfg.models = [ModelSpec(name="m", model=str(tmp_path / "not-built"))]
     with pytest.raises(ClirError, match="does not exist .*build"):
         plan_grid(cfg)
+
+
+def test_a_bad_build_flag_fails_at_plan_time(tiny_bert, tiny_collection, tmp_path):
+    from clir.errors import ClirError
+    from clir.experiments import load_eval_config, plan_grid
+
+    la = tmp_path / "adapters" / "de"
+    cfg = _write_config(
+        tmp_path / "bad.yaml",
+        f"""
+name: bad
+collections: [{{source: {tiny_collection}, name: tiny}}]
+adapters:
+  - {{lang: de, out: {la}, text: {tiny_collection}, backbone: {tiny_bert}, args: [--no-such-flag]}}
+models: [{{name: plain, model: {tiny_bert}}}]
+""",
+    )
+    with pytest.raises(ClirError, match="train-language-adapter.*unrecognized arguments: --no-such-flag"):
+        plan_grid(load_eval_config(cfg))
+    assert not la.exists()
 
 
 def test_missing_ir_datasets_files_stop_before_any_work(tiny_bert, tmp_path):
@@ -231,7 +280,7 @@ def test_dry_run_of_the_paper_config_lists_the_plan(tmp_path):
     home = tmp_path / "irds-home"
     home.mkdir()
     res = _clir(
-        "eval",
+        "experiment",
         "--config",
         "configs/eval/paper-hc4.yaml",
         "--dry-run",
@@ -275,7 +324,7 @@ def _german_collection(root: Path) -> Path:
 
 
 def test_bm25_and_fusion_rows(tiny_bert, tmp_path):
-    from clir.evaluate.bm25 import unavailable_reason
+    from clir.experiments.bm25 import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -296,7 +345,7 @@ fusion: {{methods: [rrf, combsum]}}
 """,
     )
     out = tmp_path / "out"
-    assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0
+    assert main(["experiment", "--config", str(cfg), "--out", str(out)]) == 0
     doc = json.loads((out / "metrics.json").read_text())
     rows = {r["variant"]: r for r in doc["rows"]}
     assert set(rows) == {"tiny", "bm25", "tiny+bm25-rrf", "tiny+bm25-combsum"}
@@ -314,12 +363,12 @@ def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, cap
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
-    assert main(["eval", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
     assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
     assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
-    assert main(["eval", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out
     for name in ("xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-deu", "tatoeba-pes"):
         assert f"{name}/e5\n" in plan
@@ -337,7 +386,15 @@ def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
     monkeypatch.chdir(ROOT)
     out = tmp_path / "xq"
-    args = ["eval", "--config", "configs/eval/xquad-r-e5.yaml", "--out", str(out), "--only", "xquad-r-de/e5"]
+    args = [
+        "experiment",
+        "--config",
+        "configs/eval/xquad-r-e5.yaml",
+        "--out",
+        str(out),
+        "--only",
+        "xquad-r-de/e5",
+    ]
     assert main(args) == 0
     (row,) = json.loads((out / "metrics.json").read_text())["rows"]
     assert row["variant"] == "e5" and row["queries"] == 1190
@@ -346,7 +403,6 @@ def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
 
 def test_language_adapter_built_on_demand(tiny_bert, tiny_collection, tmp_path, capsys):
     from clir.cli.main import main
-    from clir.evaluate.grid import _verb_available
 
     la = tmp_path / "adapters" / "tiny-de"
     adapters = ", ".join(f"{lang}: new" for lang in LANGS if lang != "de")
@@ -368,12 +424,9 @@ metrics: [mrr@100]
 """,
     )
     out = tmp_path / "out"
-    assert main(["eval", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
     assert f"clir train-language-adapter --lang de --text {tiny_collection}" in capsys.readouterr().out
-    code = main(["eval", "--config", str(cfg), "--out", str(out)])
-    if not _verb_available("train-language-adapter"):
-        assert code == 1 and "has no `clir train-language-adapter` yet" in capsys.readouterr().err
-        return
+    code = main(["experiment", "--config", str(cfg), "--out", str(out)])
     assert code == 0
     assert (la / "adapter_config.json").is_file()
     report = (out / "report.md").read_text()

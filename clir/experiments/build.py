@@ -1,0 +1,96 @@
+"""Builds what a grid needs before it runs, in this process: missing model folders with
+:func:`clir.train.train`, missing language adapters with :func:`clir.train.train_language_adapter`.
+
+A build is described by the command a user would type (``train --config C --max-steps N --out DIR ARGS``;
+the dry run prints it), because a config's ``args`` are that verb's flags: the verb's own parser reads them,
+so a flag means the same in a config as on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from pathlib import Path
+from typing import NoReturn
+
+from clir.errors import ClirError
+from clir.experiments.grid import Plan
+
+log = logging.getLogger(__name__)
+
+
+class _ArgParser(argparse.ArgumentParser):
+    """A parser whose errors are ClirErrors (argparse's default prints usage and exits)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ClirError(f"`clir {self.prog}`: {message}")
+
+
+def parse_build(cmd: list[str]) -> argparse.Namespace:
+    """The flags of a build command, parsed by its verb (``train`` or ``train-language-adapter``)."""
+    verb, argv = cmd[0], cmd[1:]
+    if verb == "train":
+        from clir.cli import train as module
+    elif verb == "train-language-adapter":
+        from clir.cli import train_language_adapter as module
+    else:  # the config schema allows only these two
+        raise ClirError(f"cannot build with `clir {verb}`: use train or train-language-adapter")
+    p = _ArgParser(prog=verb, add_help=False)
+    module.add_arguments(p)
+    ns = p.parse_args(argv)
+    if getattr(ns, "dry_run", False):
+        raise ClirError(f"`clir {shlex.join(cmd)}`: a build cannot be a --dry-run")
+    return ns
+
+
+def build(cmd: list[str], what: str) -> None:
+    """Run one build command in-process."""
+    ns = parse_build(cmd)
+    log.info("building %s: clir %s", what, shlex.join(cmd))
+    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
+    try:
+        if cmd[0] == "train":
+            from clir.cli.train import load_config
+            from clir.train import train
+
+            res = train(
+                load_config(ns),
+                out=ns.out,
+                resume=ns.resume,
+                overwrite=ns.overwrite,
+                stop_after=ns.stop_after,
+                device=ns.device,
+            )
+            log.info("built %s: %d steps in %.1f s", what, res.step, res.seconds)
+        else:
+            from clir.cli.train_language_adapter import adapter_args
+            from clir.train import train_language_adapter
+
+            res_la = train_language_adapter(adapter_args(ns))
+            log.info("built %s: %d steps in %.1f s", what, res_la.steps, res_la.seconds)
+    except ClirError as e:
+        raise ClirError(f"building {what} failed: {e}") from None
+
+
+def run_builds(plan: Plan) -> None:
+    """Build the language adapters and the models that pending rows need and that are not on disk."""
+    needed = {r.model.name for r in plan.selected if r.model is not None and not plan.is_done(r)}
+    for r in plan.selected:
+        if r.kind == "fusion" and r.dense is not None and r.dense.model is not None:
+            if not plan.is_done(r.dense):
+                needed.add(r.dense.model.name)
+    builds = [m for m in plan.models if m.name in needed and m.build_cmd and not m.exists()]
+    # language adapters serve madx rows and the models trained on them; a selection without either
+    # (e.g. --only '*/e5') needs none of them
+    if any(m.madx for m in plan.models if m.name in needed) or builds:
+        _build_adapters(plan)
+    for m in builds:
+        build(m.build_cmd, f"model {m.name} ({m.folder})")  # type: ignore[arg-type]
+        if not m.exists():
+            raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")  # type: ignore[arg-type]
+
+
+def _build_adapters(plan: Plan) -> None:
+    for lang, outp, cmd in plan.adapter_builds:
+        if not outp.is_dir():
+            build(cmd, f"language adapter {lang} ({outp})")

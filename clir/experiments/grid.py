@@ -1,0 +1,285 @@
+"""What an experiment grid is made of: its collections, models, rows (collection x model x routing, BM25,
+fusion), the indexes they need, and the :class:`Plan` that knows where each run and marker lives and whether
+a row's run is still current. Nothing here loads a model or a collection's documents."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
+from clir.config.eval import CollectionSpec
+
+RUNS_DIR = "runs"
+INDEXES_DIR = "indexes"
+RowKind = Literal["dense", "bm25", "fusion"]
+
+
+# ---------------------------------------------------------------------- config
+def load_eval_config(path: str | Path) -> EvalConfig:
+    """Read and validate an experiment YAML (``${VAR}`` / ``${VAR:-default}`` expanded)."""
+    data = load_yaml(path)
+    return from_dict(EvalConfig, data)
+
+
+def config_hash(cfg: EvalConfig) -> str:
+    blob = json.dumps(to_dict(cfg), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
+    """(file, size, mtime) of every file under ``path``: cheap identity of a model or adapter folder."""
+    if path.is_file():
+        st = path.stat()
+        return [(path.name, st.st_size, st.st_mtime_ns)]
+    out = []
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            p = Path(root) / f
+            st = p.stat()
+            out.append((str(p.relative_to(path)), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------- grid parts
+MODEL_FILE = "clir_model.yaml"  # clir.model.encoder.MODEL_FILE, without importing torch
+
+
+def model_ready(folder: Path) -> bool:
+    """A finished model folder (a clir model or a Hugging Face one), not an unfinished training run."""
+    return (folder / MODEL_FILE).is_file() or (folder / "config.json").is_file()
+
+
+@dataclass
+class GridCollection:
+    spec: CollectionSpec
+    name: str
+    #: what load_collection takes: an absolute folder, ``sample`` or ``irds:<id>``
+    source: str
+    irds_id: str | None
+    doc_lang: str | None
+    query_field: str | None
+    query_lang: str
+    #: the language of document-language queries for BM25 (None: BM25 does not apply)
+    bm25_lang: str | None = None
+    bm25_note: str = ""
+    _doc_langs: list[str] | None = None
+
+    def collection(self):
+        from clir.data import load_collection
+
+        return load_collection(self.source)
+
+    def doc_langs(self) -> list[str]:
+        """Languages of the documents (for target routing): doc_lang, the dataset's, or the docs' ``lang``."""
+        if self._doc_langs is None:
+            if self.doc_lang:
+                self._doc_langs = [self.doc_lang]
+            else:
+                coll = self.collection()
+                lang = coll.lang
+                if lang:
+                    self._doc_langs = [lang]
+                elif self.irds_id:
+                    self._doc_langs = []
+                else:
+                    self._doc_langs = sorted({d.lang for d in coll.docs() if d.lang})
+        return list(self._doc_langs)
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "doc_lang": self.doc_lang,
+            "query_field": self.query_field,
+            "query_lang": self.query_lang,
+        }
+
+
+@dataclass
+class GridModel:
+    spec: ModelSpec
+    name: str
+    #: what load_encoder takes (absolute folder, registered name or hub id)
+    source: str
+    folder: Path | None
+    mode: str
+    routings: list[Routing | None]
+    #: the merged encoder settings when known offline (model folder / training config + overrides)
+    settings: dict[str, Any] | None
+    build_cmd: list[str] | None = None
+    downloads: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def madx(self) -> bool:
+        return self.mode == "madx"
+
+    def exists(self) -> bool:
+        return self.folder is None or model_ready(self.folder)
+
+    def stamp(self) -> Any:
+        """What identifies the model's weights and settings without loading it (for run markers)."""
+        parts: dict[str, Any] = {"source": self.source, "overrides": self.spec.overrides}
+        if self.folder is not None and self.folder.exists():
+            parts["files"] = _hash(_tree_stamp(self.folder))
+        else:
+            from clir.model.registry import lookup
+
+            reg = lookup(self.source)
+            if reg is not None and reg.path.is_dir():
+                parts["files"] = _hash(_tree_stamp(reg.path))
+        for lang, src in sorted(((self.settings or {}).get("language_adapters") or {}).items()):
+            p = Path(str(src)).expanduser()
+            if p.exists():
+                parts[f"lang_{lang}"] = _hash(_tree_stamp(p))
+        return parts
+
+
+@dataclass
+class GridRow:
+    collection: GridCollection
+    kind: RowKind
+    model: GridModel | None = None
+    routing: Routing | None = None
+    #: fusion rows: the method and the dense row fused with BM25
+    method: str | None = None
+    dense: GridRow | None = None
+
+    @property
+    def variant(self) -> str:
+        if self.kind == "bm25":
+            return "bm25"
+        if self.kind == "fusion":
+            assert self.dense is not None
+            return f"{self.dense.variant}+bm25-{self.method}"
+        assert self.model is not None
+        return self.model.name if self.routing is None else f"{self.model.name}/{self.routing.label()}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.collection.name}/{self.variant}"
+
+    @property
+    def stem(self) -> str:
+        return self.id.replace("/", "__")
+
+    @property
+    def doc_route(self) -> str | None:
+        return self.routing.doc if self.routing is not None else None
+
+
+@dataclass
+class IndexJob:
+    collection: GridCollection
+    model: GridModel
+    doc_route: str | None
+    path: Path
+
+    @property
+    def label(self) -> str:
+        r = f" d-{self.doc_route}" if self.doc_route else ""
+        return f"{self.collection.name} x {self.model.name}{r}"
+
+
+@dataclass
+class Plan:
+    config: EvalConfig
+    config_path: str
+    out: Path
+    index_root: Path
+    k: int
+    collections: list[GridCollection]
+    models: list[GridModel]
+    rows: list[GridRow]
+    selected: list[GridRow]
+    baseline: str
+    irds_missing: dict[str, list[tuple[str, Path, list[str]]]]
+    adapter_builds: list[tuple[str, Path, list[str]]]
+    bm25_unavailable: str | None = None
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / RUNS_DIR
+
+    def run_path(self, row: GridRow) -> Path:
+        return self.runs_dir / f"{row.stem}.trec"
+
+    def marker_path(self, row: GridRow) -> Path:
+        return self.runs_dir / f"{row.stem}.done.json"
+
+    def vectors_path(self, row: GridRow) -> Path:
+        return self.runs_dir / f"{row.stem}.vectors.npz"
+
+    def analyses(self, row: GridRow) -> bool:
+        """Whether the row keeps its vectors for the embedding analysis."""
+        a = self.config.analysis
+        return (
+            a.enabled and row.kind == "dense" and (not a.collections or row.collection.name in a.collections)
+        )
+
+    def index_path(self, coll: GridCollection, model: GridModel, doc_route: str | None) -> Path:
+        suffix = f"__d-{doc_route}" if doc_route else ""
+        return self.index_root / f"{coll.name}__{model.name}{suffix}"
+
+    def bm25_index_path(self, coll: GridCollection) -> Path:
+        return self.index_root / f"{coll.name}__bm25-{coll.bm25_lang}"
+
+    def row_key(self, row: GridRow) -> str:
+        """Hash of what produces a row's run; a marker with another key means the run is stale."""
+        cfg = self.config
+        if row.kind == "bm25":
+            return _hash(
+                {
+                    "kind": "bm25",
+                    "collection": row.collection.key(),
+                    "bm25_lang": row.collection.bm25_lang,
+                    "k1": cfg.bm25.k1,
+                    "b": cfg.bm25.b,
+                    "k": self.k,
+                }
+            )
+        assert row.model is not None
+        return _hash(
+            {
+                "kind": "dense",
+                "collection": row.collection.key(),
+                "model": row.model.stamp(),
+                "routing": to_dict(row.routing) if row.routing else None,
+                "k": self.k,
+                "factory": cfg.factory,
+                "seed": cfg.seed,
+            }
+        )
+
+    def is_done(self, row: GridRow) -> bool:
+        if row.kind == "fusion":
+            return False
+        if row.model is not None and not row.model.exists():
+            return False
+        marker, run = self.marker_path(row), self.run_path(row)
+        if not (marker.is_file() and run.is_file()):
+            return False
+        if self.analyses(row) and not self.vectors_path(row).is_file():
+            return False
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return False
+        return info.get("key") == self.row_key(row)
+
+    def index_jobs(self, rows: list[GridRow]) -> list[IndexJob]:
+        seen: dict[Path, IndexJob] = {}
+        for r in rows:
+            if r.kind == "dense" and r.model is not None:
+                p = self.index_path(r.collection, r.model, r.doc_route)
+                seen.setdefault(p, IndexJob(r.collection, r.model, r.doc_route, p))
+        return list(seen.values())

@@ -1,0 +1,190 @@
+"""Planning an experiment, offline: :func:`plan_grid` resolves a config into rows, the indexes they need and
+what would have to be downloaded or built; :func:`format_plan` is the ``--dry-run`` listing."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from clir.config import EvalConfig
+from clir.errors import ClirError
+from clir.experiments.build import parse_build
+from clir.experiments.grid import INDEXES_DIR, GridRow, Plan
+from clir.experiments.resolve import resolve_collection, resolve_model
+
+
+def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
+    if not only:
+        return list(rows)
+    chosen = []
+    for r in rows:
+        if any(fnmatch.fnmatchcase(r.id, p) or fnmatch.fnmatchcase(r.id, p.rstrip("/") + "/*") for p in only):
+            chosen.append(r)
+    if not chosen:
+        sample = ", ".join(r.id for r in rows[:6])
+        raise ClirError(f"--only {' '.join(only)} matches no row of the grid (rows look like: {sample}, ...)")
+    ids = {r.id for r in chosen}
+    for r in list(chosen):  # a fusion row needs its two inputs
+        if r.kind == "fusion":
+            assert r.dense is not None
+            for dep in (r.dense, next(x for x in rows if x.kind == "bm25" and x.collection is r.collection)):
+                if dep.id not in ids:
+                    chosen.append(dep)
+                    ids.add(dep.id)
+    order = {r.id: i for i, r in enumerate(rows)}
+    return sorted(chosen, key=lambda r: order[r.id])
+
+
+def plan_grid(
+    cfg: EvalConfig,
+    *,
+    config_path: str | Path = "",
+    out: str | Path | None = None,
+    only: list[str] | None = None,
+) -> Plan:
+    """Resolve ``cfg`` into a plan, offline: validates every collection and model, loads nothing heavy."""
+    from clir.data.irds import missing_files
+
+    out_dir = Path(out or cfg.output or f"eval/results/{cfg.name}")
+    index_root = Path(cfg.index_root) if cfg.index_root else out_dir / INDEXES_DIR
+    collections = [resolve_collection(c, i) for i, c in enumerate(cfg.collections)]
+    names = [c.name for c in collections]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ClirError(f"collections: duplicate name(s) {', '.join(dup)}: give each a distinct `name`")
+    built_adapters: dict[str, Path] = {}
+    adapter_builds = []
+    irds_missing_text: dict[str, list[tuple[str, Path, list[str]]]] = {}
+    for a in cfg.adapters:
+        outp = Path(a.out).expanduser().resolve()
+        built_adapters[a.lang] = outp
+        if not outp.is_dir():
+            cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
+            if a.max_steps:
+                cmd += ["--max-steps", str(a.max_steps)]
+            resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
+            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
+            if a.text.startswith("irds:"):
+                missing = missing_files(a.text[len("irds:") :], ("docs",))
+                if missing:
+                    irds_missing_text[a.text[len("irds:") :]] = missing
+    models = [resolve_model(m, cfg, collections, built_adapters) for m in cfg.models]
+    for cmd in [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]:
+        parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
+
+    rows: list[GridRow] = []
+    for c in collections:
+        dense = [GridRow(c, "dense", model=m, routing=r) for m in models for r in m.routings]
+        rows += dense
+        if cfg.bm25.enabled and c.bm25_lang:
+            rows.append(GridRow(c, "bm25"))
+            fused = [d for d in dense if not cfg.fusion.models or d.model.name in cfg.fusion.models]  # type: ignore[union-attr]
+            for method in cfg.fusion.methods:
+                rows += [GridRow(c, "fusion", method=method, dense=d) for d in fused]
+    variants = {r.variant for r in rows}
+    if cfg.significance.baseline:
+        baseline = cfg.significance.baseline.replace(":", "/")
+        if baseline not in variants:
+            raise ClirError(
+                f"significance.baseline {cfg.significance.baseline!r} is not a row of the grid "
+                f"(rows: {', '.join(sorted(variants))})"
+            )
+    else:
+        baseline = next(r.variant for r in rows if r.kind == "dense")
+    selected = _select(rows, only)
+
+    irds_missing: dict[str, list[tuple[str, Path, list[str]]]] = dict(irds_missing_text)
+    for c in {r.collection.name: r.collection for r in selected}.values():
+        if c.irds_id and c.irds_id not in irds_missing:
+            missing = missing_files(c.irds_id)
+            if missing:
+                irds_missing[c.irds_id] = missing
+    bm25_reason = None
+    if any(r.kind == "bm25" for r in selected):
+        from clir.experiments.bm25 import unavailable_reason
+
+        bm25_reason = unavailable_reason()
+    return Plan(
+        config=cfg,
+        config_path=str(config_path),
+        out=out_dir,
+        index_root=index_root,
+        k=cfg.hits_k(),
+        collections=collections,
+        models=models,
+        rows=rows,
+        selected=selected,
+        baseline=baseline,
+        irds_missing=irds_missing,
+        adapter_builds=adapter_builds,
+        bm25_unavailable=bm25_reason,
+    )
+
+
+def format_plan(plan: Plan) -> str:
+    """The ``--dry-run`` listing: collections, models, builds, indexes, runs, metrics and downloads."""
+    cfg = plan.config
+    lines = [f"eval grid {cfg.name!r} ({plan.config_path}) -> {plan.out}", ""]
+    lines.append(f"collections ({len(plan.collections)}):")
+    for c in plan.collections:
+        q = f"queries: {c.query_field or 'queries.tsv'} ({c.query_lang})"
+        bm = (
+            f"bm25 queries: {c.bm25_lang}"
+            if c.bm25_lang
+            else f"bm25: n/a ({c.bm25_note})"
+            if cfg.bm25.enabled
+            else ""
+        )
+        lines.append(
+            f"  {c.name:<24} {c.source}  doc_lang={c.doc_lang or 'per document'}  {q}  {bm}".rstrip()
+        )
+    lines += ["", f"models ({len(plan.models)}):"]
+    for m in plan.models:
+        routes = ", ".join(r.label() for r in m.routings if r) or "one row (no language adapter to route)"
+        state = "on disk" if m.exists() else "MISSING: built on demand"
+        lines.append(f"  {m.name:<24} {m.source}  mode={m.mode}  [{state}]  routings: {routes}")
+        for n in m.notes:
+            lines.append(f"      note: {n}")
+    builds = [(f"language adapter {lang}", cmd) for lang, _o, cmd in plan.adapter_builds]
+    builds += [(f"model {m.name}", m.build_cmd) for m in plan.models if m.build_cmd]
+    lines += ["", f"builds ({len(builds)}):"]
+    for what, cmd in builds:
+        lines.append(f"  {what}: clir {' '.join(cmd)}")
+    pending = [r for r in plan.selected if not plan.is_done(r)]
+    jobs = plan.index_jobs([r for r in pending if r.kind == "dense"])
+    lines += ["", f"indexes ({len(jobs)} needed, under {plan.index_root}):"]
+    for j in jobs:
+        state = "exists: reused if its manifest matches" if (j.path / "manifest.json").is_file() else "build"
+        lines.append(f"  {j.path}  ({j.label}; {state})")
+    for c in {r.collection.name: r.collection for r in pending if r.kind == "bm25"}.values():
+        lines.append(f"  {plan.bm25_index_path(c)}  ({c.name} BM25, Lucene {c.bm25_lang} analyzer)")
+    done = [r for r in plan.selected if plan.is_done(r)]
+    lines += [
+        "",
+        f"runs ({len(plan.selected)} rows: {len(pending)} to compute, {len(done)} finished; k={plan.k}):",
+    ]
+    for r in plan.selected:
+        state = "done" if r in done else "todo"
+        lines.append(f"  [{state}] {r.id}")
+    skipped = [c for c in plan.collections if cfg.bm25.enabled and not c.bm25_lang]
+    for c in skipped:
+        lines.append(f"  (no BM25 row for {c.name}: {c.bm25_note})")
+    if plan.bm25_unavailable:
+        lines.append(f"  BM25 rows cannot run here: {plan.bm25_unavailable}")
+    sig = cfg.significance
+    lines += [
+        "",
+        f"metrics: {', '.join(cfg.metrics)} (primary: {cfg.primary})",
+        f"significance: {', '.join(sig.tests)} vs baseline {plan.baseline}, p < {sig.max_p}; "
+        "adapter swap: d-target vs d-source",
+        "",
+    ]
+    downloads = []
+    for ds_id, missing in plan.irds_missing.items():
+        for part, path, urls in missing:
+            downloads.append(f"ir_datasets {ds_id} {part}: {path}" + (f" (from {urls[0]})" if urls else ""))
+    for m in plan.models:
+        downloads += m.downloads
+    lines.append(f"downloads needed ({len(downloads)}):" if downloads else "downloads needed: none")
+    lines += [f"  {d}" for d in downloads]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,309 @@
+"""Running a planned grid: builds what is missing, then per model loads the encoder once, builds or reuses
+each index (collection x model x doc routing), searches every pending row and writes ``runs/<row>.trec``
+with a ``.done.json`` marker keyed by a hash of what produced the run; BM25 rows through Pyserini. Scoring
+and the report follow (:mod:`clir.experiments.scoring`, :mod:`clir.experiments.report`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from clir.config import Routing, to_dict
+from clir.errors import ClirError
+from clir.experiments.build import run_builds
+from clir.experiments.grid import GridCollection, GridModel, GridRow, IndexJob, Plan, config_hash
+from clir.experiments.report import write_outputs
+from clir.experiments.scoring import GridResult, score_grid
+
+log = logging.getLogger(__name__)
+
+
+def check_offline(plan: Plan) -> None:
+    """One error naming every missing ir_datasets file, before any work starts."""
+    from clir.data.irds import offline_message
+
+    if plan.irds_missing:
+        msgs = [offline_message(ds_id, missing) for ds_id, missing in plan.irds_missing.items()]
+        raise ClirError("cannot run the grid offline:\n" + "\n".join(msgs))
+
+
+def _lang_seed(seed: int, lang: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{lang}".encode()).hexdigest()[:8], 16)
+
+
+def _prepare_languages(enc, needed: set[str], seed: int) -> None:
+    """Exactly the source adapter plus ``needed`` loaded: fresh (``new``) adapters get a seed of their own, so
+    an index's recorded fingerprint is the same whatever ran before it."""
+    import torch
+
+    if enc.config.adapter_mode != "madx":
+        return
+    for lang in enc.loaded_languages():
+        if lang not in needed:
+            enc.unload_language_adapter(lang)
+    for lang in sorted(needed - set(enc.loaded_languages())):
+        with torch.random.fork_rng():
+            torch.manual_seed(_lang_seed(seed, lang))
+            enc.load_language_adapter(lang)
+
+
+def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
+    from clir.index import IndexArgs, build_index
+    from clir.index.store import read_manifest
+    from clir.search.searcher import fingerprint_diff
+
+    coll = job.collection
+    if (job.path / "manifest.json").is_file():
+        try:
+            manifest = read_manifest(job.path)
+        except ClirError as e:
+            manifest = None
+            log.warning("rebuilding %s: %s", job.path, e)
+        if manifest is not None:
+            if manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
+                log.warning(
+                    "rebuilding %s: it indexes %s, not %s", job.path, manifest.get("collection"), coll.source
+                )
+            else:
+                diff = fingerprint_diff(manifest["encoder"], enc.fingerprint())
+                if not diff:
+                    log.info("reusing index %s", job.path)
+                    return job.path
+                log.warning(
+                    "rebuilding %s: built with another encoder (differs in %s)", job.path, ", ".join(diff)
+                )
+    args = IndexArgs(
+        collection=coll.source,
+        model=job.model.source,
+        out=str(job.path),
+        doc_lang=coll.doc_lang,
+        factory=plan.config.factory,
+        batch_size=plan.config.batch_size,
+        overwrite=True,
+        # a build this grid started and was killed in: continue from its checkpoints
+        resume=job.path.with_name(job.path.name + ".partial").is_dir(),
+    )
+    try:
+        build_index(args, encoder=enc)
+    except ClirError as e:
+        if "cannot resume" not in str(e):
+            raise
+        log.warning("%s; starting that index over", e)
+        args.resume = False
+        build_index(args, encoder=enc)
+    return job.path
+
+
+def _write_run(
+    plan: Plan, row: GridRow, results: dict[str, list], seconds: float, extra: dict[str, Any]
+) -> None:
+    from clir.index.store import atomic_write_text, now_iso
+    from clir.search import write_trec_run
+
+    write_trec_run(plan.run_path(row), results, tag=row.variant.replace(" ", "_"))
+    marker = {
+        "key": plan.row_key(row),
+        "row": row.id,
+        "created": now_iso(),
+        "seconds": round(seconds, 2),
+        "queries": len(results),
+        **extra,
+    }
+    atomic_write_text(plan.marker_path(row), json.dumps(marker, indent=2) + "\n")
+
+
+def _save_vectors(plan: Plan, row: GridRow, qvecs, qs: list, searcher) -> None:
+    """Keep a row's query and document vectors for the report's embedding analysis."""
+    from clir.experiments.analysis import save_vectors
+
+    try:
+        docs = searcher.index.reconstruct_n(0, searcher.index.ntotal)
+    except RuntimeError as e:  # an index type that cannot give its vectors back
+        log.warning("%s: no vectors for the analysis (%s)", row.id, str(e).splitlines()[0])
+        return
+    coll = row.collection
+    fixed = coll.doc_lang
+    langs = {} if fixed else {d.doc_id: d.lang or "" for d in coll.collection().docs()}
+    # passages of split documents carry ids DOCID#n (Pyserini's convention): the document's language
+    doc_langs = [fixed or langs.get(d, langs.get(d.rsplit("#", 1)[0], "")) for d in searcher.docids]
+    save_vectors(plan.vectors_path(row), qvecs, [q.query_id for q in qs], docs, searcher.docids, doc_langs)
+
+
+class _QueryCache:
+    def __init__(self) -> None:
+        self._q: dict[tuple[str, str | None], list] = {}
+
+    def get(self, coll: GridCollection, lang: str | None = None) -> list:
+        key = (coll.name, lang)
+        if key not in self._q:
+            field_ = coll.query_field
+            qs = coll.collection().queries(field=field_, lang=lang)
+            qs = [q for q in qs if q.text.strip()]
+            if not qs:
+                raise ClirError(f"collection {coll.name}: no queries" + (f" in {lang}" if lang else ""))
+            self._q[key] = qs
+        return self._q[key]
+
+
+def _query_adapter(enc, routing: Routing | None, query_lang: str) -> str:
+    """The language adapter under the task adapter on the query side (what the query vectors depend on)."""
+    if routing is None or enc.config.adapter_mode != "madx":
+        return "-"
+    if routing.query == "none":
+        return "none"
+    return enc.config.source_lang if routing.query == "source" else query_lang
+
+
+def _hits(docids: list[str], scores, rows) -> list:
+    from clir.search import Hit
+
+    out = []
+    for s, r in zip(scores, rows, strict=True):
+        if r >= 0:  # -1: fewer than k results
+            out.append(Hit(len(out) + 1, docids[r], float(s)))
+    return out
+
+
+def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _QueryCache, bar) -> None:
+    import torch
+
+    from clir.model import load_encoder
+    from clir.search import Searcher
+
+    cfg = plan.config
+    overrides = dict(model.spec.overrides)
+    torch.manual_seed(cfg.seed)  # fresh task/source adapters of an untrained model: same weights every run
+    enc = load_encoder(model.source, overrides)
+    if enc.config.adapter_mode != model.mode:
+        raise ClirError(
+            f"model {model.name}: expected adapter mode {model.mode}, the model is {enc.config.adapter_mode}"
+        )
+    src = enc.config.source_lang
+    qvecs: dict[tuple[str, str], Any] = {}
+    for job in plan.index_jobs(rows):
+        coll = job.collection
+        job_rows = [r for r in rows if r.collection is coll and r.doc_route == job.doc_route]
+        doc_needed = {src}
+        if job.doc_route == "target":
+            langs = coll.doc_langs()
+            if not langs:
+                raise ClirError(f"{coll.name}: target routing needs the documents' language: set doc_lang")
+            doc_needed.update(langs)
+        if model.madx:
+            first = job_rows[0].routing
+            assert first is not None
+            enc.set_routing(first.query, job.doc_route or "source")
+        _prepare_languages(enc, doc_needed, cfg.seed)
+        t0 = time.perf_counter()
+        index = _ensure_index(plan, job, enc)
+        t_index = time.perf_counter() - t0
+        searcher = Searcher(index, encoder=enc)  # checks the encoder against the manifest once more
+        qs = queries.get(coll)
+        for row in job_rows:
+            t = time.perf_counter()
+            if row.routing is not None:
+                enc.set_routing(row.routing.query, row.routing.doc)
+                needed = set(doc_needed)
+                if row.routing.query == "target":
+                    needed.add(coll.query_lang)
+                _prepare_languages(enc, needed, cfg.seed)
+            # d-source and d-target rows share their query vectors: encode each query side once
+            qkey = (coll.name, _query_adapter(enc, row.routing, coll.query_lang))
+            if qkey not in qvecs:
+                qvecs[qkey] = enc.encode_queries([q.text for q in qs], lang=coll.query_lang, batch_size=64)
+            scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
+            results = {q.query_id: _hits(searcher.docids, scores[i], idx[i]) for i, q in enumerate(qs)}
+            extra = {"index": str(index), "index_seconds": round(t_index, 2)}
+            if plan.analyses(row):
+                _save_vectors(plan, row, qvecs[qkey], qs, searcher)
+            _write_run(plan, row, results, time.perf_counter() - t, extra)
+            t_index = 0.0
+            bar.update(1)
+            bar.set_postfix_str(row.id)
+    del enc
+
+
+def _run_bm25(plan: Plan, row: GridRow, queries: _QueryCache, bar) -> None:
+    from clir.experiments.bm25 import bm25_search, build_bm25_index, index_matches
+    from clir.search import Hit
+
+    coll = row.collection
+    cfg = plan.config
+    lang = coll.bm25_lang
+    assert lang is not None
+    analyzer_lang = coll.doc_lang or lang
+    t = time.perf_counter()
+    path = plan.bm25_index_path(coll)
+    if not index_matches(path, coll.source, analyzer_lang):
+        build_bm25_index(
+            coll.collection().docs(),
+            path,
+            lang=analyzer_lang,
+            collection=coll.source,
+            threads=cfg.bm25.threads,
+        )
+    qs = queries.get(coll, lang)
+    run = bm25_search(
+        path, qs, lang=analyzer_lang, k=plan.k, k1=cfg.bm25.k1, b=cfg.bm25.b, threads=cfg.bm25.threads
+    )
+    results = {
+        qid: [Hit(i + 1, d, s) for i, (d, s) in enumerate(sorted(hits.items(), key=lambda x: (-x[1], x[0])))]
+        for qid, hits in run.items()
+        if hits
+    }
+    _write_run(plan, row, results, time.perf_counter() - t, {"index": str(path), "query_lang": lang})
+    bar.update(1)
+    bar.set_postfix_str(row.id)
+
+
+def run_grid(plan: Plan, *, command: str = "") -> GridResult:
+    """Compute every pending selected row, then score and test every finished row and write the outputs."""
+    from clir.progress import progress
+
+    t0 = time.perf_counter()
+    check_offline(plan)
+    pending_bm25 = [r for r in plan.selected if r.kind == "bm25" and not plan.is_done(r)]
+    if pending_bm25 and plan.bm25_unavailable:
+        raise ClirError(
+            f"BM25 rows cannot run: {plan.bm25_unavailable}. Set bm25.enabled: false, or leave them out "
+            "with --only"
+        )
+    run_builds(plan)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    plan.runs_dir.mkdir(parents=True, exist_ok=True)
+    _write_resolved_config(plan)
+
+    pending = [r for r in plan.selected if r.kind in ("dense", "bm25") and not plan.is_done(r)]
+    skipped = [r.id for r in plan.selected if r.kind in ("dense", "bm25") and r not in pending]
+    if skipped:
+        log.info("%d run(s) already finished with this config: skipped", len(skipped))
+    queries = _QueryCache()
+    bar = progress(total=len(pending), desc="eval grid", unit="run")
+    try:
+        for model in plan.models:
+            rows = [r for r in pending if r.kind == "dense" and r.model is model]
+            if rows:
+                _run_model(plan, model, rows, queries, bar)
+        for row in pending:
+            if row.kind == "bm25":
+                _run_bm25(plan, row, queries, bar)
+    finally:
+        bar.close()
+    result = score_grid(plan, command=command, computed=[r.id for r in pending], skipped=skipped)
+    result.seconds = time.perf_counter() - t0
+    write_outputs(result)
+    return result
+
+
+def _write_resolved_config(plan: Plan) -> None:
+    import yaml
+
+    from clir.index.store import atomic_write_text
+
+    data = to_dict(plan.config)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    atomic_write_text(plan.out / "config.resolved.yaml", f"# config hash {config_hash(plan.config)}\n{text}")

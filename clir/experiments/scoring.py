@@ -1,0 +1,188 @@
+"""Scoring a grid: ranx metrics of every row with a finished run, fusion rows made from their dense and BM25
+runs, significance tests against the baseline and for the document-adapter swap (d-target vs d-source)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from clir.config import Routing, to_dict
+from clir.experiments.grid import GridRow, Plan
+
+
+@dataclass
+class GridResult:
+    plan: Plan
+    rows: list[dict[str, Any]]
+    swaps: list[dict[str, Any]]
+    computed: list[str]
+    skipped: list[str]
+    missing: list[str]
+    seconds: float
+    command: str
+    notes: list[str] = field(default_factory=list)
+    #: the embedding analysis: ``{"rows": [...], "pairs": [...]}`` (empty when not enabled)
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- scoring
+def _run_seconds(plan: Plan, row: GridRow) -> float | None:
+    """Seconds the row's run took when it was computed (its index build included), from its marker."""
+    if row.kind == "fusion":
+        return None
+    try:
+        info = json.loads(plan.marker_path(row).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return round(float(info.get("seconds", 0)) + float(info.get("index_seconds", 0)), 1)
+
+
+def score_grid(
+    plan: Plan, *, command: str = "", computed: list[str] = (), skipped: list[str] = ()
+) -> GridResult:  # type: ignore[assignment]
+    """Metrics, significance and swap deltas of every grid row that has a finished run."""
+    from clir.experiments.fusion import fuse_runs
+    from clir.experiments.significance import compare_runs
+    from clir.metrics import evaluate
+    from clir.search import Hit, read_trec_run, write_trec_run
+
+    cfg = plan.config
+    sig = cfg.significance
+    rows_out: list[dict[str, Any]] = []
+    swaps: list[dict[str, Any]] = []
+    missing: list[str] = []
+    notes: list[str] = []
+    analysis: dict[str, Any] = {}
+    for coll in plan.collections:
+        coll_rows = [r for r in plan.rows if r.collection is coll]
+        runs: dict[str, dict[str, dict[str, float]]] = {}
+        present: list[GridRow] = []
+        for r in coll_rows:
+            if r.kind == "fusion":
+                assert r.dense is not None
+                bm = next(x for x in coll_rows if x.kind == "bm25")
+                if r.dense.variant in runs and bm.variant in runs:
+                    fused = fuse_runs(
+                        [runs[r.dense.variant], runs[bm.variant]],
+                        r.method or "rrf",
+                        rrf_k=cfg.fusion.rrf_k,
+                        k=plan.k,
+                    )
+                    results = {
+                        q: [Hit(i + 1, d, s) for i, (d, s) in enumerate(h.items())] for q, h in fused.items()
+                    }
+                    write_trec_run(plan.run_path(r), results, tag=r.variant)
+                    runs[r.variant] = read_trec_run(plan.run_path(r))
+                    present.append(r)
+                else:
+                    missing.append(r.id)
+                continue
+            if plan.is_done(r):
+                runs[r.variant] = read_trec_run(plan.run_path(r))
+                present.append(r)
+            else:
+                missing.append(r.id)
+        if not present:
+            continue
+        qrels = coll.collection().qrels()
+        scores = {r.variant: evaluate(runs[r.variant], qrels, cfg.metrics) for r in present}
+        variants = [r.variant for r in present]
+        base = plan.baseline if plan.baseline in runs else None
+        if base is None:
+            notes.append(
+                f"{coll.name}: the baseline {plan.baseline} has no finished run: no significance tests"
+            )
+        pairs = [(base, v) for v in variants if base and v != base]
+        swap_pairs = []
+        for r in present:
+            if r.kind == "dense" and r.routing is not None and r.routing.doc == "source":
+                for doc in ("target", "none"):  # the swap, and dropping the language adapter
+                    other = f"{r.model.name}/{Routing(r.routing.query, doc).label()}"  # type: ignore[union-attr]
+                    if other in runs:
+                        swap_pairs.append((r.variant, other))
+        all_pairs = list(dict.fromkeys(pairs + swap_pairs))
+        tests = (
+            compare_runs(
+                qrels,
+                runs,
+                cfg.metrics,
+                pairs=all_pairs,
+                tests=list(sig.tests),
+                max_p=sig.max_p,
+                n_permutations=sig.n_permutations,
+                random_seed=sig.random_seed,
+                correction=sig.correction,
+            )
+            if all_pairs
+            else {}
+        )
+        for r in present:
+            v = r.variant
+            row = {
+                "collection": coll.name,
+                "source": coll.source,
+                "lang": coll.doc_lang,
+                "variant": v,
+                "kind": r.kind,
+                "model": r.model.name if r.model else ("bm25" if r.kind == "bm25" else None),
+                "mode": r.model.mode if r.model else None,
+                "routing": to_dict(r.routing) if r.routing else None,
+                "fusion": {"method": r.method, "dense": r.dense.variant}
+                if r.kind == "fusion" and r.dense
+                else None,
+                "run": str(plan.run_path(r).relative_to(plan.out)),
+                "queries": len(runs[v]),
+                "seconds": _run_seconds(plan, r),
+                "metrics": scores[v],
+                "baseline": v == base,
+                "significance": tests.get((base, v)) if base and v != base else None,
+            }
+            rows_out.append(row)
+        vectors = {
+            r.variant: str(plan.vectors_path(r))
+            for r in present
+            if plan.analyses(r) and plan.vectors_path(r).is_file()
+        }
+        if vectors:
+            from clir.experiments.analysis import collection_analysis
+
+            dense = [v for v in vectors if v != base]
+            a_rows, a_pairs = collection_analysis(
+                coll.name,
+                vectors,
+                runs,
+                qrels,
+                [(base, v) for v in dense if base in vectors] + swap_pairs,
+                cfg.primary,
+                seed=cfg.seed,
+            )
+            analysis.setdefault("rows", []).extend(a_rows)
+            analysis.setdefault("pairs", []).extend(a_pairs)
+        for a, b in swap_pairs:
+            ra = next(r for r in present if r.variant == a)
+            swaps.append(
+                {
+                    "collection": coll.name,
+                    "lang": coll.doc_lang,
+                    "model": ra.model.name,  # type: ignore[union-attr]
+                    "query_routing": ra.routing.query,  # type: ignore[union-attr]
+                    "doc_routing": b.rsplit("d-", 1)[-1],
+                    "source": a,
+                    "target": b,
+                    "delta": {m: scores[b][m] - scores[a][m] for m in cfg.metrics},
+                    "significance": tests.get((a, b)),
+                }
+            )
+    return GridResult(
+        plan=plan,
+        rows=rows_out,
+        swaps=swaps,
+        computed=list(computed),
+        skipped=list(skipped),
+        missing=missing,
+        seconds=0.0,
+        command=command,
+        notes=notes,
+        analysis=analysis,
+    )
