@@ -112,7 +112,7 @@ def test_an_id_works_wherever_a_collection_does(raw_irds_home, shared_dir, tiny_
     from clir.cli.main import main
 
     ds = "irds:clir/tatoeba/deu"
-    model = ["--model", str(tiny_bert), "--pooling", "mean", "--normalize"]
+    model = ["--model", str(tiny_bert), "--pooling", "mean", "--normalize", "--max-passage-length", "64"]
     assert main(["index", "--collection", ds, "--out", str(tmp_path / "idx"), *model]) == 0
     run = tmp_path / "run.trec"
     assert (
@@ -132,5 +132,7 @@ def test_an_id_works_wherever_a_collection_does(raw_irds_home, shared_dir, tiny_
 
     out = tmp_path / "adapter-de"
     args = ["train-language-adapter", "--lang", "de", "--text", ds, "--backbone", str(tiny_bert)]
-    assert main([*args, "--out", str(out), "--max-steps", "2", "--batch-size", "4"]) == 0
+    assert (
+        main([*args, "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--max-length", "64"]) == 0
+    )
     assert (out / "adapter_config.json").is_file()
