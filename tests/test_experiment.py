@@ -388,11 +388,17 @@ fusion: {{methods: [rrf, combsum]}}
         assert rows[v]["metrics"]["mrr@100"] > rows["tiny"]["metrics"]["mrr@100"]
 
 
-def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
+def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, capsys):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
     monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
+    assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
+    assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
+    assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out
     for name in ("xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-deu", "tatoeba-pes"):
@@ -403,7 +409,9 @@ def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(e5_small, tmp_path, monkeypatch):
+def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
+    e5_small, raw_irds_home, tmp_path, monkeypatch
+):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))

@@ -242,11 +242,11 @@ def report(rows: list[dict], conditions: str) -> str:
     for r in rows:
         flat = next(x for x in rows if x["set"] == r["set"] and x["index"].startswith("Flat"))
         if r["index"].startswith("Flat"):
-            table.append([r["set"], f"{r['n']:,}", r["index"], "exact", f"{r['ms']:.2f}", "1x", "-", "-",
+            table.append([r["set"], f"{r['n']:,}", r["index"], "exact", f"{r['ms']:.3g}", "1x", "-", "-",
                           f"{r['ram_mib']:,.0f} (all in RAM)", "-"])  # fmt: skip
             continue
-        table.append([r["set"], f"{r['n']:,}", r["index"], f"{r['recall']:.3f}", f"{r['ms']:.2f}",
-                      f"{flat['ms'] / r['ms']:.0f}x", f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB",
+        table.append([r["set"], f"{r['n']:,}", r["index"], f"{r['recall']:.3f}", f"{r['ms']:.3g}",
+                      f"{flat['ms'] / r['ms']:.3g}x", f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB",
                       f"{r['index_mib']:,.0f} + {r['refine_mib']:,.0f} mmap",
                       f"{r['search_peak_mib']:,.0f} (anon {r['rss_anon_mib']:,.0f}, file {r['rss_file_mib']:,.0f})",
                       r["nprobe"]])  # fmt: skip

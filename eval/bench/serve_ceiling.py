@@ -32,11 +32,12 @@ def reference(searcher, queries: list[str], k: int = 10) -> dict[str, Any]:
 
 def ceiling(searcher, queries: list[str], seconds: float, batch: int = 64) -> dict[str, Any]:
     searcher.batch_search(queries[:batch], 10, return_text=True, batch_size=batch)  # warm-up
-    done, t0 = 0, time.perf_counter()
+    done, start, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        s = (done // batch * batch) % max(1, len(queries) - batch)
-        searcher.batch_search(queries[s : s + batch], 10, return_text=True, batch_size=batch)
-        done += batch
+        chunk = queries[start : start + batch] or queries[:batch]
+        start = start + batch if start + batch < len(queries) else 0
+        searcher.batch_search(chunk, 10, return_text=True, batch_size=batch)
+        done += len(chunk)
     elapsed = time.perf_counter() - t0
     return {"queries": done, "seconds": elapsed, "qps": done / elapsed}
 
