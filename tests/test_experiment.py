@@ -127,6 +127,37 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
     assert set(swap["significance"]) == {"student", "fisher"}
 
 
+def test_fisher_randomisation_test_is_seeded_and_exact():
+    import itertools
+
+    import numpy as np
+
+    from clir.experiments.significance import compare_runs, fisher_randomization_test
+
+    rng = np.random.default_rng(1)
+    a = rng.random(8)
+    b = a + np.array([0.3, 0.1, -0.05, 0.2, 0.25, -0.1, 0.15, 0.05])
+    ps = {fisher_randomization_test(a, b, n_permutations=2000, random_seed=7) for _ in range(5)}
+    assert len(ps) == 1  # the same draw every time
+    # the exact p-value over all 2^8 sign flips, which the Monte Carlo one estimates
+    d = b - a
+    flips = np.array(list(itertools.product([-1, 1], repeat=8)))
+    exact = float(np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12))
+    assert ps.pop() == pytest.approx(exact, abs=0.02)
+    assert fisher_randomization_test(a, a, n_permutations=100) == 1.0  # identical systems
+    assert fisher_randomization_test(np.zeros(30), np.ones(30), n_permutations=99) == 0.01  # (0 + 1) / 100
+
+    qrels = {f"q{i}": {"d1": 1} for i in range(6)}
+    good = {q: {"d1": 2.0, "d2": 1.0} for q in qrels}
+    bad = {q: {"d2": 2.0, "d1": 1.0} for q in qrels}
+    res = compare_runs(qrels, {"a": bad, "b": good}, ["mrr"], pairs=[("a", "b")], tests=["fisher", "student"])
+    fisher = res[("a", "b")]["fisher"]["mrr"]
+    assert fisher["p_value"] == pytest.approx(2 / 64, abs=0.02) and fisher["significant"]
+    assert res[("a", "b")]["student"]["mrr"]["significant"]
+    same = compare_runs(qrels, {"a": bad, "b": bad}, ["mrr"], pairs=[("a", "b")], tests=["student"])
+    assert same[("a", "b")]["student"]["mrr"] == {"p_value": 1.0, "p_adjusted": 1.0, "significant": False}
+
+
 def test_report_and_plots_written(grid):
     cfg, out, doc = grid
     report = (out / "report.md").read_text()
@@ -357,11 +388,17 @@ fusion: {{methods: [rrf, combsum]}}
         assert rows[v]["metrics"]["mrr@100"] > rows["tiny"]["metrics"]["mrr@100"]
 
 
-def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
+def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, capsys):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
     monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
+    assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
+    assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
+    assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out
     for name in ("xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-deu", "tatoeba-pes"):
@@ -372,7 +409,9 @@ def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(e5_small, tmp_path, monkeypatch):
+def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
+    e5_small, raw_irds_home, tmp_path, monkeypatch
+):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))

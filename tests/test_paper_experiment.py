@@ -86,3 +86,40 @@ def test_paper_small_plans_every_row_and_build(shared_dir, monkeypatch):
     assert {"xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-pes", "xquad-r-mlir"} <= names
     assert sorted(a.lang for a in cfg.adapters) == ["de", "en", "fa", "ru", "zh"]
     assert all(a.text.endswith(f"mono/{a.lang}.txt") for a in cfg.adapters)
+
+
+def test_builds_run_in_parallel_workers(tiny_bert, tiny_collection, tmp_path):
+    """Two language adapters built by two worker processes, then the madx rows that use them."""
+    import json
+
+    from clir.cli.main import main
+
+    la = {lang: tmp_path / "adapters" / lang for lang in ("de", "fr")}
+    others = ", ".join(f"{lang}: new" for lang in ("en", "ru", "zh", "fa"))
+    cfg = tmp_path / "par.yaml"
+    cfg.write_text(
+        f"""
+name: par
+collections: [{{source: {tiny_collection}, name: tiny}}]
+adapters:
+  - {{lang: de, out: {la["de"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
+  - {{lang: fr, out: {la["fr"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
+models:
+  - name: madx
+    model: {tiny_bert}
+    overrides:
+      adapter_mode: madx
+      language_adapters: {{de: {la["de"]}, fr: {la["fr"]}, {others}}}
+routings: [{{query: source, doc: target}}]
+metrics: [mrr@100]
+build_workers: 2
+"""
+    )
+    assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    for lang, folder in la.items():
+        info = json.loads((folder / "clir_language_adapter.json").read_text())
+        assert info["lang"] == lang and info["baseline"]["phase"] == "head-only"
+    manifest = json.loads(
+        (tmp_path / "out" / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text()
+    )
+    assert {"de", "fr"} <= set(manifest["encoder"]["adapters"])

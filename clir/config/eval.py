@@ -220,6 +220,9 @@ class EvalConfig:
     output: str | None = None
     factory: str = "Flat"
     batch_size: int = 32
+    #: builds (language adapters, models) run at once, each in its own process; >1 pays off when each build
+    #: pins fewer threads than the machine has cores (CPU training with optim.threads / --threads)
+    build_workers: int = 1
     #: seeds fresh (``new``) adapters, so reruns and reused indexes agree
     seed: int = 0
 
@@ -240,6 +243,8 @@ class EvalConfig:
                 )
         if self.primary_metric is not None and self.primary_metric not in self.metrics:
             raise ClirError(f"primary_metric {self.primary_metric!r} is not in metrics")
+        if self.build_workers < 1:
+            raise ClirError("build_workers must be >= 1")
         if self.k is not None and self.k < 1:
             raise ClirError("k must be >= 1")
         if not self.routings:

@@ -178,7 +178,10 @@ def build_index_ray(
             ray.kill(a)
         if started:
             ray.shutdown()
-    n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
+    try:
+        n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
+    finally:
+        b.release(failed=not b.out.exists())
     return IndexResult(
         b.out,
         n_docs,

@@ -34,6 +34,7 @@ class Hit:
     title: str | None = None
     #: split documents: the best passage (MaxP) or the hit passage, and where it sits in the document
     passage: dict[str, Any] | None = None
+    lang: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
@@ -43,6 +44,8 @@ class Hit:
             d["title"] = self.title
         if self.passage is not None:
             d["passage"] = self.passage
+        if self.lang:
+            d["lang"] = self.lang
         return d
 
 
@@ -210,7 +213,7 @@ class Searcher:
             doc = None
             if return_text and self.docstore.available:
                 doc = self.docstore.get_row(int(pm.doc[r]) if pm is not None else r)
-                hit.text, hit.title = doc.get("text"), doc.get("title") or None
+                hit.text, hit.title, hit.lang = doc.get("text"), doc.get("title") or None, doc.get("lang")
             if pm is not None and pm.counts[pm.doc[r]] > 1:
                 start, end = int(pm.start[r]), int(pm.end[r])
                 hit.passage = {"id": self.docids[r], "index": int(pm.n[r]), "start": start, "end": end}

@@ -30,12 +30,18 @@ class ServeSettings:
     api_key_env: str | None = None
     max_body_bytes: int = 1_048_576
     max_batch_queries: int = 1000
+    #: characters of all queries in one /search/batch call together (413 beyond): with max_batch_queries,
+    #: what bounds one call's encoder time; a batch also runs in slices of max_batch_size so single
+    #: searches interleave with it instead of waiting for the whole batch
+    max_batch_chars: int = 100_000
     micro_batching: bool = True
     batch_window_ms: float = 0.0
     max_batch_size: int = 64
     #: batch only queries of equal token length, so an answer never depends on its batch neighbours
-    #: (bit-identical to `clir search --query`); false pads mixed lengths into one encoder call
-    exact_batching: bool = True
+    #: (bit-identical to `clir search --query`); false (default) lets queries of similar lengths share a
+    #: padded encoder call (clir.serve.batching.length_buckets): bf16 rounding then moves a query vector
+    #: slightly (measured in eval/bench/RESULTS.md, "REST serving"), for much larger batches under load
+    exact_batching: bool = False
     #: /search requests waiting for the encoder before new ones are shed with 503 (load shedding)
     max_pending: int = 1024
     device: str | None = None
@@ -47,6 +53,7 @@ class ServeSettings:
             "workers",
             "max_body_bytes",
             "max_batch_queries",
+            "max_batch_chars",
             "max_batch_size",
             "max_pending",
         ):
