@@ -308,7 +308,8 @@ with get_output_writer({str(tmp_path / "pyserini.trec")!r}, OutputFormat.TREC, "
     def ranked(path):
         return [(p[0], p[2], int(p[3])) for p in (line.split() for line in path.read_text().splitlines())]
 
-    assert ranked(tmp_path / "pyserini.trec") == ranked(ours)
+    # Pyserini's writer keeps every distinct document it was given; ours stops at k
+    assert [x for x in ranked(tmp_path / "pyserini.trec") if x[2] <= 10] == ranked(ours)
 
 
 # ---------------------------------------------------------------------- languages
@@ -411,4 +412,4 @@ def test_rest_hits_carry_the_best_passage(split_index):
     hit = next(h for h in hits if h["doc_id"] == "long-ru")
     p = hit["passage"]
     assert p["id"] == f"long-ru#{p['index']}" and hit["text"][p["start"] : p["end"]] == p["text"]
-    assert next(h for h in hits if h["doc_id"] == "de-1")["passage"] is None
+    assert next(h for h in hits if h["doc_id"] == "de-1").get("passage") is None
