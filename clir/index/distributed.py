@@ -121,6 +121,7 @@ def build_index_ray(
     check_args(args)  # before anything starts: an existing OUT is refused at once
     started = _connect(ray, ra)
     actors: list[Any] = []
+    b = None
     try:
         workers, opts = _plan(ray, ra)
         threads = int(opts["num_cpus"]) if ra.gpus_per_worker == 0 else None
@@ -173,6 +174,10 @@ def build_index_ray(
         finally:
             bar.close()
         t_enc = time.perf_counter() - t_enc
+    except BaseException:
+        if b is not None:  # the lock goes; a staging folder without any chunk too
+            b.release(failed=True)
+        raise
     finally:
         for a in actors:
             ray.kill(a)
