@@ -51,8 +51,24 @@ def _prepare_languages(enc, needed: set[str], seed: int) -> None:
             enc.load_language_adapter(lang)
 
 
+def _settings_match(manifest: dict[str, Any], coll: GridCollection) -> bool:
+    """The index was built with the collection's passage and language-id settings (indexes from before
+    these settings were recorded match: they truncated, and only labelled languages were routed)."""
+    spec, p = coll.spec, manifest.get("passages")
+    if p is not None:
+        if p.get("split") != spec.split or p.get("stride") != spec.stride:
+            return False
+        if spec.passage_length is not None and p.get("passage_length") != spec.passage_length:
+            return False
+    if "lang_id" in manifest:
+        mode = (manifest["lang_id"] or {}).get("mode", "off")
+        if mode != spec.lang_id:
+            return False
+    return True
+
+
 def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
-    from clir.index import IndexArgs, build_index
+    from clir.index import IndexArgs, PassageSpec, build_index
     from clir.index.store import read_manifest
     from clir.search.searcher import fingerprint_diff
 
@@ -64,7 +80,9 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
             manifest = None
             log.warning("rebuilding %s: %s", job.path, e)
         if manifest is not None:
-            if manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
+            if not _settings_match(manifest, coll):
+                log.warning("rebuilding %s: built with other passage or language-id settings", job.path)
+            elif manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
                 log.warning(
                     "rebuilding %s: it indexes %s, not %s", job.path, manifest.get("collection"), coll.source
                 )
@@ -86,6 +104,8 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
         overwrite=True,
         # a build this grid started and was killed in: continue from its checkpoints
         resume=job.path.with_name(job.path.name + ".partial").is_dir(),
+        passages=PassageSpec(coll.spec.split, coll.spec.passage_length, coll.spec.stride),
+        lang_id=coll.spec.lang_id,
     )
     try:
         build_index(args, encoder=enc)
@@ -158,13 +178,13 @@ def _query_adapter(enc, routing: Routing | None, query_lang: str) -> str:
     return enc.config.source_lang if routing.query == "source" else query_lang
 
 
-def _hits(docids: list[str], scores, rows) -> list:
+def _hits(searcher, scores, rows) -> list:
     from clir.search import Hit
 
     out = []
     for s, r in zip(scores, rows, strict=True):
         if r >= 0:  # -1: fewer than k results
-            out.append(Hit(len(out) + 1, docids[r], float(s)))
+            out.append(Hit(len(out) + 1, searcher.hit_id(int(r)), float(s)))  # documents, not passages
     return out
 
 
@@ -191,8 +211,13 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
         if job.doc_route == "target":
             langs = coll.doc_langs()
             if not langs:
-                raise ClirError(f"{coll.name}: target routing needs the documents' language: set doc_lang")
-            doc_needed.update(langs)
+                raise ClirError(
+                    f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
+                )
+            from clir.index.build import has_language_adapter
+
+            # languages without an adapter take the fallback rule at build time (counted in the manifest)
+            doc_needed.update(x for x in langs if has_language_adapter(enc, x))
         if model.madx:
             first = job_rows[0].routing
             assert first is not None
@@ -201,7 +226,8 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
         t0 = time.perf_counter()
         index = _ensure_index(plan, job, enc)
         t_index = time.perf_counter() - t0
-        searcher = Searcher(index, encoder=enc)  # checks the encoder against the manifest once more
+        # checks the encoder against the manifest once more; split documents rank by doc_score
+        searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
         qs = queries.get(coll)
         for row in job_rows:
             t = time.perf_counter()
@@ -216,7 +242,7 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
             if qkey not in qvecs:
                 qvecs[qkey] = enc.encode_queries([q.text for q in qs], lang=coll.query_lang, batch_size=64)
             scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
-            results = {q.query_id: _hits(searcher.docids, scores[i], idx[i]) for i, q in enumerate(qs)}
+            results = {q.query_id: _hits(searcher, scores[i], idx[i]) for i, q in enumerate(qs)}
             extra = {"index": str(index), "index_seconds": round(t_index, 2)}
             if plan.analyses(row):
                 _save_vectors(plan, row, qvecs[qkey], qs, searcher)

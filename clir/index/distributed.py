@@ -151,16 +151,16 @@ def build_index_ray(
                 _write_chunk(b.chunks_dir, no, recs, vecs)
                 counts["encoded"] += len(recs)
                 counts["committed"] += 1
-                bar.update(len(recs))
+                bar.update(sum(r["n"] == 0 for r in recs))
                 if on_chunk is not None:
                     on_chunk(no)
 
         try:
-            for no, recs in iter_chunks(b.collection, args, b.counters):
+            for no, recs in iter_chunks(b):
                 counts["chunks"] += 1
                 counts["docs"] += len(recs)
                 if chunk_done(b.chunks_dir, no):
-                    bar.update(len(recs))
+                    bar.update(sum(r["n"] == 0 for r in recs))
                     continue
                 while len(pending) >= ra.in_flight * len(actors):
                     collect()
@@ -184,11 +184,17 @@ def build_index_ray(
         if started:
             ray.shutdown()
     try:
-        finish_build(b, encoder, counts["chunks"], counts["docs"])
+        n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
     finally:
         b.release(failed=not b.out.exists())
     return IndexResult(
-        b.out, counts["docs"], b.counters["skipped_empty"], counts["encoded"], t_enc, time.perf_counter() - t0
+        b.out,
+        n_docs,
+        counts["docs"],
+        b.counters["skipped_empty"],
+        counts["encoded"],
+        t_enc,
+        time.perf_counter() - t0,
     )
 
 
