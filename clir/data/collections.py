@@ -1,5 +1,5 @@
-"""Collection sources behind one resolver: a local collection folder, a single .jsonl/.tsv file, or
-``irds:<id>`` (any ir_datasets id, through ir_datasets' own loaders).
+"""Collection sources: a local collection folder or a single .jsonl/.tsv file (ir_datasets ids live in
+:mod:`clir.data.irds`; :mod:`clir.data.resolve` decides which a source string names).
 
 A local folder holds ``docs.jsonl`` (``doc_id``, ``text``, optional ``title``, ``lang``), ``queries.tsv``
 (``query_id<TAB>text``; ``queries.<lang>.tsv`` for translated queries) and ``qrels.txt`` (TREC)."""
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clir.errors import ClirError, NotFoundError
+from clir.errors import ClirError
 
 log = logging.getLogger(__name__)
 
@@ -97,50 +97,57 @@ def read_docs_jsonl(path: Path) -> Iterator[Document]:
             yield Document(str(doc_id), text, str(title), str(lang) if lang else None)
 
 
-def read_docs_tsv(path: Path) -> Iterator[Document]:
-    """MS MARCO's collection.tsv layout: ``doc_id<TAB>text`` (or ``doc_id<TAB>title<TAB>text``)."""
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, tab-separated fields) of each non-blank line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) == 2:
-                yield Document(parts[0], parts[1])
-            elif len(parts) == 3:
-                yield Document(parts[0], parts[2], parts[1])
-            else:
-                raise ClirError(f"{path}:{lineno}: expected 'doc_id<TAB>text', got {len(parts)} field(s)")
+            if line.strip():
+                yield lineno, line.split("\t")
+
+
+def read_docs_tsv(path: Path) -> Iterator[Document]:
+    """MS MARCO's collection.tsv layout: ``doc_id<TAB>text`` (or ``doc_id<TAB>title<TAB>text``)."""
+    for lineno, parts in _tsv_rows(path):
+        if len(parts) == 2:
+            yield Document(parts[0], parts[1])
+        elif len(parts) == 3:
+            yield Document(parts[0], parts[2], parts[1])
+        else:
+            raise ClirError(f"{path}:{lineno}: expected 'doc_id<TAB>text', got {len(parts)} field(s)")
 
 
 def read_queries_tsv(path: Path) -> list[Query]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) < 2:
-                raise ClirError(f"{path}:{lineno}: expected 'query_id<TAB>text'")
-            out.append(Query(parts[0], parts[1]))
+    for lineno, parts in _tsv_rows(path):
+        if len(parts) < 2:
+            raise ClirError(f"{path}:{lineno}: expected 'query_id<TAB>text'")
+        out.append(Query(parts[0], parts[1]))
     return out
 
 
-def read_qrels(path: Path) -> Qrels:
-    qrels: Qrels = {}
+def trec_rows(path: Path, what: str, layout: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line of a whitespace-separated TREC file whose lines are
+    ``layout`` (e.g. ``query_id 0 doc_id relevance``); a line with another number of fields is an error."""
+    n = len(layout.split())
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 4:
-                raise ClirError(f"{path}:{lineno}: expected TREC qrels 'query_id 0 doc_id relevance'")
-            try:
-                rel = int(parts[3])
-            except ValueError:
-                raise ClirError(f"{path}:{lineno}: relevance {parts[3]!r} is not an integer") from None
-            qrels.setdefault(parts[0], {})[parts[2]] = rel
+            if len(parts) != n:
+                raise ClirError(f"{path}:{lineno}: expected {what} {layout!r}")
+            yield lineno, parts
+
+
+def read_qrels(path: Path) -> Qrels:
+    qrels: Qrels = {}
+    for lineno, parts in trec_rows(path, "TREC qrels", "query_id 0 doc_id relevance"):
+        try:
+            rel = int(parts[3])
+        except ValueError:
+            raise ClirError(f"{path}:{lineno}: relevance {parts[3]!r} is not an integer") from None
+        qrels.setdefault(parts[0], {})[parts[2]] = rel
     return qrels
 
 
@@ -201,44 +208,3 @@ class FileCollection(Collection):
 
     def count_docs(self) -> int | None:
         return _count_lines(self.path)
-
-
-# ---------------------------------------------------------------------- resolver
-def load_collection(src: str | Path) -> Collection:
-    """Resolve a collection source: a folder, a .jsonl/.tsv docs file, or ``irds:<id>``."""
-    s = str(src)
-    if s.startswith(IRDS_PREFIX):
-        from clir.data.irds import IrdsCollection
-
-        return IrdsCollection(s[len(IRDS_PREFIX) :])
-    p = Path(s).expanduser()
-    if p.is_dir():
-        return LocalCollection(p)
-    if p.is_file():
-        if p.suffix not in (".jsonl", ".tsv", ".json"):
-            raise ClirError(f"{p}: unsupported collection file (expected .jsonl or .tsv)")
-        return FileCollection(p)
-    from clir.data.sample import SAMPLE_NAME, sample_path
-
-    if s == SAMPLE_NAME:
-        return LocalCollection(sample_path())
-    raise NotFoundError(
-        f"unknown collection {s!r}: not a folder, a .jsonl/.tsv file, or irds:<ir_datasets id> "
-        f"(e.g. irds:hc4/fa/test, or '{SAMPLE_NAME}' for the bundled sample)"
-    )
-
-
-def load_queries(src: str | Path, *, field: str | None = None, lang: str | None = None) -> list[Query]:
-    """Queries from a .tsv file, a collection folder or an ``irds:`` id."""
-    p = Path(str(src)).expanduser()
-    if p.is_file():
-        return read_queries_tsv(p)
-    return load_collection(src).queries(field=field, lang=lang)
-
-
-def load_qrels(src: str | Path) -> Qrels:
-    """Qrels from a TREC qrels file, a collection folder or an ``irds:`` id."""
-    p = Path(str(src)).expanduser()
-    if p.is_file():
-        return read_qrels(p)
-    return load_collection(src).qrels()

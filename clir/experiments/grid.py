@@ -124,11 +124,11 @@ class GridModel:
         if self.folder is not None and self.folder.exists():
             parts["files"] = _hash(_tree_stamp(self.folder))
         else:
-            from clir.model.registry import lookup
+            from clir.model.resolve import resolve_model
 
-            reg = lookup(self.source)
-            if reg is not None and reg.path.is_dir():
-                parts["files"] = _hash(_tree_stamp(reg.path))
+            ref = resolve_model(self.source)
+            if ref.kind == "registered" and not ref.missing:
+                parts["files"] = _hash(_tree_stamp(Path(ref.backbone)))
         for lang, src in sorted(((self.settings or {}).get("language_adapters") or {}).items()):
             p = Path(str(src)).expanduser()
             if p.exists():

@@ -299,8 +299,8 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
     """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
+    from clir.atomic import atomic_write_text
     from clir.experiments import plots
-    from clir.index.store import atomic_write_text
 
     plan = result.plan
     cfg = plan.config

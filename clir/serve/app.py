@@ -149,7 +149,7 @@ def load_searchers(indexes: Mapping[str, Any], *, device: str | None = None) -> 
             continue
         manifest = store.read_manifest(src)
         key = json.dumps(manifest.get("model"), sort_keys=True, default=str)
-        searcher = Searcher(src, encoder=shared.get(key), device=device)
+        searcher = Searcher(src, encoder=shared.get(key), device=device, manifest=manifest)
         if key not in shared:
             log.info("loaded encoder %s for index %s", manifest["model"].get("source"), name)
         shared.setdefault(key, searcher.encoder)
@@ -497,8 +497,7 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
 
 
 def _hits(searcher: Any, res: Result, return_text: bool) -> list[dict[str, Any]]:
-    # Searcher._hits is the one place that turns FAISS rows into hits (same as `clir search`)
-    return [h.as_dict() for h in searcher._hits(res.scores, res.rows, return_text)]
+    return [h.as_dict() for h in searcher.hits(res.scores, res.rows, return_text=return_text)]
 
 
 def _error_response(

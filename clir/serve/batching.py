@@ -1,9 +1,8 @@
 """Query execution for the REST server: one encoder call per language and one FAISS call per index for a
 group of queries, and a micro-batcher that groups concurrent requests.
 
-The encoder is model state (adapter routing) behind ``DualEncoder._lock``; everything that touches it here,
-tokenizer included (Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at
-once), runs under that lock.
+The encoder is model state (adapter routing): everything that touches it here, tokenizer included, runs
+under ``DualEncoder.exclusive()``.
 
 The work runs on asyncio's default executor (``asyncio.to_thread``), a measured choice: on the shared 2-core
 test machine, with OpenMP's default spinning, the same encode+search call ran 5-50x slower on Starlette's
@@ -56,7 +55,7 @@ def encode_grouped(
     swap near-tied hits), so an answer never depends on which requests happened to arrive with it."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
-    with encoder._lock:
+    with encoder.exclusive():
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, (query, lang) in enumerate(zip(queries, langs, strict=True)):
             try:

@@ -83,7 +83,8 @@ class TextSource:
     """Texts from a plain text file (one a line) or any collection source (``load_collection``)."""
 
     def __init__(self, src: str) -> None:
-        from clir.data.collections import IRDS_PREFIX, load_collection
+        from clir.data.collections import IRDS_PREFIX
+        from clir.data.resolve import load_collection
 
         self.name = src
         p = Path(src).expanduser()
@@ -123,21 +124,12 @@ def _texts_forever(source: TextSource, *, block: int, seed: int) -> Iterator[str
 # ---------------------------------------------------------------------- backbone
 def resolve_backbone(spec: str) -> str:
     """A folder, a registered model name (``clir models list``) or a hub id -> what from_pretrained takes."""
-    from clir.model.registry import lookup
+    from clir.model.resolve import resolve_model
 
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ClirError(f"--backbone {spec}: folder has no config.json")
-        return str(p.resolve())
-    reg = lookup(spec)
-    if reg is not None:
-        if not reg.path.is_dir():
-            raise ClirError(f"model {spec!r} is not on this machine yet: run `clir models pull {spec}`")
-        return str(reg.path)
-    if spec.startswith((".", "/", "~")):
-        raise ClirError(f"--backbone {spec}: no such folder")
-    return spec
+    ref = resolve_model(spec, what=f"--backbone {spec}").require_local()
+    if ref.kind in ("clir", "config"):
+        raise ClirError(f"--backbone {spec}: a clir model, not a backbone (its backbone is {ref.backbone})")
+    return ref.backbone
 
 
 def load_mlm(backbone: str):
