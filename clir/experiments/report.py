@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +127,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- report.md
-def _cell(row: dict[str, Any], metric: str, max_p: float, tests: list[str]) -> str:
+def _cell(row: dict[str, Any], metric: str, max_p: float, tests: Sequence[str]) -> str:
     v = f"{row['metrics'][metric]:.4f}"
     sig = row.get("significance") or {}
     marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("p_value", 1.0) < max_p)

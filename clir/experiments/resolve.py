@@ -126,7 +126,7 @@ def _build_settings(spec: ModelSpec) -> dict[str, Any] | None:
 def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
     b = spec.build
     assert b is not None
-    cmd = [b.verb]
+    cmd: list[str] = [b.verb]
     if b.config:
         cmd += ["--config", b.config]
     if b.max_steps:

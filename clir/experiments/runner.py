@@ -169,7 +169,7 @@ def _run_index_job(
             raise ClirError(f"{coll.name}: target routing needs the documents' language: set doc_lang")
         doc_needed.update(langs)
     first = rows[0].routing
-    with enc.routed(first.query, job.doc_route or "source") if first else contextlib.nullcontext():
+    with enc.routed(first.query, job.doc_route or "source") if first else contextlib.nullcontext():  # type: ignore[arg-type]
         _prepare_languages(enc, doc_needed, seed)
         t0 = time.perf_counter()
         index = _ensure_index(plan, job, enc)

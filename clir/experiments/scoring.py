@@ -4,6 +4,7 @@ runs, significance tests against the baseline and for the document-adapter swap 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,8 @@ def _run_seconds(plan: Plan, row: GridRow) -> float | None:
 
 
 def score_grid(
-    plan: Plan, *, command: str = "", computed: list[str] = (), skipped: list[str] = ()
-) -> GridResult:  # type: ignore[assignment]
+    plan: Plan, *, command: str = "", computed: Sequence[str] = (), skipped: Sequence[str] = ()
+) -> GridResult:
     """Metrics, significance and swap deltas of every grid row that has a finished run."""
     from clir.experiments.fusion import fuse_runs
     from clir.experiments.significance import compare_runs

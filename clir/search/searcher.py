@@ -146,7 +146,7 @@ class Searcher:
     def hits(self, scores: np.ndarray, rows: np.ndarray, *, return_text: bool = False) -> list[Hit]:
         """One query's FAISS result (a row of :meth:`search_vectors`' output) as ranked hits; the one place
         that turns index rows into documents."""
-        hits = []
+        hits: list[Hit] = []
         for s, r in zip(scores, rows, strict=True):
             if r < 0:  # fewer results than k (IVF with a small nprobe)
                 continue

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse}
     for code in (401, 404, 413, 422, 500, 503)  # documented on every route in /docs
 }
@@ -208,7 +208,7 @@ def _json_bytes(status: int, detail: Any, request_id: str | None = None, error: 
 
 
 async def _send_json(
-    send, status: int, payload: bytes, extra_headers: list[tuple[bytes, bytes]] = ()
+    send, status: int, payload: bytes, extra_headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra_headers]})
@@ -425,9 +425,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
             res = await batcher.submit(job)
         else:
             # asyncio's default executor, not Starlette's run_in_threadpool: see clir.serve.batching
-            (res,) = await asyncio.to_thread(run_jobs, searcher.encoder, [job])
-            if isinstance(res, BaseException):
-                raise res
+            (done,) = await asyncio.to_thread(run_jobs, searcher.encoder, [job])
+            if isinstance(done, BaseException):
+                raise done
+            res = done
         out = {
             "index": name,
             "hits": _hits(searcher, res, return_text),
@@ -486,9 +487,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        found = [r for r in results if isinstance(r, Result)]
         items = [
             {"hits": _hits(searcher, r, body.return_text), "query_tokens": r.tokens, "truncated": r.truncated}
-            for r in results
+            for r in found
         ]
         return {"index": name, "results": items, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 

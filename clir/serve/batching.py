@@ -59,11 +59,11 @@ def encode_grouped(
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, (query, lang) in enumerate(zip(queries, langs, strict=True)):
             try:
-                counts[i] = encoder.count_tokens(query, "query")
+                n_tokens = counts[i] = encoder.count_tokens(query, "query")
             except Exception as e:  # noqa: BLE001 -- handed to the request it concerns
                 vectors[i] = e
                 continue
-            groups[(lang, counts[i][0] if exact else 0)].append(i)
+            groups[(lang, n_tokens[0] if exact else 0)].append(i)
         for (lang, _), idxs in groups.items():
             try:
                 vecs = encoder.encode_queries(
@@ -89,7 +89,7 @@ def run_jobs(
     vectors, counts = encode_grouped(
         encoder, [j.query for j in jobs], [j.lang for j in jobs], batch_size=batch_size, exact=exact
     )
-    out: list[Result | BaseException] = [v for v in vectors]  # failures stay; vectors are replaced below
+    out: list[Any] = list(vectors)  # failures stay; vectors are replaced below
     by_index: dict[int, list[int]] = defaultdict(list)
     for i, v in enumerate(vectors):
         if not isinstance(v, BaseException):
@@ -98,14 +98,14 @@ def run_jobs(
         searcher = jobs[idxs[0]].searcher
         try:
             k = max(jobs[i].k for i in idxs)
-            scores, rows = searcher.search_vectors(np.stack([vectors[i] for i in idxs]), k)
+            scores, rows = searcher.search_vectors(np.stack([vectors[i] for i in idxs]), k)  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001
             for i in idxs:
                 out[i] = e
             continue
         for row, i in enumerate(idxs):
             k_i = jobs[i].k
-            out[i] = Result(scores[row, :k_i], rows[row, :k_i], *counts[i])
+            out[i] = Result(scores[row, :k_i], rows[row, :k_i], *counts[i])  # type: ignore[misc]
     return out
 
 
@@ -151,6 +151,7 @@ class MicroBatcher:
             raise Overloaded(
                 f"the server is at capacity ({self.max_pending} queries waiting for the encoder); retry shortly"
             )
+        assert self._loop is not None and self._queue is not None  # set by _ensure_started
         fut = self._loop.create_future()
         self.pending += 1
         try:
@@ -175,6 +176,7 @@ class MicroBatcher:
 
     async def _worker(self) -> None:
         queue = self._queue
+        assert queue is not None
         while True:
             batch = [await queue.get()]
             if self.window > 0 and queue.qsize() < self.max_batch - 1:

@@ -105,6 +105,7 @@ class TextSource:
                 line.strip() for line in open(self._path, encoding="utf-8", errors="replace")
             )
         else:
+            assert self._collection is not None
             texts = (d.full_text().strip() for d in self._collection.docs())
         return itertools.islice((t for t in texts if t), start, None)
 
@@ -187,7 +188,16 @@ def _check_args(args: LanguageAdapterArgs) -> None:
 
 def _run_record(args: LanguageAdapterArgs, backbone: str) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote its checkpoints."""
-    keys = ("lang", "text", "max_steps", "batch_size", "lr", "warmup_ratio", "invertible", "reduction_factor")
+    keys: tuple[str, ...] = (
+        "lang",
+        "text",
+        "max_steps",
+        "batch_size",
+        "lr",
+        "warmup_ratio",
+        "invertible",
+        "reduction_factor",
+    )
     keys += ("non_linearity", "max_length", "mlm_probability", "seed", "dev_fraction", "dev_max", "baseline")
     return {"backbone": backbone, **{k: getattr(args, k) for k in keys}}
 

@@ -254,7 +254,7 @@ class _GracefulStop:
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self._old: Any = None
 
     def __enter__(self) -> _GracefulStop:
         if threading.current_thread() is threading.main_thread():
@@ -358,6 +358,7 @@ def train(
 
     step, data_state = 0, {"epoch": 0, "index": 0}
     if saved is not None:
+        assert ckpt is not None  # a saved state comes from a checkpoint folder
         step, data_state = _restore(saved, ckpt, named, optimizer, scheduler, scaler)
         _truncate_log(out / LOG_FILE, step)
         log.info(
