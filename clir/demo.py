@@ -4,8 +4,10 @@
 2. ``clir index`` of the bundled sample collection into ``indexes/demo-sample`` (reused when its manifest
    says it was built from the current sample with the current model);
 3. ``clir experiment`` of it (report in ``eval/results/demo``);
-4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, then the
-   server is stopped (always, also on errors).
+4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, the address
+   of the search page (a screenshot of it in ``RESULTS/search-page.png`` where Chromium is installed); the
+   server keeps running for the page until Enter when the demo runs in a terminal, and is stopped (always,
+   also on errors).
 
 The demo drives the real CLI verbs as subprocesses, so it exercises exactly what users run. Progress goes to
 stderr; results (the evaluation table, the requests and responses) to stdout."""
@@ -40,6 +42,9 @@ EXAMPLES = [
 ]
 EXAMPLE_K = 3
 READY_TIMEOUT_S = 300.0
+# the search page's example: one English question, hits in several languages
+PAGE_QUERY = "How do people celebrate the New Year?"
+PAGE_K = 8
 
 
 class DemoError(Exception):
@@ -203,7 +208,55 @@ def stop(proc: subprocess.Popen) -> None:
     log.info("server stopped")
 
 
-def serve_and_query(index: Path) -> None:
+def page_address(base: str, query: str = PAGE_QUERY, k: int = PAGE_K) -> str:
+    """The search page with a query filled in (the page runs the search its address names)."""
+    from urllib.parse import urlencode
+
+    return f"{base}/#" + urlencode({"q": query, "k": k, "index": INDEX_NAME, "lang": "en"})
+
+
+def screenshot(url: str, out: Path, timeout: float = 120.0) -> bool:
+    """A PNG of ``url`` by headless Chromium (the system's; nothing is downloaded); False where none runs."""
+    import shutil
+    import tempfile
+
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        log.info("no Chromium on this machine: no screenshot of the search page")
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="clir-demo-chromium-") as profile:
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1280,1500",
+                 "--virtual-time-budget=20000", f"--screenshot={out.resolve()}"]  # fmt: skip
+        try:
+            res = subprocess.run([browser, *flags, url], capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("screenshot of the search page failed: %s", e)
+            return False
+    if res.returncode != 0 or not out.is_file():
+        log.warning("screenshot of the search page failed (exit %d): %s", res.returncode, res.stderr[-500:])
+        return False
+    return True
+
+
+def show_page(base: str, results: Path) -> None:
+    url = page_address(base)
+    _section(f"Search page: {base}/")
+    print(f"open {url}")
+    shot = results / "search-page.png"
+    if screenshot(url, shot):
+        print(f"screenshot of that query: {shot}")
+    sys.stdout.flush()
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            input("The server keeps running for the page; press Enter to stop it. ")
+        except EOFError:
+            pass
+
+
+def serve_and_query(index: Path, results: Path) -> None:
     import httpx
 
     port = free_port()
@@ -233,6 +286,7 @@ def serve_and_query(index: Path) -> None:
                 print()
                 if resp.status_code != 200:
                     raise DemoError(f"POST /search answered {resp.status_code}")
+        show_page(base, results)
     finally:
         stop(proc)
 
@@ -273,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_serve:
             log.info("skipping the server (--no-serve)")
         else:
-            serve_and_query(index)
+            serve_and_query(index, results)
     except DemoError as e:
         log.error("%s", e)
         return 1

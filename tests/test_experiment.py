@@ -62,7 +62,9 @@ def grid(tiny_bert, tiny_collection, tmp_path_factory):
     from clir.cli.main import main
 
     tmp = tmp_path_factory.mktemp("grid")
-    cfg = _write_config(tmp / "grid.yaml", _grid_yaml(tiny_bert, tiny_collection))
+    cfg = _write_config(
+        tmp / "grid.yaml", _grid_yaml(tiny_bert, tiny_collection, "analysis: {enabled: true}")
+    )
     out = tmp / "out"
     assert main(["experiment", "--config", str(cfg), "--out", str(out)]) == 0
     return cfg, out, json.loads((out / "metrics.json").read_text())
@@ -114,8 +116,9 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
         for test in ("student", "fisher"):
             for m in doc["metrics"]:
                 p = row["significance"][test][m]["p_value"]
-                assert 0.0 <= p <= 1.0
-                assert row["significance"][test][m]["significant"] == (p < 0.05)
+                adjusted = row["significance"][test][m]["p_adjusted"]
+                assert 0.0 <= p <= adjusted <= 1.0  # Holm-Bonferroni never lowers a p-value
+                assert row["significance"][test][m]["significant"] == (adjusted < 0.05)
     (swap,) = doc["swaps"]
     assert (swap["source"], swap["target"]) == ("madx/q-source_d-source", "madx/q-source_d-target")
     by = {r["variant"]: r["metrics"] for r in doc["rows"]}
@@ -139,6 +142,31 @@ def test_report_and_plots_written(grid):
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert "swap_delta.png" in pngs and "ndcg_at_10.png" in pngs
     assert (out / "plots" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Holm-Bonferroni" in report
+
+
+def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
+    from clir.data import load_collection
+    from clir.experiments.analysis import load_vectors, measure_row
+
+    _cfg, out, doc = grid
+    rows = {r["variant"]: r["measures"] for r in doc["analysis"]["rows"]}
+    assert set(rows) == {"plain", "madx/q-source_d-source", "madx/q-source_d-target"}
+    coll = load_collection(str(tiny_collection))
+    langs = {d.doc_id: d.lang for d in coll.docs()}
+    qrels = coll.qrels()
+    for variant, measures in rows.items():
+        path = out / "runs" / f"tiny__{variant.replace('/', '__')}.vectors.npz"
+        v = load_vectors(path)
+        assert [langs[d] for d in v["doc_ids"]] == v["doc_langs"].tolist()  # each document's own language
+        assert len(v["query_ids"]) == len(v["Q"]) and len(v["doc_ids"]) == len(v["D"])
+        assert measure_row(path, qrels) == measures  # the report's numbers are the vectors' numbers
+        assert 0.0 <= measures["lang_accuracy"] <= 1.0
+    pairs = {(p["a"], p["b"]) for p in doc["analysis"]["pairs"]}
+    assert ("madx/q-source_d-source", "madx/q-source_d-target") in pairs
+    report = (out / "report.md").read_text()
+    assert "## Why routing matters: the embeddings" in report
+    assert (out / "plots" / "projection_tiny.png").is_file()
 
 
 def test_rerun_skips_finished_runs(grid, capsys):
@@ -329,11 +357,17 @@ fusion: {{methods: [rrf, combsum]}}
         assert rows[v]["metrics"]["mrr@100"] > rows["tiny"]["metrics"]["mrr@100"]
 
 
-def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
+def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, capsys):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
     monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
+    assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
+    plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
+    assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
+    assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
+    monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out
     for name in ("xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-deu", "tatoeba-pes"):
@@ -344,7 +378,9 @@ def test_xquad_r_config_plans_its_grid(e5_small, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(e5_small, tmp_path, monkeypatch):
+def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
+    e5_small, raw_irds_home, tmp_path, monkeypatch
+):
     from clir.cli.main import main
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))

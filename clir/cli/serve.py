@@ -77,13 +77,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-window-ms", type=float, help="how long a lone request waits for company (default 0)"
     )
-    p.add_argument(
+    pad = p.add_mutually_exclusive_group()
+    pad.add_argument(
+        "--exact-batches",
+        dest="exact_batching",
+        action="store_true",
+        default=None,
+        help="batch only equal-length queries: every answer bit-identical to `clir search --query`, at a "
+        "fraction of the throughput under load (eval/bench/RESULTS.md, REST serving)",
+    )
+    pad.add_argument(
         "--pad-batches",
         dest="exact_batching",
         action="store_false",
-        default=None,
-        help="pad queries of mixed lengths into one encoder call (faster; scores then move by ~1e-4 with the "
-        "batch under bf16). Default: batch only equal-length queries, bit-identical to `clir search --query`",
+        help="(default) queries of similar lengths share one padded encoder call; under bf16 a query vector "
+        "then moves slightly with its batch neighbours (measured in eval/bench/RESULTS.md)",
     )
     p.add_argument("--max-batch-size", type=positive_int, help="queries per micro-batch (default 64)")
     p.add_argument(

@@ -71,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT.partial")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (default: torch's); fix it to repeat a CPU run bit for bit on other machines",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
@@ -103,6 +108,7 @@ def adapter_args(args: argparse.Namespace):
         baseline=args.baseline,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        threads=args.threads,
     )
 
 

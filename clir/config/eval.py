@@ -136,6 +136,9 @@ class SignificanceConfig:
     max_p: float = 0.05
     n_permutations: int = 1000
     random_seed: int = 42
+    #: adjustment for testing several pairs on one collection (one family per test and metric):
+    #: holm (Holm-Bonferroni), bonferroni or none
+    correction: Literal["holm", "bonferroni", "none"] = "holm"
 
     def validate(self) -> None:
         if not 0 < self.max_p < 1:
@@ -165,6 +168,16 @@ class FusionConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """The embedding analysis of the report (why a routing helps or hurts): each dense row keeps its query and
+    document vectors (``runs/*.vectors.npz``) and the report measures them."""
+
+    enabled: bool = False
+    #: collections to analyse (names; default: every collection)
+    collections: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EvalConfig:
     name: str
     collections: list[CollectionSpec]
@@ -182,6 +195,7 @@ class EvalConfig:
     significance: SignificanceConfig = field(default_factory=SignificanceConfig)
     bm25: Bm25Config = field(default_factory=Bm25Config)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     #: language adapters built on demand (``clir train-language-adapter``)
     adapters: list[AdapterBuildSpec] = field(default_factory=list)
     #: where grid indexes live (default: OUT/indexes); one folder per collection x model x doc routing
@@ -190,6 +204,9 @@ class EvalConfig:
     output: str | None = None
     factory: str = "Flat"
     batch_size: int = 32
+    #: builds (language adapters, models) run at once, each in its own process; >1 pays off when each build
+    #: pins fewer threads than the machine has cores (CPU training with optim.threads / --threads)
+    build_workers: int = 1
     #: seeds fresh (``new``) adapters, so reruns and reused indexes agree
     seed: int = 0
 
@@ -210,6 +227,8 @@ class EvalConfig:
                 )
         if self.primary_metric is not None and self.primary_metric not in self.metrics:
             raise ClirError(f"primary_metric {self.primary_metric!r} is not in metrics")
+        if self.build_workers < 1:
+            raise ClirError("build_workers must be >= 1")
         if self.k is not None and self.k < 1:
             raise ClirError("k must be >= 1")
         if not self.routings:

@@ -66,10 +66,15 @@ class OptimConfig:
     precision: TrainPrecision = "auto"
     #: torch.compile the backbone(s)
     compile: bool = False
+    #: CPU threads (null: torch's default). Floating-point sums depend on how work is split across
+    #: threads, so a fixed count makes a CPU run repeatable bit for bit on machines with other core counts
+    threads: int | None = None
     #: fresh task adapters start as the identity (zero up-projection) or with the library's random init
     adapter_init: Literal["identity", "library"] = "identity"
 
     def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ClirError(f"optim.threads must be >= 1, got {self.threads}")
         for key in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, key) < 1:
                 raise ClirError(f"optim.{key} must be >= 1, got {getattr(self, key)}")

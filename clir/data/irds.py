@@ -20,6 +20,9 @@ PARTS = ("docs", "queries", "qrels")
 def load_dataset(ds_id: str):
     import ir_datasets
 
+    from clir.data.public import register
+
+    register()  # the clir/... datasets (XQuAD-R, Tatoeba), added to ir_datasets' registry on first use
     try:
         return ir_datasets.load(ds_id)
     except KeyError:
@@ -34,7 +37,7 @@ def _walk_files(obj: Any, seen: set[int], depth: int = 0) -> Iterator[tuple[Path
         return
     seen.add(id(obj))
     path = getattr(obj, "_path", None) or getattr(obj, "_cache_path", None)
-    if type(obj).__name__ in ("Download", "Cache", "RequestsDownload") and path:
+    if _is_file_source(obj) and path:
         urls = [getattr(m, "url", None) for m in getattr(obj, "mirrors", []) or []]
         yield Path(str(path)), [u for u in urls if u]
         return
@@ -48,6 +51,12 @@ def _walk_files(obj: Any, seen: set[int], depth: int = 0) -> Iterator[tuple[Path
         return
     for child in children:
         yield from _walk_files(child, seen, depth + 1)
+
+
+def _is_file_source(obj: Any) -> bool:
+    from ir_datasets.util import Cache, Download
+
+    return isinstance(obj, Download | Cache)
 
 
 def required_files(ds_id: str, parts: tuple[str, ...] = PARTS) -> list[tuple[str, Path, list[str]]]:
@@ -70,9 +79,14 @@ def missing_files(ds_id: str, parts: tuple[str, ...] = PARTS) -> list[tuple[str,
 def offline_message(ds_id: str, missing: list[tuple[str, Path, list[str]]]) -> str:
     home = os.environ.get("IR_DATASETS_HOME", str(Path.home() / ".ir_datasets"))
     lines = [f"ir_datasets {ds_id!r} needs files that are not on this machine (IR_DATASETS_HOME={home}):"]
+    by_path: dict[Path, tuple[list[str], list[str]]] = {}  # one line per file, whichever parts read it
     for part, path, urls in missing:
+        parts, _ = by_path.setdefault(path, ([], urls))
+        if part not in parts:
+            parts.append(part)
+    for path, (parts, urls) in by_path.items():
         src = f" (from {urls[0]})" if urls else ""
-        lines.append(f"  - {part}: {path}{src}")
+        lines.append(f"  - {', '.join(parts)}: {path}{src}")
     lines.append("Download them on a machine with internet access and place them at those paths.")
     return "\n".join(lines)
 
@@ -104,8 +118,12 @@ class IrdsCollection(Collection):
             return None
 
     def _guard(self, part: str, fn):
+        from ir_datasets.util import HashVerificationError
+
         try:
             return fn()
+        except HashVerificationError as e:  # a corrupt or changed file: its message names both checksums
+            raise ClirError(f"{self.name}: refused {part} file: {e}") from None
         except (FileNotFoundError, OSError, ConnectionError) as e:
             missing = missing_files(self.ds_id, (part,))
             if missing:

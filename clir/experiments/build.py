@@ -47,6 +47,9 @@ def build(cmd: list[str], what: str) -> None:
     ns = parse_build(cmd)
     log.info("building %s: clir %s", what, shlex.join(cmd))
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
+    import torch
+
+    threads = torch.get_num_threads()  # a build may pin its own (optim.threads / --threads)
     try:
         if cmd[0] == "train":
             from clir.cli.train import load_config
@@ -69,6 +72,8 @@ def build(cmd: list[str], what: str) -> None:
             log.info("built %s: %d steps in %.1f s", what, res_la.steps, res_la.seconds)
     except ClirError as e:
         raise ClirError(f"building {what} failed: {e}") from None
+    finally:
+        torch.set_num_threads(threads)  # the encoding that follows uses every core again
 
 
 def run_builds(plan: Plan) -> None:
@@ -78,11 +83,44 @@ def run_builds(plan: Plan) -> None:
         if r.kind == "fusion" and r.dense is not None and r.dense.model is not None:
             if not plan.is_done(r.dense):
                 needed.add(r.dense.model.name)
-    for lang, outp, cmd in plan.adapter_builds:
-        if not outp.is_dir():
-            build(cmd, f"language adapter {lang} ({outp})")
-    for m in plan.models:
-        if m.name in needed and m.build_cmd and not m.exists():
-            build(m.build_cmd, f"model {m.name} ({m.folder})")
-            if not m.exists():
-                raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")
+    models = [m for m in plan.models if m.name in needed and m.build_cmd and not m.exists()]
+    adapters: list[tuple[list[str], str]] = []
+    # language adapters serve madx rows and the madx models trained on them; a selection without either
+    # (e.g. --only '*/e5') needs none of them
+    if any(m.madx for m in plan.models if m.name in needed):
+        adapters = [
+            (cmd, f"language adapter {lang} ({outp})")
+            for lang, outp, cmd in plan.adapter_builds
+            if not outp.is_dir()
+        ]
+    first = adapters + [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if not m.madx]
+    then = [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if m.madx]  # on the adapters
+    _run_all([first, then], plan.config.build_workers)  # type: ignore[list-item]
+    for m in models:
+        if not m.exists():
+            raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")  # type: ignore[arg-type]
+
+
+def _run_all(stages: list[list[tuple[list[str], str]]], workers: int) -> None:
+    """Run each stage's builds (the next stage after the whole previous one), ``workers`` at a time."""
+    jobs = sum(len(s) for s in stages)
+    if workers <= 1 or jobs <= 1:
+        for stage in stages:
+            for cmd, what in stage:
+                build(cmd, what)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # spawn: a forked child would inherit torch's thread pools and locks mid-state
+    with ProcessPoolExecutor(min(workers, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for stage in stages:
+            futures = [pool.submit(build, cmd, what) for cmd, what in stage]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise f.exception()  # type: ignore[misc]
+            for f in futures:
+                f.result()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
+from clir.model.resolve import model_ready
 
 RUNS_DIR = "runs"
 INDEXES_DIR = "indexes"
@@ -116,7 +117,7 @@ class GridModel:
         return self.mode == "madx"
 
     def exists(self) -> bool:
-        return self.folder is None or self.folder.is_dir()
+        return self.folder is None or model_ready(self.folder)
 
     def stamp(self) -> Any:
         """What identifies the model's weights and settings without loading it (for run markers)."""
@@ -208,6 +209,16 @@ class Plan:
     def marker_path(self, row: GridRow) -> Path:
         return self.runs_dir / f"{row.stem}.done.json"
 
+    def vectors_path(self, row: GridRow) -> Path:
+        return self.runs_dir / f"{row.stem}.vectors.npz"
+
+    def analyses(self, row: GridRow) -> bool:
+        """Whether the row keeps its vectors for the embedding analysis."""
+        a = self.config.analysis
+        return (
+            a.enabled and row.kind == "dense" and (not a.collections or row.collection.name in a.collections)
+        )
+
     def index_path(self, coll: GridCollection, model: GridModel, doc_route: str | None) -> Path:
         suffix = f"__d-{doc_route}" if doc_route else ""
         return self.index_root / f"{coll.name}__{model.name}{suffix}"
@@ -249,6 +260,8 @@ class Plan:
             return False
         marker, run = self.marker_path(row), self.run_path(row)
         if not (marker.is_file() and run.is_file()):
+            return False
+        if self.analyses(row) and not self.vectors_path(row).is_file():
             return False
         try:
             info = json.loads(marker.read_text(encoding="utf-8"))

@@ -62,7 +62,8 @@ def plan_grid(
             cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
             if a.max_steps:
                 cmd += ["--max-steps", str(a.max_steps)]
-            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *a.args]))
+            resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
+            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
             if a.text.startswith("irds:"):
                 missing = missing_files(a.text[len("irds:") :], ("docs",))
                 if missing:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _pyplot():
     import matplotlib
@@ -61,7 +63,11 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
         return None
     plt = _pyplot()
     collections = list(dict.fromkeys(s["collection"] for s in swaps))
-    series = list(dict.fromkeys(f"{s['model']} (q-{s['query_routing']})" for s in swaps))
+    series = list(
+        dict.fromkeys(
+            f"{s['model']} (q-{s['query_routing']}, d-{s.get('doc_routing', 'target')})" for s in swaps
+        )
+    )
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(collections) + 3), 4.0))
     for j, name in enumerate(series):
@@ -70,7 +76,8 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
                 (
                     s
                     for s in swaps
-                    if s["collection"] == c and f"{s['model']} (q-{s['query_routing']})" == name
+                    if s["collection"] == c
+                    and f"{s['model']} (q-{s['query_routing']}, d-{s.get('doc_routing', 'target')})" == name
                 ),
                 None,
             )
@@ -80,7 +87,7 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
             d = s["delta"][metric]
             ax.bar(x, d, width=width, color=f"C{j}", label=name if i == 0 else None)
             sig = s.get("significance") or {}
-            if any(t.get(metric, {}).get("p_value", 1.0) < max_p for t in sig.values()):
+            if any(t.get(metric, {}).get("significant") for t in sig.values()):
                 ax.annotate("*", (x, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=12)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(collections)), collections, fontsize=8)
@@ -91,3 +98,34 @@ def swap_delta(swaps: list[dict[str, Any]], metric: str, path: Path, *, max_p: f
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_projections(paths: dict[str, str], out, *, title: str, max_docs: int = 1500, seed: int = 0):
+    """One panel per row: documents (coloured by language) and queries (grey) projected on the first two
+    principal components of that row's own embeddings."""
+    from clir.experiments.analysis import load_vectors, pca_2d
+
+    if not paths:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(paths), figsize=(4.2 * len(paths), 4.2), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, (label, path) in zip(axes[0], paths.items(), strict=True):
+        v = load_vectors(path)
+        D, Q, langs = v["D"].astype(np.float32), v["Q"].astype(np.float32), v["doc_langs"]
+        di = rng.choice(len(D), min(max_docs, len(D)), replace=False)
+        qi = rng.choice(len(Q), min(max_docs // 3, len(Q)), replace=False)
+        P = pca_2d(np.concatenate([D[di], Q[qi]]))
+        pd, pq = P[: len(di)], P[len(di) :]
+        ax.scatter(pq[:, 0], pq[:, 1], s=4, c="0.6", alpha=0.5, label="en queries")
+        for j, lang in enumerate(sorted(set(langs[di].tolist()))):
+            m = langs[di] == lang
+            ax.scatter(pd[m, 0], pd[m, 1], s=4, color=f"C{j}", alpha=0.6, label=f"{lang} docs")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7, markerscale=3)
+    fig.suptitle(title, fontsize=10)
+    saved = _save(fig, out)
+    plt.close(fig)
+    return saved

@@ -119,6 +119,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
         "models": [describe_model(m, plan) for m in plan.models],
         "rows": result.rows,
         "swaps": result.swaps,
+        "analysis": result.analysis,
         "computed": result.computed,
         "reused": result.skipped,
         "missing": result.missing,
@@ -130,7 +131,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
 def _cell(row: dict[str, Any], metric: str, max_p: float, tests: Sequence[str]) -> str:
     v = f"{row['metrics'][metric]:.4f}"
     sig = row.get("significance") or {}
-    marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("p_value", 1.0) < max_p)
+    marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("significant"))
     return v + marks
 
 
@@ -163,7 +164,8 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         "manifest's encoder fingerprint matches)",
         f"- {plan.k} hits per query; metrics: {', '.join(_label(m) for m in cfg.metrics)} (ranx; queries a run "
         "misses score 0)",
-        f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p})",
+        f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p} "
+        f"after {_CORRECTION[sig.correction]})",
     ]
     if "fisher" in tests:
         se = (sig.max_p * (1 - sig.max_p) / sig.n_permutations) ** 0.5
@@ -257,30 +259,37 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         out += _table(["variant", *(_label(m) for m in cfg.metrics), "time (s)"], body)
         out.append("")
 
-    out += ["## Language-adapter swap: d-target minus d-source", ""]
+    out += ["## Language-adapter swap: d-target minus d-source (and d-none minus d-source)", ""]
     if result.swaps:
-        header = ["model", "query routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
-        header += [f"p {_label(primary)} ({t})" for t in tests]
+        header = ["model", "routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
+        header += [f"adj. p {_label(primary)} ({t})" for t in tests]
         body = []
         for s in result.swaps:
-            cells = [s["model"], s["query_routing"], s["collection"], s.get("lang") or "-"]
+            route = f"q-{s['query_routing']} d-source → d-{s.get('doc_routing', 'target')}"
+            cells = [s["model"], route, s["collection"], s.get("lang") or "-"]
             for m in cfg.metrics:
                 d = s["delta"][m]
                 sigm = "".join(
                     MARKS[t]
                     for t in tests
-                    if (s.get("significance") or {}).get(t, {}).get(m, {}).get("p_value", 1) < sig.max_p
+                    if (s.get("significance") or {}).get(t, {}).get(m, {}).get("significant")
                 )
                 cells.append(f"{d:+.4f}{sigm}")
             for t in tests:
-                p = (s.get("significance") or {}).get(t, {}).get(primary, {}).get("p_value")
+                p = (s.get("significance") or {}).get(t, {}).get(primary, {}).get("p_adjusted")
                 cells.append(("<0.001" if p < 0.001 else f"{p:.3f}") if p is not None else "-")
             body.append(cells)
         out += _table(header, body)
-        out += ["", f"Marks: the swap's own paired test ({marks}, p < {sig.max_p})."]
+        out += [
+            "",
+            f"Marks: the swap's own paired test ({marks}, adjusted p < {sig.max_p}; {_CORRECTION[sig.correction]}).",
+        ]
     else:
         out.append("No swap pair in this grid (it needs a madx model with both d-source and d-target rows).")
-    out += ["", "## Plots", ""]
+    from clir.experiments.analysis import report_lines
+
+    out += [""] + report_lines(result.analysis)
+    out += ["## Plots", ""]
     for p in doc.get("plots", []):
         out.append(f"![{p}]({p})")
     extra = list(result.notes)
@@ -296,6 +305,38 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     if extra:
         out += ["", "## Notes", ""] + [f"- {n}" for n in extra]
     return "\n".join(out) + "\n"
+
+
+_CORRECTION = {
+    "holm": "Holm-Bonferroni correction over the pairs tested on each collection (one family per test and "
+    "metric: every row against the baseline plus each swap pair)",
+    "bonferroni": "Bonferroni correction over the pairs tested on each collection (per test and metric)",
+    "none": "no correction for multiple comparisons",
+}
+
+
+def _projection_plots(result: GridResult, folder: Path) -> list[str]:
+    """A 2-D projection per row, coloured by document language: for each analysed collection with several
+    languages, else for the first analysed collection."""
+    from clir.experiments.plots import plot_projections
+
+    plan = result.plan
+    rows = [r for r in plan.rows if plan.analyses(r) and plan.vectors_path(r).is_file()]
+    by_coll: dict[str, dict[str, str]] = {}
+    multi: list[str] = []
+    for r in rows:
+        by_coll.setdefault(r.collection.name, {})[r.variant] = str(plan.vectors_path(r))
+        if r.collection.doc_lang is None and r.collection.name not in multi:
+            multi.append(r.collection.name)
+    chosen = multi or list(by_coll)[:1]
+    written = []
+    for name in chosen:
+        p = plot_projections(
+            by_coll[name], folder / f"projection_{name}.png", title=f"{name}: first two principal components"
+        )
+        if p:
+            written.append(f"plots/{p.name}")
+    return written
 
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
@@ -321,6 +362,7 @@ def write_outputs(result: GridResult) -> dict[str, Path]:
     )
     if p:
         written.append(str(p.relative_to(out)))
+    written += _projection_plots(result, out / "plots")
     doc["plots"] = written
     atomic_write_text(out / "metrics.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "report.md", render_report(result, doc))

@@ -13,7 +13,8 @@ from clir.config.eval import CollectionSpec
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
 from clir.experiments.grid import GridCollection, GridModel
-from clir.model.resolve import hub_cached, looks_like_path, merge_settings, resolve_model
+from clir.model.registry import local_path
+from clir.model.resolve import hub_cached, looks_like_path, merge_settings, model_ready, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _model_settings(spec: ModelSpec) -> tuple[str, Path | None, dict[str, Any] |
     what = f"models[{spec.name}]"
     p = Path(s).expanduser()
     downloads: list[str] = []
-    if spec.build is not None and not p.is_dir():
+    if spec.build is not None and not (p.is_dir() and model_ready(p)):
         return str(p.resolve()), p.resolve(), _build_settings(spec), downloads
     if looks_like_path(s) and not p.exists():
         raise ClirError(f"{what}: folder {p.resolve()} does not exist (add `build:` to make it on demand)")
@@ -131,7 +132,9 @@ def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
         cmd += ["--config", b.config]
     if b.max_steps:
         cmd += ["--max-steps", str(b.max_steps)]
-    return [*cmd, "--out", str(folder), *b.args]
+    # an interrupted build left checkpoints in its folder: continue it (a fresh one simply starts)
+    resume = ["--resume"] if "--resume" not in b.args and "--overwrite" not in b.args else []
+    return [*cmd, "--out", str(folder), *resume, *b.args]
 
 
 def grid_model(
@@ -141,7 +144,7 @@ def grid_model(
     if settings is not None and spec.overrides:
         settings = merge_settings(settings, spec.overrides)
     elif spec.overrides:
-        settings = None if folder is not None and not folder.is_dir() else dict(spec.overrides)
+        settings = None if folder is not None and not model_ready(folder) else dict(spec.overrides)
     known_mode = (settings or {}).get("adapter_mode") or spec.overrides.get("adapter_mode")
     if settings is not None and "adapter_mode" not in settings and not known_mode:
         known_mode = "full"
@@ -153,7 +156,7 @@ def grid_model(
             f"models[{spec.name}]: cannot tell its adapter mode before it is built; add `mode: full|task|madx`"
         )
     notes: list[str] = []
-    if settings is not None and (folder is None or folder.is_dir()):
+    if settings is not None and (folder is None or model_ready(folder)):
         from_dict(ModelConfig, {k: v for k, v in settings.items()}, prefix=f"models[{spec.name}]")
     routings: list[Routing | None]
     if mode == "madx":
@@ -164,7 +167,7 @@ def grid_model(
             raise ClirError(f"models[{spec.name}]: routing {bad[0]} needs a madx model (mode is {mode})")
         routings = [None]  # no language adapter to route: one row
     build_cmd = None
-    if folder is not None and not folder.is_dir():
+    if folder is not None and not model_ready(folder):
         build_cmd = _build_command(spec, folder)
     if mode == "madx" and settings is not None:
         adapters = settings.get("language_adapters") or {}
@@ -183,7 +186,7 @@ def grid_model(
                 continue
             src = adapters.get(lang)
             if src is None:
-                if folder is not None and not folder.is_dir():
+                if folder is not None and not model_ready(folder):
                     notes.append(
                         f"language adapter {lang!r}: not in the training config; must come with the model"
                     )
@@ -203,9 +206,15 @@ def grid_model(
             downloads.append(
                 f"model {spec.name}: language adapter {lang} from {src} (AdapterHub / Hugging Face hub)"
             )
-    if settings is not None and not (folder is not None and folder.is_dir() and mode == "full"):
+    if settings is not None and not (folder is not None and model_ready(folder) and mode == "full"):
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it
-        if isinstance(bb, str) and not looks_like_path(bb) and bb != source and not hub_cached(bb):
+        if (
+            isinstance(bb, str)
+            and not looks_like_path(bb)
+            and bb != source
+            and local_path(bb) == bb
+            and not hub_cached(bb)
+        ):
             downloads.append(f"model {spec.name}: Hugging Face hub {bb} (backbone, not in the local cache)")
     return GridModel(
         spec=spec,

@@ -121,6 +121,23 @@ def _write_run(
     atomic_write_text(plan.marker_path(row), json.dumps(marker, indent=2) + "\n")
 
 
+def _save_vectors(plan: Plan, row: GridRow, qvecs, qs: list, searcher) -> None:
+    """Keep a row's query and document vectors for the report's embedding analysis."""
+    from clir.experiments.analysis import save_vectors
+
+    try:
+        docs = searcher.index.reconstruct_n(0, searcher.index.ntotal)
+    except RuntimeError as e:  # an index type that cannot give its vectors back
+        log.warning("%s: no vectors for the analysis (%s)", row.id, str(e).splitlines()[0])
+        return
+    coll = row.collection
+    fixed = coll.doc_lang
+    langs = {} if fixed else {d.doc_id: d.lang or "" for d in coll.collection().docs()}
+    # passages of split documents carry ids DOCID#n (Pyserini's convention): the document's language
+    doc_langs = [fixed or langs.get(d, langs.get(d.rsplit("#", 1)[0], "")) for d in searcher.docids]
+    save_vectors(plan.vectors_path(row), qvecs, [q.query_id for q in qs], docs, searcher.docids, doc_langs)
+
+
 class _QueryCache:
     def __init__(self) -> None:
         self._q: dict[tuple[str, str | None], list] = {}
@@ -190,6 +207,8 @@ def _run_index_job(
         scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
         results = {q.query_id: searcher.hits(scores[i], idx[i]) for i, q in enumerate(qs)}
         extra = {"index": str(index), "index_seconds": round(t_index, 2)}
+        if plan.analyses(row):
+            _save_vectors(plan, row, qvecs[qkey], qs, searcher)
         _write_run(plan, row, results, time.perf_counter() - t, extra)
         t_index = 0.0
         bar.update(1)

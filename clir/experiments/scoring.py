@@ -23,6 +23,8 @@ class GridResult:
     seconds: float
     command: str
     notes: list[str] = field(default_factory=list)
+    #: the embedding analysis: ``{"rows": [...], "pairs": [...]}`` (empty when not enabled)
+    analysis: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- scoring
@@ -52,6 +54,7 @@ def score_grid(
     swaps: list[dict[str, Any]] = []
     missing: list[str] = []
     notes: list[str] = []
+    analysis: dict[str, Any] = {}
     for coll in plan.collections:
         coll_rows = [r for r in plan.rows if r.collection is coll]
         runs: dict[str, dict[str, dict[str, float]]] = {}
@@ -95,9 +98,10 @@ def score_grid(
         swap_pairs = []
         for r in present:
             if r.kind == "dense" and r.routing is not None and r.routing.doc == "source":
-                tgt = f"{r.model.name}/{Routing(r.routing.query, 'target').label()}"  # type: ignore[union-attr]
-                if tgt in runs:
-                    swap_pairs.append((r.variant, tgt))
+                for doc in ("target", "none"):  # the swap, and dropping the language adapter
+                    other = f"{r.model.name}/{Routing(r.routing.query, doc).label()}"  # type: ignore[union-attr]
+                    if other in runs:
+                        swap_pairs.append((r.variant, other))
         all_pairs = list(dict.fromkeys(pairs + swap_pairs))
         tests = (
             compare_runs(
@@ -109,6 +113,7 @@ def score_grid(
                 max_p=sig.max_p,
                 n_permutations=sig.n_permutations,
                 random_seed=sig.random_seed,
+                correction=sig.correction,
             )
             if all_pairs
             else {}
@@ -135,6 +140,26 @@ def score_grid(
                 "significance": tests.get((base, v)) if base and v != base else None,
             }
             rows_out.append(row)
+        vectors = {
+            r.variant: str(plan.vectors_path(r))
+            for r in present
+            if plan.analyses(r) and plan.vectors_path(r).is_file()
+        }
+        if vectors:
+            from clir.experiments.analysis import collection_analysis
+
+            dense = [v for v in vectors if v != base]
+            a_rows, a_pairs = collection_analysis(
+                coll.name,
+                vectors,
+                runs,
+                qrels,
+                [(base, v) for v in dense if base in vectors] + swap_pairs,
+                cfg.primary,
+                seed=cfg.seed,
+            )
+            analysis.setdefault("rows", []).extend(a_rows)
+            analysis.setdefault("pairs", []).extend(a_pairs)
         for a, b in swap_pairs:
             ra = next(r for r in present if r.variant == a)
             swaps.append(
@@ -143,6 +168,7 @@ def score_grid(
                     "lang": coll.doc_lang,
                     "model": ra.model.name,  # type: ignore[union-attr]
                     "query_routing": ra.routing.query,  # type: ignore[union-attr]
+                    "doc_routing": b.rsplit("d-", 1)[-1],
                     "source": a,
                     "target": b,
                     "delta": {m: scores[b][m] - scores[a][m] for m in cfg.metrics},
@@ -159,4 +185,5 @@ def score_grid(
         seconds=0.0,
         command=command,
         notes=notes,
+        analysis=analysis,
     )

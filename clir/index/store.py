@@ -118,6 +118,7 @@ class DocStore:
         self.docids = docids
         self._row: dict[str, int] | None = None
         self._offsets: np.ndarray | None = None
+        self._data: Any = b""
         self.available = (folder / DOCS_FILE).is_file() and (folder / OFFSETS_FILE).is_file()
 
     @property
@@ -130,10 +131,20 @@ class DocStore:
         if not self.available:
             raise ClirError(f"{self.folder}: this index has no document store")
         if self._offsets is None:
-            self._offsets = np.load(self.folder / OFFSETS_FILE)
+            self._open()
+        start = int(self._offsets[row])
+        end = self._data.find(b"\n", start)
+        return json.loads(self._data[start : end if end >= 0 else len(self._data)])
+
+    def _open(self) -> None:
+        """Memory-map the store once: a search returns k documents, and reopening the file for each
+        (as before) cost the REST server ~10 opens a request on its event loop."""
+        import mmap
+
         with open(self.folder / DOCS_FILE, "rb") as f:
-            f.seek(int(self._offsets[row]))
-            return json.loads(f.readline())
+            size = os.fstat(f.fileno()).st_size
+            self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._offsets = np.load(self.folder / OFFSETS_FILE)
 
     def get(self, doc_id: str) -> dict[str, Any]:
         row = self.rows.get(doc_id)

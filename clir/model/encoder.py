@@ -118,6 +118,9 @@ class DualEncoder:
     def _load_tokenizer(path: str):
         from transformers import AutoTokenizer
 
+        from clir.model.registry import local_path
+
+        path = local_path(path)
         try:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
@@ -127,6 +130,9 @@ class DualEncoder:
     def _load_backbone(path: str):
         from transformers import AutoModel
 
+        from clir.model.registry import local_path
+
+        path = local_path(path)
         try:
             return AutoModel.from_pretrained(path, add_pooling_layer=False)
         except TypeError:  # encoders without a pooler argument

@@ -42,6 +42,11 @@ def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def model_ready(folder: Path) -> bool:
+    """A finished model folder (a clir model or a Hugging Face one), not an unfinished training run."""
+    return (folder / MODEL_FILE).is_file() or (folder / "config.json").is_file()
+
+
 def read_model_file(folder: Path) -> dict[str, Any]:
     """A clir model folder's settings; relative language-adapter paths made absolute against the folder."""
     data = load_yaml(folder / MODEL_FILE)

@@ -27,6 +27,7 @@ class Hit:
     score: float
     text: str | None = None
     title: str | None = None
+    lang: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
@@ -34,6 +35,8 @@ class Hit:
             d["text"] = self.text
         if self.title:
             d["title"] = self.title
+        if self.lang:
+            d["lang"] = self.lang
         return d
 
 
@@ -153,7 +156,7 @@ class Searcher:
             hit = Hit(len(hits) + 1, self.docids[r], float(s))
             if return_text and self.docstore.available:
                 doc = self.docstore.get_row(int(r))
-                hit.text, hit.title = doc.get("text"), doc.get("title") or None
+                hit.text, hit.title, hit.lang = doc.get("text"), doc.get("title") or None, doc.get("lang")
             hits.append(hit)
         return hits
 

@@ -1,7 +1,7 @@
 """The FastAPI app behind ``clir serve``: search any loaded index with the encoder from its manifest.
 
-Routes: ``/health``, ``/ready``, ``/indexes``, ``POST|GET /search``, ``POST /search/batch``,
-``/indexes/{name}/docs/{doc_id}``, OpenAPI at ``/docs``. Every error is JSON ``{"error", "detail"}``; client
+Routes: the search page at ``/`` (clir.serve.page), ``/health``, ``/ready``, ``/indexes``, ``POST|GET /search``,
+``POST /search/batch``, ``/indexes/{name}/docs/{doc_id}``, OpenAPI at ``/docs``. Every error is JSON ``{"error", "detail"}``; client
 errors are 4xx, an internal failure is a 500 carrying a request id that is also in the log."""
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clir.errors import ClirError, NotFoundError
 from clir.serve.batching import Job, MicroBatcher, Result, run_jobs
 from clir.serve.config import MAX_K, ServeSettings, check_name
+from clir.serve.page import PAGE_PATHS, add_page_routes
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("clir.serve.access")
 
 API_KEY_HEADER = "X-API-Key"
 #: reachable without the API key: probes and the API's own description (no data)
-OPEN_PATHS = {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+OPEN_PATHS = {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", *PAGE_PATHS}
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -96,6 +97,7 @@ class HitOut(BaseModel):
     score: float
     text: str | None = None
     title: str | None = None
+    lang: str | None = Field(None, description="the document's language (with the text)")
 
 
 class SearchResponse(BaseModel):
@@ -494,6 +496,7 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         ]
         return {"index": name, "results": items, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
+    add_page_routes(app)
     app.add_middleware(_Guard, state=state)
     return app
 

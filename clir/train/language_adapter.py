@@ -60,6 +60,8 @@ class LanguageAdapterArgs:
     baseline: bool = True
     checkpoint_every: int = 50
     resume: bool = False
+    #: CPU threads (None: torch's default); a fixed count makes CPU runs repeatable bit for bit
+    threads: int | None = None
 
 
 @dataclass
@@ -369,6 +371,8 @@ def train_language_adapter(
     from transformers import AutoTokenizer
 
     _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
         raise ClirError(f"--out {out} exists; pass --overwrite to replace it")

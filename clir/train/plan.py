@@ -49,6 +49,12 @@ class Plan:
         return "\n".join(lines)
 
 
+def _registered(name: str) -> bool:
+    from clir.model.registry import local_path
+
+    return local_path(name) != name
+
+
 def _backbone(plan: Plan, backbone: str) -> None:
     p = Path(backbone).expanduser()
     if p.is_dir():
@@ -58,6 +64,8 @@ def _backbone(plan: Plan, backbone: str) -> None:
     elif looks_like_path(backbone):
         plan.problems.append(f"backbone folder {backbone} does not exist")
         plan.add("backbone", f"{backbone} (MISSING)")
+    elif _registered(backbone):
+        plan.add("backbone", f"{backbone} (registered model, pulled)")
     elif hub_cached(backbone, "config.json"):
         plan.add("backbone", f"{backbone} (Hugging Face hub id, in the local cache)")
     else:

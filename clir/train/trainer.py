@@ -314,6 +314,8 @@ def train(
 
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
+    if opt_cfg.threads:
+        torch.set_num_threads(opt_cfg.threads)
     model_cfg = cfg.model
     if model_cfg.adapter_mode == "madx":
         # training texts are in the source language: train on Stack(source, task) whatever inference routes

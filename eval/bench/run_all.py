@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("search", [], ["--queries", "20", "--latency-queries", "5", "--rounds", "1", "--no-pyserini-encoder"]),
     ("faiss_scaling", [], ["--sizes", "10000", "--queries", "100"]),
     ("int8", [], ["--per-lang", "2", "--rounds", "1", "--no-quality"]),
+    ("mlm_train", [], ["--rounds", "1", "--batch-size", "4"]),
     (
         "serve_load",
         [],  # its defaults: 30 s per server and level in 3 slices

@@ -1,0 +1,358 @@
+"""The public CLIR test sets as ir_datasets datasets, built from their upstream files with ir_datasets' own
+registry, Download and format classes.
+
+- ``clir/xquad-r/<lang>``: English XQuAD-R questions -> the ``<lang>`` sentence holding the answer
+  (google-research-datasets/lareqa, ``xquad-r/<lang>.json``; questions from ``xquad-r/en.json``).
+- ``clir/xquad-r-articles/<lang>``: the same questions -> the whole article (paragraphs joined by blank lines).
+- ``clir/xquad-r-mlir/<l1>-<l2>-...``: one collection of several languages' sentences (``lang`` on each
+  document); a question is relevant to its answer sentence in every language. ``de-ru-zh`` is listed; any other
+  combination of XQuAD-R languages resolves on first use (an ir_datasets registry pattern).
+- ``clir/tatoeba/<lang>``: LASER's Tatoeba test sets (facebookresearch/LASER, ``data/tatoeba/v1``), English
+  sentence ``q<i>`` -> its translation ``<lang>-<i>`` (ISO 639-3 codes, as LASER names them).
+
+Files are fetched from their public URLs into ``$IR_DATASETS_HOME/clir/`` with the upstream layout
+(``lareqa/xquad-r/de.json``, ``laser/tatoeba/v1/tatoeba.deu-eng.deu``) and their md5 checked; offline, put them
+there by hand. Nothing is registered at import: :func:`register` runs when clir first resolves an ``irds:`` id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ir_datasets import util
+from ir_datasets.datasets.base import Dataset
+from ir_datasets.formats import BaseDocs, BaseQrels, BaseQueries, GenericQuery, TrecQrel
+from ir_datasets.util import Download, HashVerificationError, RequestsDownload
+
+log = logging.getLogger(__name__)
+
+NAME = "clir"
+LAREQA_URL = "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/{lang}.json"
+LASER_URL = (
+    "https://raw.githubusercontent.com/facebookresearch/LASER/master/data/tatoeba/v1/tatoeba.{pair}.{side}"
+)
+
+#: md5 of lareqa @9bc8c7fb xquad-r/<lang>.json (``en`` holds the English questions)
+XQUAD_MD5 = {
+    "ar": "1114954691ce6b8ed452aa2befcd21c2",
+    "de": "ca34197b707b08bd4e03db4b3640e863",
+    "el": "d4982e87c3eff32830cc4d33a26e63fa",
+    "en": "b8c2383f52bc96438cf09a69cdccabdd",
+    "es": "e4a69ab74a1f71d64f771f419c6e3eea",
+    "hi": "390ee65a0559e65033f4cc44a27617fe",
+    "ru": "e6ef8814695fead9f2227d9b44144417",
+    "th": "1270594bf229e0fa2082d6508095e0b1",
+    "tr": "6ee6aed1a7a5745b2cd31322c7d58c15",
+    "vi": "72a138effea0cea9d5f7573553d70809",
+    "zh": "2122b7e42e66c2d3cbdbe78d21b1a11c",
+}
+XQUAD_LANGS = tuple(sorted(set(XQUAD_MD5) - {"en"}))
+
+#: md5 of LASER @74bc6ae7 data/tatoeba/v1/tatoeba.<lang>-eng.{<lang>, eng}
+TATOEBA_MD5 = {
+    "ara": ("8bd15f240466c6fa171a568fe19cebef", "5e479138ed25d7cd1fb83056c74bb5a0"),
+    "cmn": ("05b0aecf932103fc0f186b5de0b206fc", "073bfbe5931d307d1d3bc29d2273d061"),
+    "deu": ("e5b09638252fc545e3e57711f1177234", "1b32a8f8c9f9eb5a007d8a3f675e85a3"),
+    "fra": ("7e89397eb1bda52e0e35ef3e1f77cbbd", "dbf2d2c6551610a164ef507e8b37682a"),
+    "ita": ("00d779e26e278124eb17cb383727db52", "d38794b9db765040554adba53548fcf4"),
+    "jpn": ("eda3e4e9a191821653bd5b3f43450613", "8b4412ed76f8ef37dc5bb69405b7ab62"),
+    "kor": ("a8abb4e20e4992d12cdcf007e9bb9c1c", "cc7e4c34119e10b02de9a7b0023fb2ce"),
+    "pes": ("d47cc0d9d3fc47763e6e4262be5c6bbd", "a3519cf15e18a1889182e9580bb8ec47"),
+    "rus": ("a90fa8bc6118172f5b01444f6219a066", "1718aefc3ef66d00850255eaf03b8094"),
+    "spa": ("38f17dfa825e80fa0a7537367d2b0bb4", "c5609f591d90a03d0b6cf6657c91ce71"),
+}
+#: ir_datasets' docs_lang is ISO 639-1; the documents keep LASER's ISO 639-3 code in ``lang``
+ISO639_1 = {"ara": "ar", "cmn": "zh", "deu": "de", "fra": "fr", "ita": "it"}
+ISO639_1 |= {"jpn": "ja", "kor": "ko", "pes": "fa", "rus": "ru", "spa": "es"}
+
+
+class LangDoc(NamedTuple):
+    doc_id: str
+    text: str
+    lang: str
+
+    def default_text(self):
+        return self.text
+
+
+# ---------------------------------------------------------------------- files
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+class HomeDownload(Download):
+    """ir_datasets' Download of one upstream file to ``$IR_DATASETS_HOME/clir/<rel>``. The path is resolved
+    on each use (IR_DATASETS_HOME may be set after registration), and a file already there is checked against
+    its md5 too: ir_datasets trusts any file at a cache path, but these are often placed by hand."""
+
+    def __init__(self, rel: str, url: str, md5: str) -> None:
+        super().__init__([RequestsDownload(url)], expected_md5=md5)
+        self.rel, self.url = rel, url
+
+    @property
+    def _cache_path(self) -> str:  # read by Download.path()
+        return str(util.home_path() / NAME / self.rel)
+
+    @_cache_path.setter
+    def _cache_path(self, value: Any) -> None:  # Download.__init__ assigns None
+        pass
+
+    def present(self) -> bool:
+        return Path(self._cache_path).is_file()
+
+    def path(self, force: bool = True) -> str:
+        self._path = None  # no memo: follow the current IR_DATASETS_HOME
+        p = super().path(force)
+        self._path = None
+        if force:
+            _verify(Path(p), self.expected_md5, self.url)
+        return p
+
+    def read_bytes(self) -> bytes:
+        return Path(self.path()).read_bytes()
+
+
+def _verify(path: Path, md5: str, url: str) -> None:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    with open(path, "rb") as f:
+        got = hashlib.file_digest(f, "md5").hexdigest()
+    if got != md5:
+        raise HashVerificationError(
+            f"{path}: md5 {got}, expected {md5} (the file published at {url}); delete it or replace it with that file"
+        )
+    _VERIFIED.add(key)
+
+
+def xquad_file(lang: str) -> HomeDownload:
+    return HomeDownload(f"lareqa/xquad-r/{lang}.json", LAREQA_URL.format(lang=lang), XQUAD_MD5[lang])
+
+
+def tatoeba_file(lang: str, side: str) -> HomeDownload:
+    md5 = TATOEBA_MD5[lang][0 if side == lang else 1]
+    name = f"tatoeba.{lang}-eng.{side}"
+    return HomeDownload(f"laser/tatoeba/v1/{name}", LASER_URL.format(pair=f"{lang}-eng", side=side), md5)
+
+
+# ---------------------------------------------------------------------- XQuAD-R
+def _answer_sentence(breaks: list[list[int]], start: int) -> int:
+    """Index of the sentence holding an answer: the first whose [begin, end] span (end inclusive) contains its
+    start, the rule the reference collections were made with (an answer starting exactly at a boundary goes
+    to the earlier sentence: 30 zh questions and 1 hi)."""
+    for j, (b, e) in enumerate(breaks):
+        if b <= start <= e:
+            return j
+    raise ValueError(f"answer start {start} is outside every sentence")
+
+
+def _derive_xquad(file: HomeDownload, lang: str, unit: str) -> tuple[list[LangDoc], dict[str, str]]:
+    """Documents (sentences ``<lang>-s<i>`` or articles ``<lang>-a<i>``) and question id -> answer document."""
+    data = json.loads(file.read_bytes())["data"]
+    docs: list[LangDoc] = []
+    answer: dict[str, str] = {}
+    n = 0
+    for ai, article in enumerate(data):
+        for para in article["paragraphs"]:
+            first = n
+            if unit == "sentence":
+                docs.extend(LangDoc(f"{lang}-s{first + j}", s, lang) for j, s in enumerate(para["sentences"]))
+            n += len(para["sentences"])
+            for qa in para["qas"]:
+                if unit == "sentence":
+                    j = _answer_sentence(para["sentence_breaks"], qa["answers"][0]["answer_start"])
+                    answer[qa["id"]] = f"{lang}-s{first + j}"
+                else:
+                    answer[qa["id"]] = f"{lang}-a{ai}"
+        if unit == "article":
+            text = "\n\n".join(p["context"] for p in article["paragraphs"])
+            docs.append(LangDoc(f"{lang}-a{ai}", text, lang))
+    return docs, answer
+
+
+class XquadDocs(BaseDocs):
+    def __init__(self, langs: list[str], unit: str) -> None:
+        self._files = {lang: xquad_file(lang) for lang in langs}
+        self._unit = unit
+
+    def docs_iter(self) -> Iterator[LangDoc]:
+        for lang, file in self._files.items():
+            yield from _derive_xquad(file, lang, self._unit)[0]
+
+    def docs_count(self) -> int | None:
+        if not all(f.present() for f in self._files.values()):
+            return None  # counting must not start a download
+        return sum(1 for _ in self.docs_iter())
+
+    def docs_cls(self):
+        return LangDoc
+
+    def docs_lang(self) -> str | None:
+        return next(iter(self._files)) if len(self._files) == 1 else None
+
+
+class XquadQueries(BaseQueries):
+    """The English questions (``en.json``) asked of the target files, by question id, whitespace collapsed."""
+
+    def __init__(self, langs: list[str]) -> None:
+        self._english = xquad_file("en")
+        self._files = {lang: xquad_file(lang) for lang in langs}
+
+    def queries_iter(self) -> Iterator[GenericQuery]:
+        english = json.loads(self._english.read_bytes())["data"]
+        text = {
+            qa["id"]: " ".join(qa["question"].split())
+            for a in english
+            for p in a["paragraphs"]
+            for qa in p["qas"]
+        }
+        ids: set[str] = set()
+        for file in self._files.values():
+            data = json.loads(file.read_bytes())["data"]
+            ids.update(qa["id"] for a in data for p in a["paragraphs"] for qa in p["qas"])
+        for qid in sorted(ids & text.keys()):
+            yield GenericQuery(qid, text[qid])
+
+    def queries_cls(self):
+        return GenericQuery
+
+    def queries_lang(self) -> str:
+        return "en"
+
+
+class XquadQrels(BaseQrels):
+    def __init__(self, langs: list[str], unit: str) -> None:
+        self._files = {lang: xquad_file(lang) for lang in langs}
+        self._unit = unit
+
+    def qrels_iter(self) -> Iterator[TrecQrel]:
+        answers = [_derive_xquad(f, lang, self._unit)[1] for lang, f in self._files.items()]
+        for qid in sorted(set().union(*answers)):
+            for answer in answers:
+                if qid in answer:
+                    yield TrecQrel(qid, answer[qid], 1, "0")
+
+    def qrels_cls(self):
+        return TrecQrel
+
+    def qrels_defs(self) -> dict[int, str]:
+        return {1: "the document holds the answer"}
+
+
+def xquad_dataset(langs: list[str], unit: str = "sentence") -> Dataset:
+    return Dataset(XquadDocs(langs, unit), XquadQueries(langs), XquadQrels(langs, unit))
+
+
+# ---------------------------------------------------------------------- Tatoeba
+def _lines(file: HomeDownload) -> list[str]:
+    lines = file.read_bytes().decode("utf-8").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+class TatoebaDocs(BaseDocs):
+    def __init__(self, lang: str) -> None:
+        self._lang, self._file = lang, tatoeba_file(lang, lang)
+
+    def docs_iter(self) -> Iterator[LangDoc]:
+        for i, text in enumerate(_lines(self._file)):
+            yield LangDoc(f"{self._lang}-{i}", text, self._lang)
+
+    def docs_count(self) -> int | None:
+        return len(_lines(self._file)) if self._file.present() else None
+
+    def docs_cls(self):
+        return LangDoc
+
+    def docs_lang(self) -> str:
+        return ISO639_1[self._lang]
+
+
+class TatoebaQueries(BaseQueries):
+    def __init__(self, lang: str) -> None:
+        self._file = tatoeba_file(lang, "eng")
+
+    def queries_iter(self) -> Iterator[GenericQuery]:
+        for i, text in enumerate(_lines(self._file)):
+            yield GenericQuery(f"q{i}", text)
+
+    def queries_cls(self):
+        return GenericQuery
+
+    def queries_lang(self) -> str:
+        return "en"
+
+
+class TatoebaQrels(BaseQrels):
+    """Line i of the English file translates line i of the other: one relevant document per query."""
+
+    def __init__(self, lang: str) -> None:
+        self._lang = lang
+        self._files = (tatoeba_file(lang, lang), tatoeba_file(lang, "eng"))
+
+    def qrels_iter(self) -> Iterator[TrecQrel]:
+        n, n_eng = (len(_lines(f)) for f in self._files)
+        if n != n_eng:
+            raise ValueError(f"tatoeba {self._lang}: {n} sentences but {n_eng} English ones")
+        for i in range(n):
+            yield TrecQrel(f"q{i}", f"{self._lang}-{i}", 1, "0")
+
+    def qrels_cls(self):
+        return TrecQrel
+
+    def qrels_defs(self) -> dict[int, str]:
+        return {1: "the document translates the query"}
+
+
+def tatoeba_dataset(lang: str) -> Dataset:
+    return Dataset(TatoebaDocs(lang), TatoebaQueries(lang), TatoebaQrels(lang))
+
+
+# ---------------------------------------------------------------------- registry
+MLIR_PATTERN = rf"^{NAME}/xquad-r-mlir/((?:{'|'.join(XQUAD_LANGS)})(?:-(?:{'|'.join(XQUAD_LANGS)}))+)$"
+_registered = False
+
+
+def _mlir(ds_id: str, groups: tuple[str, ...]) -> Dataset:
+    langs = groups[0].split("-")
+    if len(set(langs)) != len(langs):
+        raise KeyError(ds_id)  # clir.data.irds turns this into "unknown ir_datasets id"
+    return xquad_dataset(langs)
+
+
+def dataset_ids() -> list[str]:
+    """The ids :func:`register` lists (any other XQuAD-R language combination works as ``xquad-r-mlir``)."""
+    ids = [f"{NAME}/{kind}/{lang}" for kind in ("xquad-r", "xquad-r-articles") for lang in XQUAD_LANGS]
+    return ids + [f"{NAME}/xquad-r-mlir/de-ru-zh"] + [f"{NAME}/tatoeba/{lang}" for lang in TATOEBA_MD5]
+
+
+def register() -> None:
+    """Add the ``clir/...`` datasets to ir_datasets' registry, once per process."""
+    global _registered
+    if _registered:
+        return
+    import ir_datasets
+
+    registry = ir_datasets.registry
+    known = set(registry)
+    for ds_id in dataset_ids():
+        if ds_id in known:  # registered by an earlier copy of this module
+            continue
+        kind, lang = ds_id.split("/")[1:]
+        if kind == "tatoeba":
+            ds = tatoeba_dataset(lang)
+        else:
+            ds = xquad_dataset(lang.split("-"), "article" if kind == "xquad-r-articles" else "sentence")
+        registry.register(ds_id, ds)
+    registry.register_pattern(MLIR_PATTERN, _mlir)
+    _registered = True
+    log.debug(
+        "registered %d clir datasets under IR_DATASETS_HOME=%s",
+        len(dataset_ids()),
+        os.environ.get("IR_DATASETS_HOME"),
+    )

@@ -1,0 +1,125 @@
+"""The paper experiment's configs: three arms on one budget, the grid that trains what is missing and resumes
+what was interrupted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clir.config import load_train_config, to_dict
+from clir.experiments.grid import load_eval_config
+from clir.experiments.plan import plan_grid
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = ("full", "task", "madx")
+
+
+def _arm(mode: str, monkeypatch):
+    monkeypatch.setenv("CLIR_E5_SMALL", "multilingual-e5-small")
+    return load_train_config(REPO / f"configs/train/e5-small-{mode}-wikiqa.yaml")
+
+
+def test_the_three_arms_share_one_budget(monkeypatch):
+    cfgs = {m: _arm(m, monkeypatch) for m in ARMS}
+    budgets = {m: (to_dict(c.data), {**to_dict(c.optim)}) for m, c in cfgs.items()}
+    assert budgets["full"] == budgets["task"] == budgets["madx"]  # triples, order, steps, batch, seed
+    assert all(c.optim.lr is None for c in cfgs.values())  # each mode's default learning rate
+    assert {m: c.lr for m, c in cfgs.items()} == {"full": 2e-5, "task": 1e-4, "madx": 1e-4}
+    assert {m: c.model.adapter_mode for m, c in cfgs.items()} == {m: m for m in ARMS}
+    enc = {
+        m: {
+            k: v
+            for k, v in to_dict(c.model).items()
+            if k not in ("adapter_mode", "task_adapter", "language_adapters")
+        }
+        for m, c in cfgs.items()
+    }
+    assert enc["full"] == enc["task"] == enc["madx"]  # same backbone, pooling, prefixes
+    assert cfgs["task"].model.task_adapter == cfgs["madx"].model.task_adapter
+    assert set(cfgs["madx"].model.language_adapters) == {"en"}  # trained on the English adapter only
+
+
+def test_an_interrupted_model_build_is_resumed(tiny_bert, tiny_collection, tmp_path):
+    from clir.config import EvalConfig, from_dict
+
+    folder = tmp_path / "arm"
+    folder.mkdir()
+    (folder / "train_config.yaml").write_text("model: {}\n")  # what an unfinished `clir train` leaves
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text(
+        f"model: {{backbone: {tiny_bert}, adapter_mode: task}}\ndata: {{triples: x.jsonl}}\n"
+    )
+    cfg = from_dict(
+        EvalConfig,
+        {
+            "name": "t",
+            "collections": [{"source": str(tiny_collection), "name": "tiny"}],
+            "models": [
+                {"name": "arm", "model": str(folder), "mode": "task", "build": {"config": str(train_cfg)}}
+            ],
+        },
+    )
+    plan = plan_grid(cfg, out=tmp_path / "out")
+    (model,) = plan.models
+    assert not model.exists()
+    assert model.build_cmd[:3] == ["train", "--config", str(train_cfg)] and "--resume" in model.build_cmd
+
+
+@pytest.mark.shared
+def test_paper_small_plans_every_row_and_build(shared_dir, monkeypatch):
+    monkeypatch.setenv("CLIR_SHARED", str(shared_dir))
+    monkeypatch.chdir(REPO)
+    cfg = load_eval_config(REPO / "configs/eval/paper-small.yaml")
+    assert cfg.significance.correction == "holm" and cfg.analysis.enabled
+    plan = plan_grid(cfg, out=REPO / ".cache" / "paper-small-plan")
+    variants = {r.variant for r in plan.rows}
+    assert variants == {
+        "e5",
+        "full",
+        "task",
+        "madx/q-source_d-source",
+        "madx/q-source_d-target",
+        "madx/q-source_d-none",
+    }
+    names = {c.name for c in plan.collections}
+    assert {"xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-pes", "xquad-r-mlir"} <= names
+    assert sorted(a.lang for a in cfg.adapters) == ["de", "en", "fa", "ru", "zh"]
+    assert all(a.text.endswith(f"mono/{a.lang}.txt") for a in cfg.adapters)
+
+
+def test_builds_run_in_parallel_workers(tiny_bert, tiny_collection, tmp_path):
+    """Two language adapters built by two worker processes, then the madx rows that use them."""
+    import json
+
+    from clir.cli.main import main
+
+    la = {lang: tmp_path / "adapters" / lang for lang in ("de", "fr")}
+    others = ", ".join(f"{lang}: new" for lang in ("en", "ru", "zh", "fa"))
+    cfg = tmp_path / "par.yaml"
+    cfg.write_text(
+        f"""
+name: par
+collections: [{{source: {tiny_collection}, name: tiny}}]
+adapters:
+  - {{lang: de, out: {la["de"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
+  - {{lang: fr, out: {la["fr"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
+models:
+  - name: madx
+    model: {tiny_bert}
+    overrides:
+      adapter_mode: madx
+      language_adapters: {{de: {la["de"]}, fr: {la["fr"]}, {others}}}
+routings: [{{query: source, doc: target}}]
+metrics: [mrr@100]
+build_workers: 2
+"""
+    )
+    assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    for lang, folder in la.items():
+        info = json.loads((folder / "clir_language_adapter.json").read_text())
+        assert info["lang"] == lang and info["baseline"]["phase"] == "head-only"
+    manifest = json.loads(
+        (tmp_path / "out" / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text()
+    )
+    assert {"de", "fr"} <= set(manifest["encoder"]["adapters"])
