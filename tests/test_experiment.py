@@ -127,6 +127,37 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
     assert set(swap["significance"]) == {"student", "fisher"}
 
 
+def test_fisher_randomisation_test_is_seeded_and_exact():
+    import itertools
+
+    import numpy as np
+
+    from clir.experiments.significance import compare_runs, fisher_randomization_test
+
+    rng = np.random.default_rng(1)
+    a = rng.random(8)
+    b = a + np.array([0.3, 0.1, -0.05, 0.2, 0.25, -0.1, 0.15, 0.05])
+    ps = {fisher_randomization_test(a, b, n_permutations=2000, random_seed=7) for _ in range(5)}
+    assert len(ps) == 1  # the same draw every time
+    # the exact p-value over all 2^8 sign flips, which the Monte Carlo one estimates
+    d = b - a
+    flips = np.array(list(itertools.product([-1, 1], repeat=8)))
+    exact = float(np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12))
+    assert ps.pop() == pytest.approx(exact, abs=0.02)
+    assert fisher_randomization_test(a, a, n_permutations=100) == 1.0  # identical systems
+    assert fisher_randomization_test(np.zeros(30), np.ones(30), n_permutations=99) == 0.01  # (0 + 1) / 100
+
+    qrels = {f"q{i}": {"d1": 1} for i in range(6)}
+    good = {q: {"d1": 2.0, "d2": 1.0} for q in qrels}
+    bad = {q: {"d2": 2.0, "d1": 1.0} for q in qrels}
+    res = compare_runs(qrels, {"a": bad, "b": good}, ["mrr"], pairs=[("a", "b")], tests=["fisher", "student"])
+    fisher = res[("a", "b")]["fisher"]["mrr"]
+    assert fisher["p_value"] == pytest.approx(2 / 64, abs=0.02) and fisher["significant"]
+    assert res[("a", "b")]["student"]["mrr"]["significant"]
+    same = compare_runs(qrels, {"a": bad, "b": bad}, ["mrr"], pairs=[("a", "b")], tests=["student"])
+    assert same[("a", "b")]["student"]["mrr"] == {"p_value": 1.0, "p_adjusted": 1.0, "significant": False}
+
+
 def test_report_and_plots_written(grid):
     cfg, out, doc = grid
     report = (out / "report.md").read_text()

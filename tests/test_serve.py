@@ -494,3 +494,120 @@ def test_concurrent_clients_get_identical_results(server, tiny_index, tmp_path):
 
     problems = [p for ps in asyncio.run(go()) for p in ps]
     assert problems == []
+
+
+# ---------------------------------------------------------------------- bad requests, table-driven
+@pytest.fixture(scope="module")
+def strict_client(tiny_index):
+    """Small limits, so every cap is reachable with small requests."""
+    from clir.serve import ServeSettings, create_app
+
+    settings = ServeSettings(max_body_bytes=4096, max_batch_queries=5, max_batch_chars=200, max_batch_size=2)
+    with TestClient(create_app({"tiny": tiny_index}, settings)) as c:
+        yield c
+
+
+JSON = {"content-type": "application/json"}
+#: (name, method, path, request kwargs, status, fragment of the detail): the place for the next bad request
+BAD_REQUESTS = [
+    ("lone high surrogate", "POST", "/search", {"json": {"query": "\ud800 Faust"}}, 422, "lone surrogate"),
+    ("lone low surrogate", "POST", "/search", {"json": {"query": "\udc80"}}, 422, "lone surrogate"),
+    ("surrogate in query_lang", "POST", "/search", {"json": {"query": "cat", "query_lang": "\ud800"}}, 422,
+     "query_lang"),
+    ("one surrogate in a batch", "POST", "/search/batch", {"json": {"queries": ["cat", "\ud800 Faust"]}}, 422,
+     "query 1: invalid Unicode"),
+    ("empty query", "POST", "/search", {"json": {"query": ""}}, 422, "empty"),
+    ("k of 0", "POST", "/search", {"json": {"query": "cat", "k": 0}}, 422, "k"),
+    ("misspelt field", "POST", "/search", {"json": {"query": "cat", "topk": 3}}, 422, "topk"),
+    ("malformed JSON", "POST", "/search", {"content": b'{"query": ', "headers": JSON}, 422, "malformed JSON"),
+    ("JSON that is not an object", "POST", "/search", {"content": b'["cat"]', "headers": JSON}, 422, ""),
+    ("invalid UTF-8 body", "POST", "/search", {"content": b'{"query": "caf\xff"}', "headers": JSON}, 400, "parsing the body"),
+    ("too many batch queries", "POST", "/search/batch", {"json": {"queries": ["cat"] * 6}}, 422,
+     "at most 5 queries"),
+    ("too many batch characters", "POST", "/search/batch", {"json": {"queries": ["x" * 100] * 3}}, 413,
+     "max_batch_chars (200)"),
+    ("body over max_body_bytes", "POST", "/search", {"json": {"query": "cat " * 2000}}, 413, "4096 bytes"),
+    ("unknown index", "POST", "/search", {"json": {"query": "cat", "index": "nope"}}, 404, "nope"),
+    ("unknown document", "GET", "/indexes/tiny/docs/no-such-doc", {}, 404, "no-such-doc"),
+    ("unknown route", "GET", "/no/such/route", {}, 404, ""),
+    ("wrong method", "DELETE", "/search", {}, 405, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,method,path,kwargs,status,fragment", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests_are_4xx_json(strict_client, name, method, path, kwargs, status, fragment):
+    # JSON goes out as ASCII escapes ("\\ud800"), as clients send it; httpx would refuse to encode a surrogate
+    if "json" in kwargs:
+        kwargs = {"content": json.dumps(kwargs["json"]).encode(), "headers": JSON}
+    r = strict_client.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"error", "detail"} and fragment in str(body["detail"]), body
+    # the server keeps serving
+    assert strict_client.post("/search", json={"query": "cat", "k": 1}).status_code == 200
+
+
+def test_batch_runs_in_slices_so_single_searches_interleave(strict_client, searcher, monkeypatch):
+    import clir.serve.app as app_module
+
+    sizes = []
+    real = app_module.run_jobs
+
+    def spy(encoder, jobs, **kw):
+        sizes.append(len(jobs))
+        return real(encoder, jobs, **kw)
+
+    monkeypatch.setattr(app_module, "run_jobs", spy)
+    r = strict_client.post("/search/batch", json={"queries": QUERIES[:5], "k": 3})
+    assert r.status_code == 200
+    assert sizes == [2, 2, 1]  # max_batch_size each: the encoder is free between slices
+    for item, q in zip(r.json()["results"], QUERIES[:5], strict=True):
+        assert _ids(item["hits"]) == _ids(searcher.search(q, 3))
+
+
+def test_head_health_and_offline_docs(client):
+    r = client.head("/health")
+    assert r.status_code == 200 and r.content == b""
+    page = client.get("/docs").text
+    assert "cdn" not in page.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in page
+        got = client.get(f"/docs/assets/{asset}")
+        assert got.status_code == 200 and len(got.content) > 10_000
+    assert client.get("/redoc").status_code == 404  # ReDoc only exists on a CDN
+
+
+def test_client_that_leaves_mid_body_is_logged_499_not_500(client, caplog):
+    messages = iter(
+        [{"type": "http.request", "body": b'{"query": ', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/search",
+        "raw_path": b"/search",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5555),
+        "server": ("testserver", 80),
+        "scheme": "http",
+    }
+    with caplog.at_level(logging.INFO, logger="clir.serve"):
+        asyncio.run(client.app(scope, receive, send))
+    assert sent == []  # nothing to answer: the client is gone
+    access = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"]
+    assert len(access) == 1 and '"POST /search" 499' in access[0], access
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

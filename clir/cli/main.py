@@ -101,11 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ClirError as e:
-        print(f"clir {args.verb}: error: {e}", file=sys.stderr)
+        print(f"clir {args.verb}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # the file system refused (no space, a path that cannot be created, permissions): the user's to fix
+        log.debug("OS error", exc_info=True)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"clir {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"clir {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line (they may quote user input that holds newlines)."""
+    return " ".join(text.split("\n"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from clir.cli.common import add_model_args, model_overrides, positive_int
 from clir.index.faiss_index import DEFAULT_NPROBE
@@ -45,11 +47,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clir.data import load_queries
+    from clir.data.collections import check_text
     from clir.errors import ClirError
     from clir.search import Searcher, write_trec_run
 
     if args.queries and not args.run and not args.json:
         raise ClirError("--queries needs --run FILE (or --json to print the hits)")
+    # bad input is refused before the model loads
+    queries = None
+    if args.query is not None:
+        if not args.query.strip():
+            raise ClirError("--query is empty")
+        check_text(args.query, "--query")
+    else:
+        queries = load_queries(args.queries, field=args.query_field)
+        if not queries:
+            raise ClirError(f"no queries in {args.queries}")
+    if args.run:
+        _check_run_path(Path(args.run))
     searcher = Searcher(
         args.index,
         model=args.model,
@@ -59,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
     )
-    if args.query is not None:
-        if not args.query.strip():
-            raise ClirError("--query is empty")
+    if queries is None:
         hits = searcher.search(args.query, args.k or 10, query_lang=args.query_lang, return_text=True)
         if args.json:
             print(json.dumps({"query": args.query, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False))
@@ -72,11 +86,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{h.rank:>3}  {h.score:8.4f}  {h.doc_id}  {snippet}")
         return 0
 
-    from clir.data import load_queries
-
-    queries = load_queries(args.queries, field=args.query_field)
-    if not queries:
-        raise ClirError(f"no queries in {args.queries}")
     k = args.k or 1000
     t = time.perf_counter()
     results = searcher.batch_search(
@@ -96,3 +105,15 @@ def run(args: argparse.Namespace) -> int:
         )
         sys.stdout.write("\n")
     return 0
+
+
+def _check_run_path(run: Path) -> None:
+    from clir.errors import ClirError
+
+    if run.is_dir():
+        raise ClirError(f"--run {run} is a folder; give a file name")
+    parent = next((p for p in run.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ClirError(f"--run {run}: {parent} is a file, so the run file cannot be created")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise ClirError(f"--run {run}: {parent} is not writable")

@@ -72,57 +72,110 @@ class Collection:
         return []
 
 
+# ---------------------------------------------------------------------- text rules
+def check_text(text: str, what: str) -> None:
+    """Text entering clir must be encodable Unicode: a lone surrogate (``"\\ud800"`` in JSON) has no UTF-8
+    form and would break the tokenizer or the files written later. One rule everywhere: refused, naming
+    where (``file:line`` here, a 422 in the REST app)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ClirError(
+            f"{what}: invalid Unicode (lone surrogate {text[e.start]!r} at character {e.start + 1})"
+        ) from None
+
+
+def check_doc_id(doc_id: object, where: str) -> str:
+    """Doc ids travel through TREC run files and Pyserini's one-id-per-line ``docid`` file: a string (or an
+    integer) without whitespace."""
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        raise ClirError(f"{where}: doc id must be a string, got {type(doc_id).__name__} {doc_id!r:.60}")
+    doc_id = str(doc_id)
+    if not doc_id:
+        raise ClirError(f"{where}: empty doc id")
+    if any(c.isspace() for c in doc_id):
+        raise ClirError(
+            f"{where}: doc id {doc_id!r:.60} contains whitespace, which TREC run files and the index's docid "
+            "file cannot hold"
+        )
+    check_text(doc_id, where)
+    return doc_id
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ClirError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
+
+
 # ---------------------------------------------------------------------- file readers
 def read_docs_jsonl(path: Path) -> Iterator[Document]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ClirError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ClirError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            doc_id = next((obj[k] for k in _ID_KEYS if k in obj), None)
-            if doc_id is None or str(doc_id) == "":
-                raise ClirError(f"{path}:{lineno}: missing 'doc_id'")
-            text = next((obj[k] for k in _TEXT_KEYS if k in obj), None)
-            if text is None:
-                raise ClirError(f"{path}:{lineno}: missing 'text' (doc {doc_id})")
-            if not isinstance(text, str):
-                raise ClirError(f"{path}:{lineno}: 'text' must be a string (doc {doc_id})")
-            title = obj.get("title") or ""
-            lang = obj.get("lang") or obj.get("language")
-            yield Document(str(doc_id), text, str(title), str(lang) if lang else None)
-
-
-def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, tab-separated fields) of each non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if line.strip():
-                yield lineno, line.split("\t")
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ClirError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ClirError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        doc_id = next((obj[k] for k in _ID_KEYS if k in obj), None)
+        if doc_id is None or doc_id == "":
+            raise ClirError(f"{path}:{lineno}: missing 'doc_id'")
+        doc_id = check_doc_id(doc_id, f"{path}:{lineno}")
+        text = next((obj[k] for k in _TEXT_KEYS if k in obj), None)
+        if text is None:
+            raise ClirError(f"{path}:{lineno}: missing 'text' (doc {doc_id})")
+        if not isinstance(text, str):
+            raise ClirError(f"{path}:{lineno}: 'text' must be a string (doc {doc_id})")
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise ClirError(f"{path}:{lineno}: 'title' must be a string (doc {doc_id})")
+        check_text(title + text, f"{path}:{lineno} (doc {doc_id})")
+        lang = obj.get("lang") or obj.get("language")
+        yield Document(doc_id, text, title, str(lang) if lang else None)
 
 
 def read_docs_tsv(path: Path) -> Iterator[Document]:
     """MS MARCO's collection.tsv layout: ``doc_id<TAB>text`` (or ``doc_id<TAB>title<TAB>text``)."""
-    for lineno, parts in _tsv_rows(path):
-        if len(parts) == 2:
-            yield Document(parts[0], parts[1])
-        elif len(parts) == 3:
-            yield Document(parts[0], parts[2], parts[1])
-        else:
+    for lineno, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) not in (2, 3):
             raise ClirError(f"{path}:{lineno}: expected 'doc_id<TAB>text', got {len(parts)} field(s)")
+        doc_id = check_doc_id(parts[0], f"{path}:{lineno}")
+        if len(parts) == 2:
+            yield Document(doc_id, parts[1])
+        else:
+            yield Document(doc_id, parts[2], parts[1])
 
 
 def read_queries_tsv(path: Path) -> list[Query]:
+    """``query_id<TAB>text`` per line; blank lines are skipped, anything else malformed is refused by line
+    (as ``--query`` and the REST app refuse blank queries)."""
     out = []
-    for lineno, parts in _tsv_rows(path):
-        if len(parts) < 2:
-            raise ClirError(f"{path}:{lineno}: expected 'query_id<TAB>text'")
-        out.append(Query(parts[0], parts[1]))
+    for lineno, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ClirError(f"{path}:{lineno}: expected 'query_id<TAB>text', got {len(parts)} field(s)")
+        qid, text = parts[0].strip(), parts[1]
+        if not qid or any(c.isspace() for c in qid):
+            raise ClirError(f"{path}:{lineno}: query id {parts[0]!r:.60} is empty or contains whitespace")
+        if not text.strip():
+            raise ClirError(f"{path}:{lineno}: query {qid} is blank")
+        check_text(qid + text, f"{path}:{lineno}")
+        out.append(Query(qid, text))
     return out
 
 
@@ -130,14 +183,13 @@ def trec_rows(path: Path, what: str, layout: str) -> Iterator[tuple[int, list[st
     """(line number, fields) of each non-blank line of a whitespace-separated TREC file whose lines are
     ``layout`` (e.g. ``query_id 0 doc_id relevance``); a line with another number of fields is an error."""
     n = len(layout.split())
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != n:
-                raise ClirError(f"{path}:{lineno}: expected {what} {layout!r}")
-            yield lineno, parts
+    for lineno, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != n:
+            raise ClirError(f"{path}:{lineno}: expected {what} {layout!r}")
+        yield lineno, parts
 
 
 def read_qrels(path: Path) -> Qrels:

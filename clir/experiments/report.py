@@ -170,9 +170,9 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     if "fisher" in tests:
         se = (sig.max_p * (1 - sig.max_p) / sig.n_permutations) ** 0.5
         out.append(
-            f"- Fisher p-values come from {sig.n_permutations} random permutations (ranx draws them in parallel "
-            f"threads, so they vary slightly between invocations: about ±{se:.3f} near p = {sig.max_p}; raise "
-            "significance.n_permutations for stabler marks)"
+            f"- Fisher p-values come from {sig.n_permutations} random sign flips drawn with seed "
+            f"{sig.random_seed} (reproducible; Monte Carlo error about ±{se:.3f} near p = {sig.max_p}: raise "
+            "significance.n_permutations for finer p-values)"
         )
     if cfg.bm25.enabled:
         out.append(

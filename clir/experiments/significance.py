@@ -1,14 +1,74 @@
-"""Paired significance tests between runs on one query set, through ranx ``compare``."""
+"""Paired significance tests between runs on one query set: the paired t-test and Fisher's randomisation
+test on per-query ranx scores.
+
+The randomisation test is ours, not ranx's: ranx draws its permutations in numba threads whose random
+states its seed does not reach, so its p-values changed from one invocation to the next. Here one seeded
+NumPy generator draws every permutation: the same runs and seed give the same p-value on any machine.
+A result is significant when its p-value, adjusted for the pairs compared, is below ``max_p``."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
+
 RunDict = dict[str, dict[str, float]]
 
-#: label of each ranx test in reports
+#: label of each test in reports
 TEST_NAMES = {"student": "paired t-test", "fisher": "Fisher's randomisation test"}
+
+#: permutations scored per block (bounds memory on large query sets)
+_BLOCK = 256
+
+
+def fisher_randomization_test(
+    control: np.ndarray, treatment: np.ndarray, *, n_permutations: int = 1000, random_seed: int = 42
+) -> float:
+    """Two-sided paired randomisation test of the mean difference: each permutation swaps the two systems'
+    scores on a random half of the queries (flips the sign of their difference). p = (b + 1) / (n + 1)
+    with b the permutations at least as extreme as the observed one, never 0 (Phipson & Smyth, 2010)."""
+    diff = np.asarray(treatment, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    if diff.size == 0:
+        return 1.0
+    observed = abs(float(diff.mean()))
+    # summation order differs between the observed mean and the permuted ones: ties within rounding count
+    tol = 1e-12 * max(1.0, observed)
+    rng = np.random.default_rng(random_seed)
+    extreme = 0
+    for start in range(0, n_permutations, _BLOCK):
+        n = min(_BLOCK, n_permutations - start)
+        signs = rng.integers(0, 2, size=(n, diff.size), dtype=np.int8) * 2 - 1
+        extreme += int(np.count_nonzero(np.abs(signs @ diff) / diff.size >= observed - tol))
+    return (extreme + 1) / (n_permutations + 1)
+
+
+def paired_t_test(control: np.ndarray, treatment: np.ndarray) -> float:
+    from scipy.stats import ttest_rel
+
+    p = float(ttest_rel(control, treatment, alternative="two-sided").pvalue)
+    return 1.0 if math.isnan(p) else p  # identical per-query scores: no difference at all
+
+
+def per_query_scores(qrels: dict[str, dict[str, int]], run: RunDict, metrics: list[str]) -> dict[str, Any]:
+    """``{metric: array}`` over the qrels' queries in ranx's (sorted) order; missing queries score 0."""
+    import warnings
+
+    import ranx
+
+    with warnings.catch_warnings():  # numba type-safety notices inside ranx
+        warnings.simplefilter("ignore")
+        scores = ranx.evaluate(
+            ranx.Qrels(qrels),
+            ranx.Run(run),
+            list(metrics),
+            return_mean=False,
+            save_results_in_run=False,
+            make_comparable=True,
+        )
+    if len(metrics) == 1:
+        scores = {metrics[0]: scores}
+    return {m: np.asarray(scores[m], dtype=np.float64) for m in metrics}
 
 
 def compare_runs(
@@ -27,31 +87,24 @@ def compare_runs(
     "significant"}}}}``. ``significant`` uses the p-value adjusted for the number of pairs compared (one
     family per test and metric): ``holm`` (Holm-Bonferroni), ``bonferroni`` or ``none``.
 
-    Runs score 0 on queries of the qrels they miss (ranx ``make_comparable``), as in :func:`evaluate`."""
-    import warnings
-
-    import ranx
-
+    Runs score 0 on queries of the qrels they miss, as in :func:`evaluate`."""
     names = sorted({n for pair in pairs for n in pair})
     if not names:
         return {}
+    scores = {n: per_query_scores(qrels, runs[n], metrics) for n in names}
     out: dict[tuple[str, str], dict[str, dict[str, dict[str, Any]]]] = {p: {} for p in pairs}
     for test in tests:
-        ranx_runs = [ranx.Run(runs[n], name=n) for n in names]
-        with warnings.catch_warnings():  # numba type-safety notices inside ranx
-            warnings.simplefilter("ignore")
-            report = ranx.compare(
-                qrels=ranx.Qrels(qrels),
-                runs=ranx_runs,
-                metrics=list(metrics),
-                stat_test=test,
-                max_p=max_p,
-                n_permutations=n_permutations,
-                random_seed=random_seed,
-                make_comparable=True,
-            )
         for m in metrics:
-            raw = {pair: _p(report.comparisons[frozenset(pair)][m]) for pair in pairs}
+            raw = {}
+            for a, b in pairs:
+                if test == "fisher":
+                    raw[(a, b)] = fisher_randomization_test(
+                        scores[a][m], scores[b][m], n_permutations=n_permutations, random_seed=random_seed
+                    )
+                elif test == "student":
+                    raw[(a, b)] = paired_t_test(scores[a][m], scores[b][m])
+                else:
+                    raise ValueError(f"unknown significance test {test!r}")
             adjusted = adjust(raw, correction)
             for pair in pairs:
                 out[pair].setdefault(test, {})[m] = {
@@ -60,11 +113,6 @@ def compare_runs(
                     "significant": adjusted[pair] < max_p,
                 }
     return out
-
-
-def _p(res: dict[str, Any]) -> float:
-    p = float(res["p_value"])
-    return 1.0 if math.isnan(p) else p  # NaN: the t-test of identical per-query scores, no difference
 
 
 def adjust(pvalues: dict[Any, float], method: str = "holm") -> dict[Any, float]:

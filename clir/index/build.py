@@ -7,8 +7,10 @@ Everything is written under ``OUT.partial`` and renamed to ``OUT`` at the end.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from clir.atomic import atomic_write_lines, atomic_write_text, swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
+from clir.index.faiss_index import check_factory
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +177,47 @@ class BuildState:
     total: int | None  # documents the progress bar expects, when cheaply known
     counters: dict[str, int] = field(default_factory=lambda: {"skipped_empty": 0})
 
+    lock: Any = None  # the open lock file while this process owns the build
+
     @property
     def chunks_dir(self) -> Path:
         return self.partial / CHUNKS
+
+    def release(self, *, failed: bool) -> None:
+        """End of the build: a failed one that committed no chunk leaves nothing behind (``--resume`` could
+        not use it); then the lock goes."""
+        if failed and self.partial.is_dir() and not any(self.chunks_dir.glob("*.npy")):
+            shutil.rmtree(self.partial, ignore_errors=True)
+        _unlock(self.lock)
+        self.lock = None
+
+
+def _lock(out: Path) -> Any:
+    """``OUT.lock``, held (flock) for the whole build: a second build on the same ``--out`` is refused
+    instead of deleting the first one's ``OUT.partial``."""
+    import fcntl
+
+    path = out.with_name(out.name + ".lock")
+    try:
+        f = open(path, "a+")  # noqa: SIM115 - held until release()
+    except OSError as e:
+        raise ClirError(f"cannot write next to --out {out}: {e.strerror} ({path})") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ClirError(
+            f"another build is writing {out} (it holds {path}): wait for it to finish or give another --out"
+        ) from None
+    return f
+
+
+def _unlock(f: Any) -> None:
+    if f is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(f.name)
+    f.close()
 
 
 def check_args(args: IndexArgs) -> tuple[Path, Path]:
@@ -186,6 +227,15 @@ def check_args(args: IndexArgs) -> tuple[Path, Path]:
         raise ClirError(
             f"{out} already exists: pass --overwrite to replace it (it stays intact until the new one is done)"
         )
+    if out.exists() and not out.is_dir():
+        raise ClirError(f"--out {out} is a file, not an index folder: remove it or give another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / store.MANIFEST_FILE).is_file():
+        raise ClirError(
+            f"--out {out} is a folder that holds no clir index: --overwrite replaces indexes only"
+        )
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ClirError(f"--out {out}: {parent} is a file, so the folder cannot be created")
     if args.chunk_size < 1 or args.batch_size < 1:
         raise ClirError("--chunk-size and --batch-size must be >= 1")
     return out, out.with_name(out.name + ".partial")
@@ -195,6 +245,12 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
     """Open the collection and create (or, with ``args.resume``, reopen) ``OUT.partial``."""
     out, partial = check_args(args)
     collection = load_collection(args.collection)
+    total = collection.count_docs()
+    if total is not None and args.shard:
+        total = (total + args.shard[1] - 1 - args.shard[0]) // args.shard[1]
+    # what would fail after encoding fails now: the factory (string, dimension, training points)
+    if not args.preset:  # a preset plans its factory for the collection's size
+        check_factory(encoder.dim, args.factory, total)
     # language adapters that document routing will use, loaded now so the fingerprint names them
     fingerprint = encoder.fingerprint()
     state = {
@@ -204,11 +260,20 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
         "shard": list(args.shard) if args.shard else None,
         "chunk_size": args.chunk_size,
     }
-    _prepare_partial(partial, state, args.resume)
-    total = collection.count_docs()
-    if total is not None and args.shard:
-        total = (total + args.shard[1] - 1 - args.shard[0]) // args.shard[1]
-    return BuildState(args, out, partial, collection, fingerprint, total)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ClirError(f"cannot create the folder of --out {out}: {e.strerror}") from None
+    lock = _lock(out)
+    try:
+        _prepare_partial(partial, state, args.resume)
+    except OSError as e:
+        _unlock(lock)
+        raise ClirError(f"cannot create {partial}: {e.strerror}") from None
+    except BaseException:
+        _unlock(lock)
+        raise
+    return BuildState(args, out, partial, collection, fingerprint, total, lock=lock)
 
 
 def finish_build(b: BuildState, encoder, n_chunks: int, n_docs: int) -> None:
@@ -240,6 +305,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     t_enc = 0.0
     n_chunks = 0
     n_docs = 0
+    failed = True
     try:
         for no, recs in iter_chunks(b.collection, args, b.counters):
             if not chunk_done(b.chunks_dir, no):
@@ -251,9 +317,12 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
             n_chunks += 1
             n_docs += len(recs)
             bar.update(len(recs))
+        bar.close()
+        finish_build(b, encoder, n_chunks, n_docs)
+        failed = False
     finally:
         bar.close()
-    finish_build(b, encoder, n_chunks, n_docs)
+        b.release(failed=failed)
     return IndexResult(b.out, n_docs, b.counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0)
 
 

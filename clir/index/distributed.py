@@ -178,7 +178,10 @@ def build_index_ray(
             ray.kill(a)
         if started:
             ray.shutdown()
-    finish_build(b, encoder, counts["chunks"], counts["docs"])
+    try:
+        finish_build(b, encoder, counts["chunks"], counts["docs"])
+    finally:
+        b.release(failed=not b.out.exists())
     return IndexResult(
         b.out, counts["docs"], b.counters["skipped_empty"], counts["encoded"], t_enc, time.perf_counter() - t0
     )

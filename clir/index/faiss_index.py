@@ -37,6 +37,40 @@ def new_index(dim: int, factory: str):
         raise ClirError(f"invalid FAISS factory {factory!r} for dimension {dim}: {msg}") from None
 
 
+def min_train_points(index) -> int:
+    """Vectors an untrained index needs to train: FAISS's k-means wants at least one per centroid (IVF
+    lists; 2^bits codewords per PQ sub-quantizer)."""
+    import faiss
+
+    need = 0
+    parts = [faiss.downcast_index(index)]
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        parts.append(faiss.downcast_index(ivf))
+        need = max(need, int(ivf.nlist))
+    except RuntimeError:  # not an IVF index
+        pass
+    for part in parts:
+        pq = getattr(part, "pq", None)
+        if pq is not None:
+            need = max(need, int(pq.ksub))
+    return need
+
+
+def check_factory(dim: int, factory: str, n_docs: int | None) -> None:
+    """Everything about ``factory`` that can fail, checked before any document is encoded: the string, the
+    dimension, and (when the collection size is known) whether there are enough vectors to train it."""
+    index = new_index(dim, factory)
+    if index.is_trained or n_docs is None:
+        return
+    need = min_train_points(index)
+    if n_docs < need:
+        raise ClirError(
+            f"factory {factory!r} needs at least {need} vectors to train; the collection has {n_docs}: use "
+            f"Flat, HNSW32 or a smaller IVF/PQ (e.g. IVF{max(1, n_docs // 39)},Flat)"
+        )
+
+
 def build_faiss_index(
     dim: int,
     factory: str,
@@ -55,12 +89,8 @@ def build_faiss_index(
     index = new_index(dim, factory)
     _skip_polysemous_training(index)
     if not index.is_trained:
+        check_factory(dim, factory, n_total)
         nlist = _nlist(factory)
-        if nlist and n_total < nlist:
-            raise ClirError(
-                f"factory {factory!r} needs at least {nlist} vectors to train {nlist} lists; the collection has "
-                f"{n_total}: use Flat, HNSW32 or a smaller IVF (e.g. IVF{max(1, n_total // 39)},...)"
-            )
         n_train = min(n_total, max(max_train, 39 * (nlist or 0)))
         sample = np.ascontiguousarray(train_sample(n_train), dtype=np.float32)
         log.info("training %s on %d vectors", factory, len(sample))

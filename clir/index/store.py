@@ -54,16 +54,16 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    hint = (
+        f" (an unfinished build is in {partial}: the same `clir index ...` command with --resume finishes it)"
+        if partial.is_dir()
+        else ""
+    )
     if not folder.is_dir():
-        raise NotFoundError(f"index folder not found: {folder}")
+        raise NotFoundError(f"index folder not found: {folder}{hint}")
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        partial = folder.with_name(folder.name + ".partial")
-        hint = (
-            f" (an unfinished build is in {partial}: rerun `clir index ... --resume`)"
-            if partial.exists()
-            else ""
-        )
         raise ClirError(f"{folder} is not a clir index: no {MANIFEST_FILE}{hint}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ adapter, ``target`` swaps in the adapter of the text's language, ``none`` drops 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -107,6 +108,8 @@ class DualEncoder:
             self.query_model = self._load_backbone(src)
             self.passage_model = self.query_model
         self._lang_loaded: set[str] = set()
+        self._position_limit: int | None = None
+        self._check_lengths()
         if config.adapter_mode != "full":
             self._init_adapters()
         for m in self.models():
@@ -114,6 +117,23 @@ class DualEncoder:
             m.eval()
 
     # ------------------------------------------------------------------ loading
+    def _check_lengths(self) -> None:
+        """Token limits above the model's position table fail inside the model (or pass unnoticed on short
+        texts): refused here, before any text is encoded."""
+        mc = self.query_model.config
+        limit = getattr(mc, "max_position_embeddings", None)
+        if not limit:
+            return
+        if "roberta" in str(getattr(mc, "model_type", "")) or "camembert" in str(mc.model_type):
+            limit -= (mc.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
+        self._position_limit = limit
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
+        for key in ("max_query_length", "max_passage_length"):
+            value = getattr(self.config, key)
+            if value is None or 1 <= value <= limit or value == defaults.get(key):
+                continue  # a default above a small model's limit is capped when tokenizing
+            raise ClirError(f"{key.replace('_', '-')} {value} is outside 1..{limit}, this model's limit")
+
     @staticmethod
     def _load_tokenizer(path: str):
         from transformers import AutoTokenizer
@@ -353,6 +373,7 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = cfg.max_query_length if side == "query" else cfg.max_passage_length
+        max_len = min(max_len, self._position_limit or max_len)
         return self.tokenizer(
             [prefix + t for t in texts],
             max_length=max_len,
@@ -439,6 +460,7 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = cfg.max_query_length if side == "query" else cfg.max_passage_length
+        max_len = min(max_len, self._position_limit or max_len)
         n = len(self.tokenizer(prefix + text, truncation=False)["input_ids"])
         return min(n, max_len), n > max_len
 

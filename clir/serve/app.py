@@ -19,10 +19,11 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from clir.errors import ClirError, NotFoundError
 from clir.serve.batching import Job, MicroBatcher, Result, run_jobs
@@ -34,7 +35,11 @@ access_log = logging.getLogger("clir.serve.access")
 
 API_KEY_HEADER = "X-API-Key"
 #: reachable without the API key: probes and the API's own description (no data)
-OPEN_PATHS = {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", *PAGE_PATHS}
+OPEN_PATHS = {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", *PAGE_PATHS}
+#: the /docs page's own assets, served from the swagger-ui-bundle package (no CDN: machines may be offline)
+DOCS_ASSETS = "/docs/assets"
+#: logged for a request whose client went away before a response (nginx's code): not a server error
+CLIENT_CLOSED = 499
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -55,6 +60,15 @@ class _Strict(BaseModel):
 def _nonblank(v: str) -> str:
     if not v.strip():
         raise ValueError("must not be empty or whitespace")
+    return _unicode(v)
+
+
+def _unicode(v: str) -> str:
+    """The one rule for text (as in clir.data.check_text): a lone surrogate (``"\\ud800"``) is refused."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid Unicode: lone surrogate at character {e.start + 1}") from None
     return v
 
 
@@ -86,6 +100,11 @@ class BatchSearchRequest(_Strict):
         blank = [i for i, q in enumerate(v) if not q.strip()]
         if blank:
             raise ValueError(f"queries {blank[:10]} are empty or whitespace")
+        for i, q in enumerate(v):
+            try:
+                _unicode(q)
+            except ValueError as e:
+                raise ValueError(f"query {i}: {e}") from None
         return v
 
     _check_lang = field_validator("query_lang")(_nonblank)
@@ -247,7 +266,11 @@ class _Guard:
 
         try:
             path = scope.get("path", "")
-            if self.state.api_key is not None and path not in OPEN_PATHS:
+            if (
+                self.state.api_key is not None
+                and path not in OPEN_PATHS
+                and not path.startswith(DOCS_ASSETS + "/")
+            ):
                 given = headers.get(API_KEY_HEADER.lower(), "")
                 if not given or not hmac.compare_digest(given.encode(), self.state.api_key.encode()):
                     detail = f"missing {API_KEY_HEADER} header" if not given else f"wrong {API_KEY_HEADER}"
@@ -257,8 +280,12 @@ class _Guard:
                     return
             receive = await self._limited_body(scope, receive, headers, send_wrapped)
             if receive is None:
+                if not status_box["started"]:  # the client left mid-body: nothing was sent
+                    status_box["status"] = CLIENT_CLOSED
                 return
             await self.app(scope, receive, send_wrapped)
+        except ClientDisconnect:
+            status_box["status"] = status_box["status"] or CLIENT_CLOSED
         except Exception:
             log.exception("request %s %s failed (request id %s)", scope.get("method"), scope.get("path"), rid)
             if not status_box["started"]:
@@ -344,7 +371,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         description="Cross-language dense retrieval: search FAISS indexes with the adapter-based encoder "
         "recorded in each index's manifest. Errors are JSON `{error, detail}`.",
         lifespan=lifespan,
+        docs_url=None,  # served below with local assets
+        redoc_url=None,  # ReDoc exists only on a CDN
     )
+    _add_docs(app)
     app.state.clir = state
     key_doc = Security(
         APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="when the server has a key")
@@ -364,6 +394,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         return _error_response(exc.status_code, exc.detail, request, headers=getattr(exc, "headers", None))
 
     # ---------------- probes and metadata
+    @app.head("/health", include_in_schema=False)  # monitoring tools probe with HEAD
+    async def health_head() -> Response:
+        return Response()
+
     @app.get("/health", tags=["probes"], summary="liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -457,10 +491,12 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         return_text: bool = True,
         _key: str | None = key_doc,
     ):
-        if not q.strip():
+        try:
+            _nonblank(q)
+        except ValueError as e:
             raise RequestValidationError(
-                [{"type": "value_error", "loc": ("query", "q"), "msg": "must not be empty or whitespace"}]
-            )
+                [{"type": "value_error", "loc": ("query", "q"), "msg": str(e)}]
+            ) from None
         return await search_one(index, q, k, query_lang, return_text)
 
     @app.post("/search/batch", tags=["search"], summary="many queries in one call",
@@ -476,16 +512,27 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
                     }
                 ]
             )
+        chars = sum(len(q) for q in body.queries)
+        if chars > settings.max_batch_chars:
+            raise PayloadTooLarge(
+                f"the batch holds {chars} query characters, more than max_batch_chars ({settings.max_batch_chars})"
+                ": split it into several calls"
+            )
         t0 = time.perf_counter()
         name, searcher = state.get(body.index)
         jobs = [Job(searcher, q, body.k, body.query_lang) for q in body.queries]
-        results = await asyncio.to_thread(
-            run_jobs,
-            searcher.encoder,
-            jobs,
-            batch_size=settings.max_batch_size,
-            exact=settings.exact_batching,
-        )
+        results = []
+        step = settings.max_batch_size
+        for at in range(0, len(jobs), step):
+            # one slice at a time: between slices the encoder is free for single searches, which wait for
+            # one slice, not for the whole batch
+            results += await asyncio.to_thread(
+                run_jobs,
+                searcher.encoder,
+                jobs[at : at + step],
+                batch_size=settings.max_batch_size,
+                exact=settings.exact_batching,
+            )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -499,6 +546,35 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
     add_page_routes(app)
     app.add_middleware(_Guard, state=state)
     return app
+
+
+class PayloadTooLarge(ClirError):
+    status = 413
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files: works offline."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + app.openapi_url,
+            title="clir - API",
+            oauth2_redirect_url=root + "/docs/oauth2-redirect",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def docs_redirect():
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def _hits(searcher: Any, res: Result, return_text: bool) -> list[dict[str, Any]]:

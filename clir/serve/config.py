@@ -30,6 +30,10 @@ class ServeSettings:
     api_key_env: str | None = None
     max_body_bytes: int = 1_048_576
     max_batch_queries: int = 1000
+    #: characters of all queries in one /search/batch call together (413 beyond): with max_batch_queries,
+    #: what bounds one call's encoder time; a batch also runs in slices of max_batch_size so single
+    #: searches interleave with it instead of waiting for the whole batch
+    max_batch_chars: int = 100_000
     micro_batching: bool = True
     batch_window_ms: float = 0.0
     max_batch_size: int = 64
@@ -49,6 +53,7 @@ class ServeSettings:
             "workers",
             "max_body_bytes",
             "max_batch_queries",
+            "max_batch_chars",
             "max_batch_size",
             "max_pending",
         ):
