@@ -132,6 +132,7 @@ class DocStore:
             raise ClirError(f"{self.folder}: this index has no document store")
         if self._offsets is None:
             self._open()
+        assert self._offsets is not None  # set by _open
         start = int(self._offsets[row])
         end = self._data.find(b"\n", start)
         return json.loads(self._data[start : end if end >= 0 else len(self._data)])

@@ -98,15 +98,16 @@ def encode_grouped(
                 vectors[i] = e
                 continue
             by_lang[lang].append(i)
+        tokens = {i: c[0] for i, c in enumerate(counts) if c is not None}
         groups: list[tuple[str, list[int]]] = []
         for lang, idxs in by_lang.items():
             if exact:
                 same: dict[int, list[int]] = defaultdict(list)
                 for i in idxs:
-                    same[counts[i][0]].append(i)
+                    same[tokens[i]].append(i)
                 groups += [(lang, g) for g in same.values()]
             else:
-                lengths = [counts[i][0] for i in idxs]
+                lengths = [tokens[i] for i in idxs]
                 groups += [(lang, [idxs[p] for p in g]) for g in length_buckets(lengths)]
         for lang, idxs in groups:
             try:
