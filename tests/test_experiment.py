@@ -464,3 +464,74 @@ metrics: [mrr@100]
     assert f"de: trained by `clir train-language-adapter` on {tiny_collection}" in report
     manifest = json.loads((out / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text())
     assert "de" in manifest["encoder"]["adapters"]
+
+
+def test_mixed_language_unlabelled_and_long_document_collections(tiny_bert, tiny_collection, tmp_path):
+    """`target` routing over a mixed-language collection, labelled or labelled by language id, and a
+    collection of long documents ranked by their best passage, through the standard collection spec."""
+    from clir.cli.main import main
+    from clir.search import read_trec_run
+
+    docs = [json.loads(x) for x in (tiny_collection / "docs.jsonl").read_text().splitlines()]
+    unl = tmp_path / "unl"
+    unl.mkdir()
+    (unl / "docs.jsonl").write_text(
+        "".join(json.dumps({k: d[k] for k in ("doc_id", "text")}) + "\n" for d in docs)
+    )
+    for name in ("queries.tsv", "qrels.txt"):
+        (unl / name).write_text((tiny_collection / name).read_text())
+    long = tmp_path / "long"
+    long.mkdir()
+    texts = {"long-de": " ".join(_LINES["de"] * 3), "long-ru": " ".join(_LINES["ru"] * 3)}
+    (long / "docs.jsonl").write_text(
+        "".join(json.dumps({"doc_id": k, "text": v}) + "\n" for k, v in texts.items())
+    )
+    (long / "queries.tsv").write_text("q0\tthe cat sits on the mat\n")
+    (long / "qrels.txt").write_text("q0 0 long-de 1\n")
+    adapters = ", ".join(f"{lang}: new" for lang in LANGS)
+    cfg = _write_config(
+        tmp_path / "g.yaml",
+        f"""
+name: mixed
+collections:
+  - {{source: {tiny_collection}, name: lab}}
+  - {{source: {unl}, name: unl}}
+  - {{source: {long}, name: long, passage_length: 24}}
+models:
+  - name: madx
+    model: {tiny_bert}
+    overrides: {{adapter_mode: madx, max_passage_length: 32, language_adapters: {{{adapters}}}}}
+routings:
+  - {{query: source, doc: target}}
+metrics: [mrr@100]
+
+""",
+    )
+    out = tmp_path / "out"
+    assert main(["experiment", "--config", str(cfg), "--out", str(out)]) == 0
+    lab = json.loads((out / "indexes/lab__madx__d-target/manifest.json").read_text())
+    got = json.loads((out / "indexes/unl__madx__d-target/manifest.json").read_text())
+    assert (
+        lab["lang_id"]["detected"] == 0 and got["lang_id"]["detected"] + got["lang_id"]["undetermined"] == 28
+    )
+    assert lab["routing_fallback"] == {}
+    # detected languages without an adapter take the documented rule (the source adapter), counted
+    stray = {k: v for k, v in got["doc_langs"].items() if k not in LANGS}
+    assert got["routing_fallback"] == stray
+    stored = [
+        json.loads(x) for x in (out / "indexes/unl__madx__d-target/docs.jsonl").read_text().splitlines()
+    ]
+    same = [i for i, d in enumerate(stored) if d["lang"] == docs[i]["lang"]]
+    assert len(same) >= 0.8 * len(docs) and all(stored[i]["lang_detected"] for i in same)
+    import faiss
+
+    def vecs(name):
+        index = faiss.read_index(str(out / "indexes" / name / "index"))
+        return index.reconstruct_n(0, index.ntotal)
+
+    # documents detected as labelled went through the same adapter: the same vectors
+    np_lab, np_unl = vecs("lab__madx__d-target"), vecs("unl__madx__d-target")
+    assert abs(np_lab[same] - np_unl[same]).max() < 1e-5
+    run = read_trec_run(next((out / "runs").glob("long*.trec")))
+    assert set(run["q0"]) == {"long-de", "long-ru"}  # documents (MaxP), not passages
+    assert (out / "indexes/long__madx__d-target/passages.npy").is_file()

@@ -42,6 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"IVF lists to visit (default: {DEFAULT_NPROBE}, or all lists when fewer)",
     )
     p.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--doc-score",
+        choices=["maxp", "firstp"],
+        default="maxp",
+        help="indexes of split documents: a document scores its best passage (maxp, default) or its first",
+    )
+    g.add_argument("--passages", action="store_true", help="return passages (docid#n) instead of documents")
     p.add_argument("--force", action="store_true", help="use --model even if it does not match the index")
     add_model_args(p)
 
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        mode="passages" if args.passages else args.doc_score,
     )
     if queries is None:
         hits = searcher.search(args.query, args.k or 10, query_lang=args.query_lang, return_text=True)
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"query": args.query, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False))
         else:
             for h in hits:
-                text = (h.text or "").replace("\n", " ")
+                text = ((h.passage or {}).get("text") or h.text or "").replace("\n", " ")
                 snippet = text[:100] + ("…" if len(text) > 100 else "")
                 print(f"{h.rank:>3}  {h.score:8.4f}  {h.doc_id}  {snippet}")
         return 0

@@ -61,10 +61,26 @@ class CollectionSpec:
     #: language of document-language query text for BM25 (HC4/NeuCLIR ``ht_*`` fields, local
     #: ``queries.<lang>.tsv``); default: the document language when the source has such queries
     bm25_query_lang: str | None = None
+    #: long documents: ``passages`` splits those longer than the encoder's window (clir.index.passages),
+    #: ``none`` truncates them
+    split: Literal["passages", "none"] = "passages"
+    #: encoder tokens per passage (default: the encoder's max_passage_length) and stride (default: half)
+    passage_length: int | None = None
+    stride: int | None = None
+    #: how split documents rank: by their best passage (maxp) or their first (firstp)
+    doc_score: Literal["maxp", "firstp"] = "maxp"
+    #: language identification for documents without ``lang`` (``all``: ignore the labels; ``off``)
+    lang_id: Literal["missing", "all", "off"] = "missing"
 
     def validate(self) -> None:
         if not self.source.strip():
             raise ClirError("collections[].source: empty")
+        for key in ("passage_length", "stride"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ClirError(f"collections[].{key} must be >= 1")
+        if self.split == "none" and (self.passage_length or self.stride):
+            raise ClirError("collections[].passage_length/stride need split: passages")
         if self.name is not None and not _NAME.match(self.name):
             raise ClirError(f"collections[].name {self.name!r}: use letters, digits, '-', '_', '.', '+'")
 

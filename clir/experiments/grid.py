@@ -66,6 +66,8 @@ class GridCollection:
     bm25_lang: str | None = None
     bm25_note: str = ""
     _doc_langs: list[str] | None = None
+    #: languages only language identification found: those without an adapter take the fallback rule
+    detected_langs: set[str] = field(default_factory=set)
 
     def collection(self):
         from clir.data import load_collection
@@ -73,28 +75,56 @@ class GridCollection:
         return load_collection(self.source)
 
     def doc_langs(self) -> list[str]:
-        """Languages of the documents (for target routing): doc_lang, the dataset's, or the docs' ``lang``."""
+        """Languages of the documents (for target routing): doc_lang, the dataset's, the docs' ``lang``, or
+        what language identification finds for documents without one (``detected_langs``)."""
         if self._doc_langs is None:
             if self.doc_lang:
                 self._doc_langs = [self.doc_lang]
             else:
                 coll = self.collection()
-                lang = coll.lang
+                lang = coll.lang if self.spec.lang_id != "all" else None
                 if lang:
                     self._doc_langs = [lang]
                 elif self.irds_id:
                     self._doc_langs = []
                 else:
-                    self._doc_langs = sorted({d.lang for d in coll.docs() if d.lang})
+                    self._doc_langs = self._scan_langs(coll)
         return list(self._doc_langs)
 
+    def _scan_langs(self, coll) -> list[str]:
+        lid = None
+        if self.spec.lang_id != "off":
+            from clir.data.langid import LanguageIdentifier
+
+            lid = LanguageIdentifier()
+        labelled, detected = set(), set()
+        for d in coll.docs():
+            if d.lang and self.spec.lang_id != "all":
+                labelled.add(d.lang)
+            elif lid is not None and (lang := lid.detect(d.full_text())):
+                detected.add(lang)
+        self.detected_langs = detected - labelled
+        return sorted(labelled | detected)
+
+    def index_settings(self) -> dict[str, Any]:
+        """What the collection's index depends on besides the encoder (non-default values only, so that
+        keys of grids written before these settings existed stay valid)."""
+        s = self.spec
+        out = {"split": s.split, "passage_length": s.passage_length, "stride": s.stride, "lang_id": s.lang_id}
+        defaults = {"split": "passages", "passage_length": None, "stride": None, "lang_id": "missing"}
+        return {k: v for k, v in out.items() if v != defaults[k]}
+
     def key(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "doc_lang": self.doc_lang,
             "query_field": self.query_field,
             "query_lang": self.query_lang,
+            **self.index_settings(),
         }
+        if self.spec.doc_score != "maxp":
+            out["doc_score"] = self.spec.doc_score
+        return out
 
 
 @dataclass

@@ -177,7 +177,9 @@ def grid_model(
             assert r is not None
             if r.doc == "target":
                 for c in collections:
-                    needed.update(c.doc_langs())
+                    langs = set(c.doc_langs())
+                    # detected languages without an adapter take the fallback rule (the source adapter)
+                    needed.update(langs - {x for x in c.detected_langs if x not in adapters})
             if r.query == "target":
                 needed.update(c.query_lang for c in collections)
         bundled = folder / "adapters" if folder is not None else None

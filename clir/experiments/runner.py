@@ -55,8 +55,24 @@ def _prepare_languages(enc, needed: set[str], seed: int) -> None:
             enc.load_language_adapter(lang)
 
 
+def _settings_match(manifest: dict[str, Any], coll: GridCollection) -> bool:
+    """The index was built with the collection's passage and language-id settings (indexes from before
+    these settings were recorded match: they truncated, and only labelled languages were routed)."""
+    spec, p = coll.spec, manifest.get("passages")
+    if p is not None:
+        if p.get("split") != spec.split or p.get("stride") != spec.stride:
+            return False
+        if spec.passage_length is not None and p.get("passage_length") != spec.passage_length:
+            return False
+    if "lang_id" in manifest:
+        mode = (manifest["lang_id"] or {}).get("mode", "off")
+        if mode != spec.lang_id:
+            return False
+    return True
+
+
 def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
-    from clir.index import IndexArgs, build_index
+    from clir.index import IndexArgs, PassageSpec, build_index
     from clir.index.store import read_manifest
     from clir.search.searcher import fingerprint_diff
 
@@ -68,7 +84,9 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
             manifest = None
             log.warning("rebuilding %s: %s", job.path, e)
         if manifest is not None:
-            if manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
+            if not _settings_match(manifest, coll):
+                log.warning("rebuilding %s: built with other passage or language-id settings", job.path)
+            elif manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
                 log.warning(
                     "rebuilding %s: it indexes %s, not %s", job.path, manifest.get("collection"), coll.source
                 )
@@ -90,6 +108,8 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
         overwrite=True,
         # a build this grid started and was killed in: continue from its checkpoints
         resume=job.path.with_name(job.path.name + ".partial").is_dir(),
+        passages=PassageSpec(coll.spec.split, coll.spec.passage_length, coll.spec.stride),
+        lang_id=coll.spec.lang_id,
     )
     try:
         build_index(args, encoder=enc)
@@ -183,15 +203,21 @@ def _run_index_job(
     if job.doc_route == "target":
         langs = coll.doc_langs()
         if not langs:
-            raise ClirError(f"{coll.name}: target routing needs the documents' language: set doc_lang")
-        doc_needed.update(langs)
+            raise ClirError(
+                f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
+            )
+        from clir.index.build import has_language_adapter
+
+        # languages without an adapter take the fallback rule at build time (counted in the manifest)
+        doc_needed.update(x for x in langs if has_language_adapter(enc, x))
     first = rows[0].routing
     with enc.routed(first.query, job.doc_route or "source") if first else contextlib.nullcontext():  # type: ignore[arg-type]
         _prepare_languages(enc, doc_needed, seed)
         t0 = time.perf_counter()
         index = _ensure_index(plan, job, enc)
         t_index = time.perf_counter() - t0
-        searcher = Searcher(index, encoder=enc)  # checks the encoder against the manifest once more
+        # checks the encoder against the manifest once more; split documents rank by doc_score
+        searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
     for row in rows:
         t = time.perf_counter()
         r = row.routing

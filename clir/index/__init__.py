@@ -2,5 +2,6 @@
 
 from clir.index.build import IndexArgs, IndexResult, build_index, parse_shard
 from clir.index.merge import merge_indexes
+from clir.index.passages import PassageSpec
 
-__all__ = ["IndexArgs", "IndexResult", "build_index", "merge_indexes", "parse_shard"]
+__all__ = ["IndexArgs", "IndexResult", "PassageSpec", "build_index", "merge_indexes", "parse_shard"]

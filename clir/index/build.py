@@ -24,6 +24,7 @@ from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
 from clir.index.faiss_index import check_factory
+from clir.index.passages import PassageSpec, Splitter, passage_id
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,25 @@ class IndexArgs:
     overwrite: bool = False
     chunk_size: int = 8192
     max_train: int = 262_144
+    #: how long documents are cut into passages (default: split those longer than the encoder's window)
+    passages: PassageSpec = field(default_factory=PassageSpec)
+    #: language identification: ``missing`` detects documents without a language, ``all`` ignores the
+    #: collection's labels, ``off`` never detects (see clir.data.langid)
+    lang_id: str = "missing"
     #: encoder setting overrides (pooling, normalize, prefixes, routing ...), Tevatron-style
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+LANG_ID_MODES = ("missing", "all", "off")
 
 
 @dataclass
 class IndexResult:
     path: Path
     num_docs: int
+    num_passages: int
     skipped_empty: int
-    encoded_docs: int  # documents encoded by this run (resume skips finished chunks)
+    encoded_docs: int  # passages (index rows) encoded by this run (resume skips finished chunks)
     seconds_encoding: float
     seconds_total: float
 
@@ -72,8 +82,24 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None, counters: dict[str, int]):
-    """Kept documents as records with their collection ordinal; checks ids across the whole collection."""
+def _doc_lang(
+    doc: Document, args: IndexArgs, default_lang: str | None, lid, counters
+) -> tuple[str | None, bool]:
+    """(language, detected?): --doc-lang, else the document's label, else the dataset's, else language id."""
+    if args.doc_lang:
+        return args.doc_lang, False
+    if args.lang_id != "all" and (doc.lang or default_lang):
+        return doc.lang or default_lang, False
+    if lid is None:
+        return None, False
+    lang = lid.detect(doc.full_text())
+    counters["lang_detected" if lang else "lang_undetermined"] += 1
+    return lang, lang is not None
+
+
+def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None, counters, splitter, lid):
+    """Kept documents as passage records (one per passage, with the document's collection ordinal ``pos``
+    and passage number ``n``); checks ids across the whole collection."""
     seen: set[str] = set()
     for ordinal, doc in enumerate(docs):
         if doc.doc_id in seen:
@@ -81,24 +107,53 @@ def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None
         seen.add(doc.doc_id)
         if args.shard and ordinal % args.shard[1] != args.shard[0]:
             continue
-        text = doc.full_text()
-        if not text.strip():
+        if not doc.full_text().strip():
             counters["skipped_empty"] += 1
             continue
-        lang = args.doc_lang or doc.lang or default_lang
-        yield {"pos": ordinal, "doc_id": doc.doc_id, "title": doc.title, "text": doc.text, "lang": lang}
+        lang, detected = _doc_lang(doc, args, default_lang, lid, counters)
+        base: dict[str, Any] = {"pos": ordinal, "doc_id": doc.doc_id, "title": doc.title, "lang": lang}
+        if detected:
+            base["lang_detected"] = True
+        spans = splitter.split(doc.title, doc.text) if splitter is not None and doc.text.strip() else None
+        if not spans or len(spans) == 1:  # whole: exactly the text a truncating build encodes
+            yield {**base, "pid": doc.doc_id, "n": 0, "text": doc.text}
+            continue
+        counters["split_docs"] += 1
+        for n, (start, end) in enumerate(spans):
+            rec = {**base, "pid": passage_id(doc.doc_id, n, len(spans)), "n": n, "start": start, "end": end}
+            rec["text"] = doc.text[start:end]
+            if n == 0:
+                rec["doc_text"] = doc.text  # the document store keeps each document once
+            yield rec
+
+
+def has_language_adapter(encoder, lang: str | None) -> bool:
+    if not lang:
+        return False
+    try:
+        encoder.language_adapter_source(lang)
+    except ClirError:
+        return False
+    return True
+
+
+def route_lang(encoder, lang: str | None) -> str:
+    """The language adapter a document goes through under ``target`` routing. Fallback rule: a document whose
+    language is unknown or has no adapter goes through the source language's (what ``source`` routing does);
+    the index manifest counts these under ``routing_fallback``."""
+    return str(lang) if has_language_adapter(encoder, lang) else str(encoder.config.source_lang)
 
 
 def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.ndarray:
     """Encode records with document-side routing: under ``target`` routing each language group gets its own
-    adapter; otherwise one pass (the same batches whatever the languages)."""
+    adapter (batched per language); otherwise one pass (the same batches whatever the languages)."""
     texts = [(f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]) for r in recs]
     cfg = encoder.config
     if cfg.adapter_mode == "madx" and cfg.routing.doc == "target":
         out = np.empty((len(recs), encoder.dim), dtype=np.float32)
-        groups: dict[str | None, list[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i, r in enumerate(recs):
-            groups.setdefault(r["lang"], []).append(i)
+            groups.setdefault(route_lang(encoder, r["lang"]), []).append(i)
         for lang, rows in groups.items():
             out[rows] = encoder.encode_passages([texts[i] for i in rows], lang=lang, batch_size=batch_size)
         return out
@@ -150,12 +205,19 @@ def chunk_done(chunks_dir: Path, no: int) -> bool:
     return _chunk_paths(chunks_dir, no)[1].is_file()
 
 
-def iter_chunks(collection: Collection, args: IndexArgs, counters: dict[str, int]):
-    """``(chunk number, records)`` over the kept documents, ``args.chunk_size`` at a time. Boundaries depend
-    only on the collection and the settings, so any run (resumed, distributed) numbers chunks alike."""
+def iter_chunks(b: BuildState):
+    """``(chunk number, records)`` over the kept documents' passages, ``args.chunk_size`` at a time.
+    Boundaries depend only on the collection and the settings, so any run (resumed, distributed) numbers
+    chunks alike."""
+    args = b.args
     buf: list[dict[str, Any]] = []
     no = 0
-    for rec in _records(collection.docs(), args, collection.lang, counters):
+    lid = None
+    if args.lang_id != "off":
+        from clir.data.langid import LanguageIdentifier
+
+        lid = LanguageIdentifier()
+    for rec in _records(b.collection.docs(), args, b.collection.lang, b.counters, b.splitter, lid):
         buf.append(rec)
         if len(buf) == args.chunk_size:
             yield no, buf
@@ -175,7 +237,13 @@ class BuildState:
     collection: Collection
     fingerprint: dict[str, Any]
     total: int | None  # documents the progress bar expects, when cheaply known
-    counters: dict[str, int] = field(default_factory=lambda: {"skipped_empty": 0})
+    passages: dict[str, Any]  # the resolved passage settings (PassageSpec.resolve)
+    splitter: Splitter | None
+    counters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("skipped_empty", "split_docs", "lang_detected", "lang_undetermined"), 0
+        )
+    )
 
     lock: Any = None  # the open lock file while this process owns the build
 
@@ -238,6 +306,8 @@ def check_args(args: IndexArgs) -> tuple[Path, Path]:
         raise ClirError(f"--out {out}: {parent} is a file, so the folder cannot be created")
     if args.chunk_size < 1 or args.batch_size < 1:
         raise ClirError("--chunk-size and --batch-size must be >= 1")
+    if args.lang_id not in LANG_ID_MODES:
+        raise ClirError(f"--lang-id {args.lang_id!r}: expected one of {', '.join(LANG_ID_MODES)}")
     return out, out.with_name(out.name + ".partial")
 
 
@@ -253,13 +323,19 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
         check_factory(encoder.dim, args.factory, total)
     # language adapters that document routing will use, loaded now so the fingerprint names them
     fingerprint = encoder.fingerprint()
+    passages = args.passages.resolve(encoder.config.max_passage_length)
     state = {
         "encoder": fingerprint,
         "collection": args.collection,
         "doc_lang": args.doc_lang,
         "shard": list(args.shard) if args.shard else None,
         "chunk_size": args.chunk_size,
+        "passages": passages,
+        "lang_id": args.lang_id,
     }
+    splitter = None
+    if passages["split"] == "passages":
+        splitter = Splitter(encoder.tokenizer, passages, encoder.config.passage_prefix)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -273,19 +349,19 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
     except BaseException:
         _unlock(lock)
         raise
-    return BuildState(args, out, partial, collection, fingerprint, total, lock=lock)
+    return BuildState(args, out, partial, collection, fingerprint, total, passages, splitter, lock=lock)
 
 
-def finish_build(b: BuildState, encoder, n_chunks: int, n_docs: int) -> None:
-    """Every chunk is encoded: write the index folder and rename it into place."""
+def finish_build(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
+    """Every chunk is encoded: write the index folder and rename it into place; returns the documents."""
     skipped_empty = b.counters["skipped_empty"]
-    if n_docs == 0:
+    if n_rows == 0:
         shutil.rmtree(b.partial, ignore_errors=True)
         skipped = f" ({skipped_empty} empty document(s) skipped)" if skipped_empty else ""
         raise ClirError(f"collection {b.args.collection} has no documents to index{skipped}")
     if skipped_empty:
         log.warning("skipped %d document(s) with empty text", skipped_empty)
-    _finalize(b.partial, b.out, b.args, encoder, b.fingerprint, n_chunks, n_docs, skipped_empty)
+    return _finalize(b, encoder, n_chunks, n_rows)
 
 
 def build_index(args: IndexArgs, encoder=None) -> IndexResult:
@@ -304,10 +380,10 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     encoded = 0
     t_enc = 0.0
     n_chunks = 0
-    n_docs = 0
+    n_rows = 0
     failed = True
     try:
-        for no, recs in iter_chunks(b.collection, args, b.counters):
+        for no, recs in iter_chunks(b):
             if not chunk_done(b.chunks_dir, no):
                 t = time.perf_counter()
                 vecs = encode_records(encoder, recs, args.batch_size)
@@ -315,22 +391,24 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
                 write_chunk(b.chunks_dir, no, recs, vecs)
                 encoded += len(recs)
             n_chunks += 1
-            n_docs += len(recs)
-            bar.update(len(recs))
+            n_rows += len(recs)
+            bar.update(sum(r["n"] == 0 for r in recs))
         bar.close()
-        finish_build(b, encoder, n_chunks, n_docs)
+        n_docs = finish_build(b, encoder, n_chunks, n_rows)
         failed = False
     finally:
         bar.close()
         b.release(failed=failed)
-    return IndexResult(b.out, n_docs, b.counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0)
+    return IndexResult(
+        b.out, n_docs, n_rows, b.counters["skipped_empty"], encoded, t_enc, time.perf_counter() - t0
+    )
 
 
-def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skipped) -> None:
-    """Chunks -> FAISS index + docid + doc store + manifest, then the atomic rename."""
-    from clir.config import to_dict
+def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
+    """Chunks -> FAISS index + docid + doc store (+ passage map) + manifest, then the atomic rename."""
     from clir.index.presets import write_faiss
 
+    args, partial = b.args, b.partial
     chunks_dir = partial / CHUNKS
     vec_paths = [_chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
     sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in vec_paths]
@@ -341,7 +419,7 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
 
     def sample(n: int) -> np.ndarray:
         rng = np.random.default_rng(0)
-        picks = np.sort(rng.choice(n_docs, size=n, replace=False))
+        picks = np.sort(rng.choice(n_rows, size=n, replace=False))
         bounds = np.cumsum([0, *sizes])
         parts = []
         for i, p in enumerate(vec_paths):
@@ -353,7 +431,7 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
     faiss_fields = write_faiss(
         partial,
         encoder.dim,
-        n_docs,
+        n_rows,
         chunks,
         sample,
         factory=args.factory,
@@ -364,42 +442,83 @@ def _finalize(partial, out, args, encoder, fingerprint, n_chunks, n_docs, skippe
     writer = store.DocStoreWriter(partial)
     ids: list[str] = []
     positions: list[int] = []
+    spans: list[tuple[int, int, int, int]] = []  # per row: document, passage number, char start, end
     langs: dict[str, int] = {}
     for i in range(n_chunks):
         for rec in _read_chunk_meta(_chunk_paths(chunks_dir, i)[0]):
-            writer.add(rec)
-            ids.append(rec["doc_id"])
+            if rec["n"] == 0:
+                doc = {**rec, "text": rec.get("doc_text", rec["text"])}
+                writer.add(doc)
+                key = rec.get("lang") or "unknown"
+                langs[key] = langs.get(key, 0) + 1
+            ids.append(rec["pid"])
             positions.append(rec["pos"])
-            key = rec.get("lang") or "unknown"
-            langs[key] = langs.get(key, 0) + 1
+            spans.append((writer.count - 1, rec["n"], rec.get("start", 0), rec.get("end", len(rec["text"]))))
     writer.close()
     store.write_docids(partial / store.DOCID_FILE, ids)
-    if encoder.config.adapter_mode == "madx" and encoder.config.routing.doc == "target":
-        for lang in langs:  # a resumed run may not have loaded them: the manifest must name every one used
-            if lang != "unknown":
-                encoder.load_language_adapter(lang)
-        fingerprint = encoder.fingerprint()
+    split = b.counters["split_docs"] > 0
+    if split:
+        store.atomic_save_npy(partial / store.PASSAGES_FILE, np.asarray(spans, dtype=np.int64))
+    manifest = {**_manifest(b, encoder, langs, writer.count, n_rows), **faiss_fields}
     if args.shard:
         store.atomic_save_npy(partial / store.VECTORS_FILE, np.concatenate(list(chunks())))
         store.atomic_save_npy(partial / store.POSITIONS_FILE, np.asarray(positions, dtype=np.int64))
-    manifest = {
+    store.write_manifest(partial, manifest)
+    shutil.rmtree(chunks_dir)
+    (partial / STATE_FILE).unlink()
+    swap_into_place(partial, b.out)
+    return writer.count
+
+
+def _manifest(b: BuildState, encoder, langs: dict[str, int], n_docs: int, n_rows: int) -> dict[str, Any]:
+    from clir.config import to_dict
+
+    args, fingerprint, c = b.args, b.fingerprint, b.counters
+    fallback = None
+    if encoder.config.adapter_mode == "madx" and encoder.config.routing.doc == "target":
+        fallback = {}
+        for lang, count in langs.items():  # a resumed run may not have loaded them: name every one used
+            routed = route_lang(encoder, None if lang == "unknown" else lang)
+            encoder.load_language_adapter(routed)
+            if routed != lang:
+                fallback[lang] = count
+        if fallback:
+            log.warning(
+                "%d document(s) have no language adapter for their language (%s): encoded with the source "
+                "language's (%s) adapter",
+                sum(fallback.values()),
+                ", ".join(f"{k}: {v}" for k, v in sorted(fallback.items())),
+                encoder.config.source_lang,
+            )
+        fingerprint = encoder.fingerprint()
+    lang_id = None
+    if args.lang_id != "off":
+        from clir.data.langid import LanguageIdentifier
+
+        lang_id = {
+            "mode": args.lang_id,
+            "library": LanguageIdentifier.describe(),
+            "detected": c["lang_detected"],
+            "undetermined": c["lang_undetermined"],
+        }
+    return {
         "format": store.FORMAT,
         "format_version": store.FORMAT_VERSION,
         "encoder": fingerprint,
         "model": {"source": encoder.source, "config": to_dict(encoder.config)},
         "dim": encoder.dim,
         "metric": "inner_product",
-        **faiss_fields,
         "num_docs": n_docs,
-        "skipped_empty": skipped,
+        "num_passages": n_rows,
+        "passages": {**b.passages, "split_docs": c["split_docs"]},
+        "skipped_empty": c["skipped_empty"],
         "collection": args.collection,
         "doc_lang": args.doc_lang,
         "doc_langs": langs,
+        "lang_id": lang_id,
+        # target routing: documents whose language has no adapter went through the source language's
+        "routing_fallback": fallback,
         "shard": {"index": args.shard[0], "count": args.shard[1]} if args.shard else None,
         "versions": store.library_versions(),
         "created": store.now_iso(),
     }
-    store.write_manifest(partial, manifest)
-    shutil.rmtree(chunks_dir)
-    (partial / STATE_FILE).unlink()
-    swap_into_place(partial, out)

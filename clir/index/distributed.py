@@ -121,6 +121,7 @@ def build_index_ray(
     check_args(args)  # before anything starts: an existing OUT is refused at once
     started = _connect(ray, ra)
     actors: list[Any] = []
+    b = None
     try:
         workers, opts = _plan(ray, ra)
         threads = int(opts["num_cpus"]) if ra.gpus_per_worker == 0 else None
@@ -150,16 +151,16 @@ def build_index_ray(
                 write_chunk(b.chunks_dir, no, recs, vecs)
                 counts["encoded"] += len(recs)
                 counts["committed"] += 1
-                bar.update(len(recs))
+                bar.update(sum(r["n"] == 0 for r in recs))
                 if on_chunk is not None:
                     on_chunk(no)
 
         try:
-            for no, recs in iter_chunks(b.collection, args, b.counters):
+            for no, recs in iter_chunks(b):
                 counts["chunks"] += 1
                 counts["docs"] += len(recs)
                 if chunk_done(b.chunks_dir, no):
-                    bar.update(len(recs))
+                    bar.update(sum(r["n"] == 0 for r in recs))
                     continue
                 while len(pending) >= ra.in_flight * len(actors):
                     collect()
@@ -173,17 +174,27 @@ def build_index_ray(
         finally:
             bar.close()
         t_enc = time.perf_counter() - t_enc
+    except BaseException:
+        if b is not None:  # the lock goes; a staging folder without any chunk too
+            b.release(failed=True)
+        raise
     finally:
         for a in actors:
             ray.kill(a)
         if started:
             ray.shutdown()
     try:
-        finish_build(b, encoder, counts["chunks"], counts["docs"])
+        n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
     finally:
         b.release(failed=not b.out.exists())
     return IndexResult(
-        b.out, counts["docs"], b.counters["skipped_empty"], counts["encoded"], t_enc, time.perf_counter() - t0
+        b.out,
+        n_docs,
+        counts["docs"],
+        b.counters["skipped_empty"],
+        counts["encoded"],
+        t_enc,
+        time.perf_counter() - t0,
     )
 
 

@@ -33,8 +33,16 @@ def new_index(dim: int, factory: str):
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1]
-        raise ClirError(f"invalid FAISS factory {factory!r} for dimension {dim}: {msg}") from None
+        raise ClirError(
+            f"invalid FAISS factory {factory!r} for dimension {dim}: {_faiss_message(e)}"
+        ) from None
+
+
+def _faiss_message(e: BaseException) -> str:
+    """FAISS's own words without its C++ location ("Error in <signature> at <file>:<line>: ")."""
+    msg = str(e).strip().splitlines()[-1]
+    msg = re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
+    return re.sub(r"^Error: '.*?' failed: ", "", msg)
 
 
 def min_train_points(index) -> int:
@@ -97,8 +105,7 @@ def build_faiss_index(
         try:
             index.train(sample)
         except RuntimeError as e:
-            msg = str(e).strip().splitlines()[-1]
-            raise ClirError(f"training FAISS index {factory!r} failed: {msg}") from None
+            raise ClirError(f"training FAISS index {factory!r} failed: {_faiss_message(e)}") from None
     gpu_index = None
     if use_gpu is None:
         use_gpu = faiss_gpus() > 0 and not factory.startswith("HNSW")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +57,13 @@ def merge_indexes(
 
     vecs = np.concatenate([np.load(Path(s) / store.VECTORS_FILE) for s in shards])
     pos = np.concatenate([np.load(Path(s) / store.POSITIONS_FILE) for s in shards])
-    src = np.concatenate([np.full(m["num_docs"], i, dtype=np.int64) for i, m in enumerate(manifests)])
-    row = np.concatenate([np.arange(m["num_docs"]) for m in manifests])
-    order = np.argsort(pos, kind="stable")
-    if len(np.unique(pos)) != len(pos):
+    row_ids = [store.read_docids(Path(s)) for s in shards]
+    # each row's (document in its shard's store, passage number, char span); whole documents: (row, 0, -, -)
+    spans = [_spans(Path(s), ids) for s, ids in zip(shards, row_ids, strict=True)]
+    src = np.concatenate([np.full(len(ids), i, dtype=np.int64) for i, ids in enumerate(row_ids)])
+    sp = np.concatenate(spans)
+    order = np.lexsort((sp[:, 1], pos))  # collection order, passages in order within a document
+    if len(np.unique(np.stack([pos, sp[:, 1]], axis=1), axis=0)) != len(pos):
         raise ClirError("cannot merge: shards overlap (a document appears in two shards)")
     vecs = vecs[order]
     preset = None if factory else first.get("preset")
@@ -78,23 +82,50 @@ def merge_indexes(
         factory=factory,
         preset=preset,
     )
-    stores = [store.DocStore(Path(s), store.read_docids(Path(s))) for s in shards]
+    stores = [store.DocStore(Path(s), _doc_ids(Path(s), ids)) for s, ids in zip(shards, row_ids, strict=True)]
     writer = store.DocStoreWriter(partial)
     ids = []
-    for i in order:
-        rec = stores[src[i]].get_row(int(row[i]))
-        writer.add(rec)
-        ids.append(rec["doc_id"])
+    new_spans = []
+    offset = np.cumsum([0, *(len(r) for r in row_ids)])
+    for i in order.tolist():
+        shard, (doc, n, start, end) = int(src[i]), sp[i].tolist()
+        if n == 0:
+            rec = stores[shard].get_row(doc)
+            writer.add(rec)
+            if end == 0:  # a whole document of a shard without passages
+                end = len(rec["text"])
+        ids.append(row_ids[shard][i - offset[shard]])
+        new_spans.append((writer.count - 1, n, start, end))
     writer.close()
     store.write_docids(partial / store.DOCID_FILE, ids)
+    if any((Path(s) / store.PASSAGES_FILE).is_file() for s in shards):
+        store.atomic_save_npy(partial / store.PASSAGES_FILE, np.asarray(new_spans, dtype=np.int64))
     langs: dict[str, int] = {}
     for m in manifests:
         for k, v in (m.get("doc_langs") or {}).items():
             langs[k] = langs.get(k, 0) + v
     manifest = dict(first)
+    passages = dict(first.get("passages") or {})
+    if passages:
+        passages["split_docs"] = sum((m.get("passages") or {}).get("split_docs", 0) for m in manifests)
+    lang_id = first.get("lang_id")
+    if lang_id:
+        lang_id = dict(lang_id)
+        for key in ("detected", "undetermined"):
+            lang_id[key] = sum((m.get("lang_id") or {}).get(key, 0) for m in manifests)
+    fallback: dict[str, Any] | None = None
+    if first.get("routing_fallback") is not None:
+        fallback = {}
+        for m in manifests:
+            for k, v in (m.get("routing_fallback") or {}).items():
+                fallback[k] = fallback.get(k, 0) + v
     manifest.update(
         **faiss_fields,
-        num_docs=len(ids),
+        num_docs=writer.count,
+        num_passages=len(ids),
+        passages=passages or None,
+        lang_id=lang_id,
+        routing_fallback=fallback,
         skipped_empty=sum(m.get("skipped_empty", 0) for m in manifests),
         doc_langs=langs,
         shard=None,
@@ -105,3 +136,17 @@ def merge_indexes(
     store.write_manifest(partial, manifest)
     swap_into_place(partial, out)
     return out
+
+
+def _spans(folder: Path, row_ids: list[str]) -> np.ndarray:
+    pm = store.PassageMap.load(folder, row_ids)
+    if pm is not None:
+        return np.stack([pm.doc, pm.n, pm.start, pm.end], axis=1)
+    out = np.zeros((len(row_ids), 4), dtype=np.int64)
+    out[:, 0] = np.arange(len(row_ids))
+    return out
+
+
+def _doc_ids(folder: Path, row_ids: list[str]) -> list[str]:
+    pm = store.PassageMap.load(folder, row_ids)
+    return pm.doc_ids if pm is not None else row_ids

@@ -25,6 +25,8 @@ DOCS_FILE = "docs.jsonl"
 OFFSETS_FILE = "docs.offsets.npy"
 VECTORS_FILE = "vectors.npy"  # shard builds only: raw vectors, so merge can build any factory
 POSITIONS_FILE = "positions.npy"  # shard builds only: each row's ordinal in the collection
+#: split indexes only: per row (document row in the doc store, passage number, char start, char end)
+PASSAGES_FILE = "passages.npy"
 
 
 def library_versions() -> dict[str, str]:
@@ -102,7 +104,13 @@ class DocStoreWriter:
             "text": rec["text"],
             "lang": rec.get("lang"),
         }
+        if rec.get("lang_detected"):
+            doc["lang_detected"] = True  # the language came from language identification
         self._f.write(json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    @property
+    def count(self) -> int:
+        return len(self._offsets)
 
     def close(self) -> None:
         self._f.close()
@@ -110,8 +118,35 @@ class DocStoreWriter:
         atomic_save_npy(self.folder / OFFSETS_FILE, np.asarray(self._offsets, dtype=np.int64))
 
 
+class PassageMap:
+    """Rows of a split index -> their documents: ``doc`` (document number, the doc store's row), ``n``
+    (passage number), ``start``/``end`` (character span in the document's text)."""
+
+    def __init__(self, spans: np.ndarray, row_ids: list[str]) -> None:
+        self.doc, self.n, self.start, self.end = (np.ascontiguousarray(spans[:, i]) for i in range(4))
+        self.num_docs = int(self.doc.max()) + 1 if len(self.doc) else 0
+        first = np.flatnonzero(self.n == 0)
+        counts = np.bincount(self.doc, minlength=self.num_docs)
+        #: each document's id: its first passage's row id without the ``#0`` (whole documents keep theirs)
+        self.doc_ids = [
+            row_ids[r][: -len("#0")] if counts[self.doc[r]] > 1 else row_ids[r] for r in first.tolist()
+        ]
+        self.counts = counts
+
+    @classmethod
+    def load(cls, folder: Path, row_ids: list[str]) -> PassageMap | None:
+        path = folder / PASSAGES_FILE
+        if not path.is_file():
+            return None
+        spans = np.load(path)
+        if spans.ndim != 2 or spans.shape != (len(row_ids), 4):
+            raise ClirError(f"{path}: expected {len(row_ids)} x 4 passage spans, got {spans.shape}")
+        return cls(spans, row_ids)
+
+
 class DocStore:
-    """Random access to stored documents by row or doc id (rows follow the ``docid`` file)."""
+    """Random access to stored documents by row or doc id. Rows follow ``docids``: the ``docid`` file, or
+    for split indexes the document ids (one per document, :class:`PassageMap`)."""
 
     def __init__(self, folder: Path, docids: list[str]) -> None:
         self.folder = folder

@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 # Query-side settings may differ from the index's encoder: they never touch the stored vectors.
 QUERY_SIDE = {"query_prefix", "max_query_length", "routing"}
 
+#: how a split index (documents cut into passages) ranks: documents by their best passage (MaxP, default),
+#: by their first passage (FirstP), or the passages themselves (``docid#n`` ids)
+MODES = ("maxp", "firstp", "passages")
+#: the first passage search reads, as a multiple of k distinct documents wanted, then x4 until filled
+_DEEPEN = 4
+
 
 @dataclass
 class Hit:
@@ -27,14 +33,18 @@ class Hit:
     score: float
     text: str | None = None
     title: str | None = None
+    #: split documents: the best passage (MaxP) or the hit passage, and where it sits in the document
+    passage: dict[str, Any] | None = None
     lang: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        d = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
+        d: dict[str, Any] = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
         if self.text is not None:
             d["text"] = self.text
         if self.title:
             d["title"] = self.title
+        if self.passage is not None:
+            d["passage"] = self.passage
         if self.lang:
             d["lang"] = self.lang
         return d
@@ -60,7 +70,9 @@ class Searcher:
     """Dense retrieval over one index folder.
 
     ``model`` overrides the manifest's encoder; a model whose fingerprint differs (dimension, backbone,
-    pooling, adapters, ...) is refused unless ``force``."""
+    pooling, adapters, ...) is refused unless ``force``. On split indexes ``mode`` picks documents by their
+    best passage (``maxp``), their first (``firstp``), or returns ``passages``; k distinct documents are
+    filled by reading deeper into the passage ranking as needed."""
 
     def __init__(
         self,
@@ -74,6 +86,7 @@ class Searcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
         manifest: dict[str, Any] | None = None,
+        mode: str = "maxp",
     ) -> None:
         from clir.index.faiss_index import set_search_params
         from clir.index.presets import open_index
@@ -94,7 +107,12 @@ class Searcher:
             raise ClirError(
                 f"{self.path}: docid has {len(self.docids)} lines but the index {self.index.ntotal} vectors"
             )
-        self.docstore = store.DocStore(self.path, self.docids)
+        if mode not in MODES:
+            raise ClirError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
+        self.passages = store.PassageMap.load(self.path, self.docids)
+        doc_ids = self.passages.doc_ids if self.passages is not None else self.docids
+        self.docstore = store.DocStore(self.path, doc_ids)
         self.encoder = encoder if encoder is not None else self._load_encoder(model, overrides or {}, device)
         self._check(force)
         self._lock = threading.Lock()
@@ -133,14 +151,60 @@ class Searcher:
 
     @property
     def num_docs(self) -> int:
+        return self.passages.num_docs if self.passages is not None else int(self.index.ntotal)
+
+    @property
+    def num_rows(self) -> int:
+        """Vectors in the index: passages of a split index, else documents."""
         return int(self.index.ntotal)
 
     # ------------------------------------------------------------------ search
-    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = max(1, min(int(k), self.num_docs))
+    def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(int(k), self.num_rows))
         with self._lock:  # faiss searches are thread-safe, but parameter changes are not; keep it simple
-            scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return scores, rows
+            return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), best first, ``-1`` rows where fewer results. On a split index in a document mode
+        each row is a distinct document's best (MaxP) or first (FirstP) passage."""
+        if self.passages is None or self.mode == "passages":
+            return self._search(vectors, k)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        k = max(1, min(int(k), self.num_docs))
+        out_s = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        out_r = np.full((len(vectors), k), -1, dtype=np.int64)
+        need = np.arange(len(vectors))
+        depth = min(self.num_rows, k * max(2, -(-self.num_rows // max(1, self.num_docs))))
+        while len(need):
+            scores, rows = self._search(vectors[need], depth)
+            left = []
+            for qi, s_row, r_row in zip(need.tolist(), scores, rows, strict=True):
+                picked = self._pick(r_row)
+                if len(picked) < k and depth < self.num_rows and (r_row >= 0).all():
+                    left.append(qi)  # not yet k distinct documents: read deeper
+                    continue
+                picked = picked[:k]
+                out_s[qi, : len(picked)] = s_row[picked]
+                out_r[qi, : len(picked)] = r_row[picked]
+            need = np.asarray(left, dtype=np.int64)
+            depth = min(self.num_rows, depth * _DEEPEN)
+        return out_s, out_r
+
+    def _pick(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in a passage ranking of each document's first appearance (FirstP: passage 0 only)."""
+        pm = self.passages
+        assert pm is not None  # only split indexes pick documents
+        ok = np.flatnonzero(rows >= 0)
+        if self.mode == "firstp":
+            ok = ok[pm.n[rows[ok]] == 0]
+        _, first = np.unique(np.asarray(pm.doc[rows[ok]]), return_index=True)
+        return ok[np.sort(first)]
+
+    def hit_id(self, row: int) -> str:
+        """The id a result row is reported under: its document's, or the passage's in ``passages`` mode."""
+        if self.passages is None or self.mode == "passages":
+            return self.docids[row]
+        return self.passages.doc_ids[self.passages.doc[row]]
 
     def encode(self, queries: list[str], *, query_lang: str = "en", batch_size: int = 64) -> np.ndarray:
         """Query vectors for this index (the first half of :meth:`batch_search`)."""
@@ -150,13 +214,21 @@ class Searcher:
         """One query's FAISS result (a row of :meth:`search_vectors`' output) as ranked hits; the one place
         that turns index rows into documents."""
         hits: list[Hit] = []
+        pm = self.passages
         for s, r in zip(scores, rows, strict=True):
             if r < 0:  # fewer results than k (IVF with a small nprobe)
                 continue
-            hit = Hit(len(hits) + 1, self.docids[r], float(s))
+            r = int(r)
+            hit = Hit(len(hits) + 1, self.hit_id(r), float(s))
+            doc = None
             if return_text and self.docstore.available:
-                doc = self.docstore.get_row(int(r))
+                doc = self.docstore.get_row(int(pm.doc[r]) if pm is not None else r)
                 hit.text, hit.title, hit.lang = doc.get("text"), doc.get("title") or None, doc.get("lang")
+            if pm is not None and pm.counts[pm.doc[r]] > 1:
+                start, end = int(pm.start[r]), int(pm.end[r])
+                hit.passage = {"id": self.docids[r], "index": int(pm.n[r]), "start": start, "end": end}
+                if doc is not None:
+                    hit.passage["text"] = doc["text"][start:end]
             hits.append(hit)
         return hits
 

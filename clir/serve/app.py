@@ -110,6 +110,14 @@ class BatchSearchRequest(_Strict):
     _check_lang = field_validator("query_lang")(_nonblank)
 
 
+class PassageOut(BaseModel):
+    id: str = Field(description="the passage's row id (docid#n)")
+    index: int = Field(description="passage number in the document, from 0")
+    start: int = Field(description="character offset of the passage in the document's text")
+    end: int
+    text: str | None = None
+
+
 class HitOut(BaseModel):
     rank: int
     doc_id: str
@@ -117,6 +125,7 @@ class HitOut(BaseModel):
     text: str | None = None
     title: str | None = None
     lang: str | None = Field(None, description="the document's language (with the text)")
+    passage: PassageOut | None = Field(None, description="split documents: the best-scoring passage")
 
 
 class SearchResponse(BaseModel):

@@ -1,0 +1,102 @@
+"""Long documents as overlapping token windows (passages), the field's practice for documents longer than an
+encoder reads (Dai & Callan's MaxP; Pyserini's segmented MS MARCO documents; ColBERT-X / PLAID-X).
+
+A window holds ``passage_length`` encoder tokens in all: special tokens, the passage prefix and the document's
+title (repeated in every passage) included, so no passage is truncated by the encoder. Windows start every
+``stride`` text tokens (default: half a window, i.e. 50% overlap); the last one ends at the text's end and
+may be shorter. A document that fits one window is kept whole (one passage, its own id); a longer one gives
+passages ``docid#0``, ``docid#1`` ... (Pyserini's convention, read by its ``FaissSearcher --max-passage``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from clir.errors import ClirError
+
+SplitMode = Literal["passages", "none"]
+SPLIT_MODES = ("passages", "none")
+ID_SEP = "#"
+#: a window keeps at least this many text tokens even when the title takes most of the budget
+MIN_WINDOW = 16
+
+
+@dataclass(frozen=True)
+class PassageSpec:
+    """How ``clir index`` cuts documents: ``passages`` (split documents longer than one window) or ``none``
+    (one vector per document, truncated by the encoder at its ``max_passage_length``)."""
+
+    split: SplitMode = "passages"
+    #: encoder tokens per passage (default: the encoder's max_passage_length)
+    length: int | None = None
+    #: text tokens between window starts (default: half the window)
+    stride: int | None = None
+
+    def resolve(self, max_passage_length: int) -> dict[str, Any]:
+        """The settings an index records (manifest, resume state), defaults filled in."""
+        if self.split not in SPLIT_MODES:
+            raise ClirError(f"--split {self.split!r}: expected one of {', '.join(SPLIT_MODES)}")
+        if self.split == "none":
+            if self.length is not None or self.stride is not None:
+                raise ClirError("--passage-length/--stride need --split passages (--split none truncates)")
+            return {"split": "none", "passage_length": max_passage_length}
+        length = self.length or max_passage_length
+        if length > max_passage_length:
+            raise ClirError(
+                f"--passage-length {length} exceeds the encoder's max_passage_length {max_passage_length}: "
+                "lower it, or raise --max-passage-length"
+            )
+        if length < MIN_WINDOW + 4:
+            raise ClirError(f"--passage-length {length} is too short (at least {MIN_WINDOW + 4} tokens)")
+        if self.stride is not None and self.stride < 1:
+            raise ClirError("--stride must be >= 1")
+        return {"split": "passages", "passage_length": length, "stride": self.stride, "title": "repeated"}
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Start token of each window over ``n_tokens`` tokens: 0, stride, 2*stride ... until one reaches the end."""
+    if n_tokens <= window:
+        return [0]
+    count = 1 + math.ceil((n_tokens - window) / stride)
+    return [i * stride for i in range(count)]
+
+
+class Splitter:
+    """Cuts a document's text into passages (character spans) with the encoder's tokenizer."""
+
+    def __init__(self, tokenizer: Any, settings: dict[str, Any], prefix: str = "") -> None:
+        self.tokenizer = tokenizer
+        self.length = int(settings["passage_length"])
+        self.stride = settings.get("stride")
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        self.overhead = specials + (len(self._ids(prefix)) if prefix else 0)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+    def window(self, title: str) -> int:
+        """Text tokens per window for a document with this title (title repeated in each passage)."""
+        title_tokens = len(self._ids(f"{title} ")) if title else 0
+        return max(MIN_WINDOW, self.length - self.overhead - title_tokens)
+
+    def split(self, title: str, text: str) -> list[tuple[int, int]]:
+        """Character spans ``[start, end)`` of ``text``'s passages; ``[(0, len(text))]`` when it fits one."""
+        window = self.window(title)
+        enc = self.tokenizer(
+            text, add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True
+        )
+        offsets = [o for o in enc["offset_mapping"] if o[1] > o[0]]  # zero-width tokens carry no text
+        if len(offsets) <= window:
+            return [(0, len(text))]
+        stride = min(self.stride or max(1, window // 2), window)
+        spans = []
+        for start in window_starts(len(offsets), window, stride):
+            end = min(start + window, len(offsets))
+            spans.append((offsets[start][0], offsets[end - 1][1]))
+        return spans
+
+
+def passage_id(doc_id: str, n: int, n_passages: int) -> str:
+    """A passage's row id: the document's own id when it is whole, else ``docid#n``."""
+    return doc_id if n_passages == 1 else f"{doc_id}{ID_SEP}{n}"
