@@ -1,11 +1,39 @@
-"""Crash-safe replacement of output folders: everything is written to ``NAME.partial`` (or another staging
-folder) first, and only a finished folder takes the final name."""
+"""Crash-safe writes, in one place: a file is written to a temporary sibling and renamed over its final name
+only once complete; an output folder is built in ``NAME.partial`` (or another staging folder) and only a
+finished folder takes the final name. A reader never sees half a file or half a folder."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write (``suffix`` appended to its name; end it in the real
+    extension where a writer infers the format from it); it replaces ``path`` when the block finishes."""
+    tmp = path.with_name(path.name + suffix)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """One line per item (a newline after each), streamed."""
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
 
 
 def swap_into_place(partial: Path, out: Path) -> None:

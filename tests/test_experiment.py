@@ -177,7 +177,7 @@ def test_report_and_plots_written(grid):
 
 
 def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
-    from clir.data.collections import load_collection
+    from clir.data import load_collection
     from clir.experiments.analysis import load_vectors, measure_row
 
     _cfg, out, doc = grid

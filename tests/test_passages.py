@@ -173,7 +173,7 @@ def test_maxp_and_firstp_equal_brute_force(split_index, encoder, mode):
         want = _brute(vecs, s.passages.doc, s.passages.n, q[i], 10, first_only=mode == "firstp")
         assert rows[i].tolist() == [r for _, r in want]
         np.testing.assert_allclose(scores[i], [x for x, _ in want], rtol=1e-5)
-        hits = s._hits(scores[i], rows[i], True)
+        hits = s.hits(scores[i], rows[i], return_text=True)
         assert len({h.doc_id for h in hits}) == 10
 
 
@@ -190,7 +190,7 @@ def test_k_distinct_documents_when_one_document_fills_the_top(tiny_bert, tmp_pat
     _, top = Searcher(idx, mode="passages").search_vectors(qv, depth)
     assert sum(s.docids[r].startswith("rep#") for r in top[0]) > depth - 5  # too shallow for 5 documents
     scores, rows = s.search_vectors(qv, 5)
-    hits = s._hits(scores[0], rows[0], True)
+    hits = s.hits(scores[0], rows[0], return_text=True)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert len({h.doc_id for h in hits}) == 5 and hits[0].doc_id == "rep"
     p = hits[0].passage
@@ -287,7 +287,7 @@ def test_pyserini_max_passage_reads_our_split_index_and_agrees(split_index, enco
     np.save(tmp_path / "q.npy", qv)
     ours = tmp_path / "ours.trec"
     write_trec_run(
-        ours, {q: s._hits(*(a[i] for a in s.search_vectors(qv, 10)), False) for i, q in enumerate(queries)}
+        ours, {q: s.hits(*(a[i] for a in s.search_vectors(qv, 10))) for i, q in enumerate(queries)}
     )
     # Pyserini's own --max-passage output writer over its FaissSearcher's passage hits, in its own process
     code = f"""

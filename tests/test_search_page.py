@@ -68,12 +68,26 @@ def test_page_and_assets_are_served_without_the_key_but_the_api_is_not(keyed_cli
 
 
 # ---------------------------------------------------------------------- fixtures: indexes, server, browser
-def _build_index(collection: Path, model: str, out: Path) -> Path:
+def _build_index(collection: Path, model: str, out: Path, passage_length: int | None = None) -> Path:
     from clir.index import IndexArgs, build_index
+    from clir.index.passages import PassageSpec
 
-    build_index(
-        IndexArgs(collection=str(collection), model=model, out=str(out), overrides={"precision": "fp32"})
-    )
+    args = IndexArgs(collection=str(collection), model=model, out=str(out), overrides={"precision": "fp32"})
+    args.passages = PassageSpec(length=passage_length)
+    build_index(args)
+    return out
+
+
+def _long_docs(out: Path) -> Path:
+    import json
+
+    from clir.testing import _LINES
+
+    out.mkdir(parents=True)
+    docs = [
+        {"doc_id": f"{lang}-all", "text": ". ".join(lines), "lang": lang} for lang, lines in _LINES.items()
+    ]
+    (out / "docs.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
     return out
 
 
@@ -103,8 +117,10 @@ def server(tiny_bert, madx_model, tiny_collection, tmp_path_factory):
     out = tmp_path_factory.mktemp("page-indexes")
     madx = _build_index(tiny_collection, str(madx_model), out / "madx")
     plain = _build_index(tiny_collection, str(tiny_bert), out / "plain")
+    # one long document per language, in windows of 20 tokens: hits carry their best passage
+    split = _build_index(_long_docs(out / "long"), str(tiny_bert), out / "split", passage_length=20)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{KEY_ENV: KEY})
-    cmd = [sys.executable, "-m", "clir", "serve", "--index", f"madx={madx}", "--index", f"plain={plain}",
+    cmd = [sys.executable, "-m", "clir", "serve", "--index", f"madx={madx}", "--index", f"plain={plain}", "--index", f"split={split}",
            "--api-key-env", KEY_ENV, "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     url, seen, deadline = None, [], time.monotonic() + 600  # a loaded CI machine is slow
@@ -171,7 +187,7 @@ def page(browser, server):
     browser.execute_script("sessionStorage.clear()")
     browser.get(server + "/")
     _enter_key(browser, KEY)
-    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain"], "the index picker to fill")
+    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain", "split"], "the index picker to fill")
     return browser
 
 
@@ -277,13 +293,17 @@ def test_api_key_errors_then_search_and_document_view(browser, server):
     _enter_key(browser, "not-the-key")
     _wait(browser, lambda d: "wrong X-API-Key" in _message(d), "the wrong-key message")
     _enter_key(browser, KEY)
-    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain"], "the index picker to fill")
+    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain", "split"], "the index picker to fill")
     assert _message(browser) == ""
     # the key is kept for this tab's session only, and survives a reload
     assert browser.execute_script("return sessionStorage.getItem('clir.apiKey')") == KEY
     assert browser.execute_script("return localStorage.length") == 0
     browser.refresh()
-    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain"], "the index picker after a reload")
+    _wait(
+        browser,
+        lambda d: _options(d, "index-a") == ["madx", "plain", "split"],
+        "the index picker after a reload",
+    )
 
     _search(browser, QUERY)
     shown = _hits(browser)
@@ -392,3 +412,33 @@ def test_keyboard_alone_on_a_narrow_screen(page, server):
     assert len(cols) == 2 and cols[1].location["y"] > cols[0].location["y"] + cols[0].size["height"] - 1
     assert cols[0].size["width"] <= 390
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_best_passage_is_marked_in_hits_and_document(page, server):
+    Select = pytest.importorskip("selenium.webdriver.support.select").Select
+    Select(_by_id(page, "index-a")).select_by_value("split")
+    _search(page, QUERY)
+    api = _api_search(server, query=QUERY, index="split")
+    _same_as_api(_hits(page), api)
+    with_passage = [h for h in api if h.get("passage")]
+    assert with_passage, "no hit of the split index carries a passage"
+    marks = page.execute_script(
+        """return [...document.querySelectorAll('.hit')].map(li => ({doc_id: li.dataset.docId,
+            mark: li.querySelector('mark.passage')?.textContent ?? null,
+            badge: li.querySelector('.passage-badge')?.textContent ?? null}))"""
+    )
+    by_id = {m["doc_id"]: m for m in marks}
+    for h in api:
+        p = h.get("passage")
+        want = h["text"][p["start"] : p["end"]] if p else None
+        assert by_id[h["doc_id"]]["mark"] == want, h
+        assert by_id[h["doc_id"]]["badge"] == (f"passage {p['index'] + 1}" if p else None)
+    # the document view marks the same passage in the whole text
+    hit = with_passage[0]
+    page.find_element("css selector", f'.hit[data-doc-id="{hit["doc_id"]}"] .doc-link').click()
+    _wait(page, lambda d: d.find_elements("css selector", "#doc mark.passage"), "the marked passage")
+    p = hit["passage"]
+    assert (
+        page.find_element("css selector", "#doc mark.passage").get_attribute("textContent")
+        == hit["text"][p["start"] : p["end"]]
+    )

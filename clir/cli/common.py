@@ -6,6 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+MODEL_FLAGS = (
+    "pooling",
+    "normalize",
+    "query_prefix",
+    "passage_prefix",
+    "max_query_length",
+    "max_passage_length",
+    "precision",
+)
+
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     g = p.add_argument_group("encoder (flags override the model folder's settings)")
@@ -41,20 +51,13 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
+def given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The flags among ``keys`` the user set (None means not given: a file's or model's setting stays)."""
+    return {k: v for k in keys if (v := getattr(args, k, None)) is not None}
+
+
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in (
-        "pooling",
-        "normalize",
-        "query_prefix",
-        "passage_prefix",
-        "max_query_length",
-        "max_passage_length",
-        "precision",
-    ):
-        v = getattr(args, key, None)
-        if v is not None:
-            out[key] = v
+    out = given(args, MODEL_FLAGS)
     routing = {}
     if getattr(args, "query_routing", None):
         routing["query"] = args.query_routing

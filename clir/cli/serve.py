@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from clir.cli.common import positive_int
+from clir.cli.common import given, positive_int
 
 HELP = "serve indexes over HTTP (FastAPI): /search, /search/batch, /indexes, docs; OpenAPI at /docs"
 DESCRIPTION = """Serve index folders over HTTP. Each index is searched with the encoder recorded in its manifest,
@@ -21,6 +21,24 @@ loaded once (indexes built with the same encoder share it).
 
   curl -s localhost:8000/search -H 'content-type: application/json' -d '{"query": "Who wrote Faust?", "k": 5}'
   curl -s 'localhost:8000/search?q=Who+wrote+Faust&index=de'"""
+
+# ServeSettings fields a flag can set (over the --config file's)
+SETTING_FLAGS = (
+    "default_index",
+    "host",
+    "port",
+    "workers",
+    "api_key_env",
+    "max_body_bytes",
+    "max_batch_queries",
+    "micro_batching",
+    "batch_window_ms",
+    "max_batch_size",
+    "exact_batching",
+    "max_pending",
+    "device",
+    "access_log",
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +120,7 @@ def resolve(args: argparse.Namespace):
         indexes[name] = path
     if not indexes:
         raise ClirError("nothing to serve: pass --index [NAME=]DIR (repeatable) or --config FILE")
-    for key in (
-        "default_index",
-        "host",
-        "port",
-        "workers",
-        "api_key_env",
-        "max_body_bytes",
-        "max_batch_queries",
-        "micro_batching",
-        "batch_window_ms",
-        "max_batch_size",
-        "exact_batching",
-        "max_pending",
-        "device",
-        "access_log",
-    ):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
+    data.update(given(args, SETTING_FLAGS))
     return indexes, from_dict(ServeSettings, data, prefix="serve")
 
 
@@ -146,8 +146,6 @@ def run(args: argparse.Namespace) -> int:
     indexes, settings = resolve(args)
     settings.validate()
     settings.api_key()  # an unset key variable fails here, before any model loads
-    for path in indexes.values():
-        store.read_manifest(path)  # a wrong folder fails now with a clear message
     if not _is_loopback(settings.host) and not settings.api_key_env:
         log.warning(
             "binding %s without --api-key-env: anyone who can reach this port can search", settings.host
@@ -160,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     if settings.workers > 1:
+        for path in indexes.values():
+            store.read_manifest(path)  # a wrong folder fails here, not in every worker
         # each worker process loads the indexes itself; the factory reads them from the environment
         os.environ["CLIR_SERVE_CONFIG"] = json.dumps(
             {"indexes": indexes, "settings": to_dict(settings), "log_level": logging.getLogger().level}

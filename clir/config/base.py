@@ -79,7 +79,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ClirError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -1,5 +1,5 @@
-"""Collection sources behind one resolver: a local collection folder, a single .jsonl/.tsv file, or
-``irds:<id>`` (any ir_datasets id, through ir_datasets' own loaders).
+"""Collection sources: a local collection folder or a single .jsonl/.tsv file (ir_datasets ids live in
+:mod:`clir.data.irds`; :mod:`clir.data.resolve` decides which a source string names).
 
 A local folder holds ``docs.jsonl`` (``doc_id``, ``text``, optional ``title``, ``lang``), ``queries.tsv``
 (``query_id<TAB>text``; ``queries.<lang>.tsv`` for translated queries) and ``qrels.txt`` (TREC)."""
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clir.errors import ClirError, NotFoundError
+from clir.errors import ClirError
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,22 @@ def read_queries_tsv(path: Path) -> list[Query]:
     return out
 
 
-def read_qrels(path: Path) -> Qrels:
-    qrels: Qrels = {}
+def trec_rows(path: Path, what: str, layout: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line of a whitespace-separated TREC file whose lines are
+    ``layout`` (e.g. ``query_id 0 doc_id relevance``); a line with another number of fields is an error."""
+    n = len(layout.split())
     for lineno, line in _lines(path):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 4:
-            raise ClirError(f"{path}:{lineno}: expected TREC qrels 'query_id 0 doc_id relevance'")
+        if len(parts) != n:
+            raise ClirError(f"{path}:{lineno}: expected {what} {layout!r}")
+        yield lineno, parts
+
+
+def read_qrels(path: Path) -> Qrels:
+    qrels: Qrels = {}
+    for lineno, parts in trec_rows(path, "TREC qrels", "query_id 0 doc_id relevance"):
         try:
             rel = int(parts[3])
         except ValueError:
@@ -252,44 +260,3 @@ class FileCollection(Collection):
 
     def count_docs(self) -> int | None:
         return _count_lines(self.path)
-
-
-# ---------------------------------------------------------------------- resolver
-def load_collection(src: str | Path) -> Collection:
-    """Resolve a collection source: a folder, a .jsonl/.tsv docs file, or ``irds:<id>``."""
-    s = str(src)
-    if s.startswith(IRDS_PREFIX):
-        from clir.data.irds import IrdsCollection
-
-        return IrdsCollection(s[len(IRDS_PREFIX) :])
-    p = Path(s).expanduser()
-    if p.is_dir():
-        return LocalCollection(p)
-    if p.is_file():
-        if p.suffix not in (".jsonl", ".tsv", ".json"):
-            raise ClirError(f"{p}: unsupported collection file (expected .jsonl or .tsv)")
-        return FileCollection(p)
-    from clir.data.sample import SAMPLE_NAME, sample_path
-
-    if s == SAMPLE_NAME:
-        return LocalCollection(sample_path())
-    raise NotFoundError(
-        f"unknown collection {s!r}: not a folder, a .jsonl/.tsv file, or irds:<ir_datasets id> "
-        f"(e.g. irds:hc4/fa/test, or '{SAMPLE_NAME}' for the bundled sample)"
-    )
-
-
-def load_queries(src: str | Path, *, field: str | None = None, lang: str | None = None) -> list[Query]:
-    """Queries from a .tsv file, a collection folder or an ``irds:`` id."""
-    p = Path(str(src)).expanduser()
-    if p.is_file():
-        return read_queries_tsv(p)
-    return load_collection(src).queries(field=field, lang=lang)
-
-
-def load_qrels(src: str | Path) -> Qrels:
-    """Qrels from a TREC qrels file, a collection folder or an ``irds:`` id."""
-    p = Path(str(src)).expanduser()
-    if p.is_file():
-        return read_qrels(p)
-    return load_collection(src).qrels()

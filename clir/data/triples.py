@@ -126,7 +126,7 @@ class IrdsTriples:
                 f"{self.name} has no docpairs (training triples); e.g. msmarco-passage/train/triples-small"
             )
         self._queries: dict[str, str] | None = None
-        self._store = None
+        self._store: Any = None
 
     def ensure_available(self) -> None:
         from clir.data.irds import ensure_available

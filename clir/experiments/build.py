@@ -29,14 +29,13 @@ class _ArgParser(argparse.ArgumentParser):
 def parse_build(cmd: list[str]) -> argparse.Namespace:
     """The flags of a build command, parsed by its verb (``train`` or ``train-language-adapter``)."""
     verb, argv = cmd[0], cmd[1:]
-    if verb == "train":
-        from clir.cli import train as module
-    elif verb == "train-language-adapter":
-        from clir.cli import train_language_adapter as module
-    else:  # the config schema allows only these two
+    from clir.cli import train, train_language_adapter
+
+    verbs = {"train": train.add_arguments, "train-language-adapter": train_language_adapter.add_arguments}
+    if verb not in verbs:  # the config schema allows only these two
         raise ClirError(f"cannot build with `clir {verb}`: use train or train-language-adapter")
     p = _ArgParser(prog=verb, add_help=False)
-    module.add_arguments(p)
+    verbs[verb](p)
     ns = p.parse_args(argv)
     if getattr(ns, "dry_run", False):
         raise ClirError(f"`clir {shlex.join(cmd)}`: a build cannot be a --dry-run")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
+from clir.model.resolve import model_ready
 
 RUNS_DIR = "runs"
 INDEXES_DIR = "indexes"
@@ -51,14 +52,6 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------- grid parts
-MODEL_FILE = "clir_model.yaml"  # clir.model.encoder.MODEL_FILE, without importing torch
-
-
-def model_ready(folder: Path) -> bool:
-    """A finished model folder (a clir model or a Hugging Face one), not an unfinished training run."""
-    return (folder / MODEL_FILE).is_file() or (folder / "config.json").is_file()
-
-
 @dataclass
 class GridCollection:
     spec: CollectionSpec
@@ -162,11 +155,11 @@ class GridModel:
         if self.folder is not None and self.folder.exists():
             parts["files"] = _hash(_tree_stamp(self.folder))
         else:
-            from clir.model.registry import lookup
+            from clir.model.resolve import resolve_model
 
-            reg = lookup(self.source)
-            if reg is not None and reg.path.is_dir():
-                parts["files"] = _hash(_tree_stamp(reg.path))
+            ref = resolve_model(self.source)
+            if ref.kind == "registered" and not ref.missing:
+                parts["files"] = _hash(_tree_stamp(Path(ref.backbone)))
         for lang, src in sorted(((self.settings or {}).get("language_adapters") or {}).items()):
             p = Path(str(src)).expanduser()
             if p.exists():

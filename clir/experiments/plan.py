@@ -10,7 +10,7 @@ from clir.config import EvalConfig
 from clir.errors import ClirError
 from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridRow, Plan
-from clir.experiments.resolve import resolve_collection, resolve_model
+from clir.experiments.resolve import grid_collection, grid_model
 
 
 def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
@@ -47,7 +47,7 @@ def plan_grid(
 
     out_dir = Path(out or cfg.output or f"eval/results/{cfg.name}")
     index_root = Path(cfg.index_root) if cfg.index_root else out_dir / INDEXES_DIR
-    collections = [resolve_collection(c, i) for i, c in enumerate(cfg.collections)]
+    collections = [grid_collection(c, i) for i, c in enumerate(cfg.collections)]
     names = [c.name for c in collections]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -68,7 +68,7 @@ def plan_grid(
                 missing = missing_files(a.text[len("irds:") :], ("docs",))
                 if missing:
                     irds_missing_text[a.text[len("irds:") :]] = missing
-    models = [resolve_model(m, cfg, collections, built_adapters) for m in cfg.models]
+    models = [grid_model(m, cfg, collections, built_adapters) for m in cfg.models]
     for cmd in [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]:
         parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
 

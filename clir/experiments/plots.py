@@ -19,12 +19,11 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    import os
+    from clir.atomic import replacing
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with replacing(path, ".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- report.md
-def _cell(row: dict[str, Any], metric: str, max_p: float, tests: list[str]) -> str:
+def _cell(row: dict[str, Any], metric: str, max_p: float, tests: Sequence[str]) -> str:
     v = f"{row['metrics'][metric]:.4f}"
     sig = row.get("significance") or {}
     marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("significant"))
@@ -141,18 +142,30 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def render_report(result: GridResult, doc: dict[str, Any]) -> str:
+    """report.md: how the grid was run, its models, the metric tables, the adapter swaps, the analysis,
+    plots and notes."""
+    from clir.experiments.analysis import report_lines
+
+    out = _header_lines(result, doc) + _model_lines(result, doc) + _table_lines(result)
+    out += _swap_lines(result) + [""] + report_lines(result.analysis) + _tail_lines(result, doc)
+    return "\n".join(out) + "\n"
+
+
+def _marks(tests: Sequence[str]) -> str:
     from clir.experiments.significance import TEST_NAMES
 
+    return ", ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in tests)
+
+
+def _header_lines(result: GridResult, doc: dict[str, Any]) -> list[str]:
     plan = result.plan
     cfg = plan.config
     sig = cfg.significance
     tests = list(sig.tests)
-    primary = cfg.primary
-    rows = result.rows
     out: list[str] = [f"# clir experiment: {cfg.name}", ""]
     if cfg.description:
         out += [cfg.description.strip(), ""]
-    marks = ", ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in tests)
+    marks = _marks(tests)
     out += [
         f"- command: `{result.command}`" if result.command else "- command: (library call)",
         f"- config: `{plan.config_path}` (hash `{doc['config_hash']}`; resolved copy: `config.resolved.yaml`)",
@@ -184,6 +197,12 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         out.append(
             f"- fusion (ranx) of {fused} with BM25: " + "; ".join(names[m] for m in cfg.fusion.methods)
         )
+    return out
+
+
+def _model_lines(result: GridResult, doc: dict[str, Any]) -> list[str]:
+    plan = result.plan
+    out: list[str] = []
     out += [
         "",
         "## Models",
@@ -216,6 +235,18 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         "",
     ]
 
+    return out
+
+
+def _table_lines(result: GridResult) -> list[str]:
+    """The overview table of the primary metric and one table of every metric per collection."""
+    plan = result.plan
+    cfg = plan.config
+    sig = cfg.significance
+    tests = list(sig.tests)
+    primary = cfg.primary
+    rows = result.rows
+    out: list[str] = []
     collections = list(dict.fromkeys(r["collection"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     by = {(r["collection"], r["variant"]): r for r in rows}
@@ -258,6 +289,17 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         out += _table(["variant", *(_label(m) for m in cfg.metrics), "time (s)"], body)
         out.append("")
 
+    return out
+
+
+def _swap_lines(result: GridResult) -> list[str]:
+    plan = result.plan
+    cfg = plan.config
+    sig = cfg.significance
+    tests = list(sig.tests)
+    primary = cfg.primary
+    marks = _marks(tests)
+    out: list[str] = []
     out += ["## Language-adapter swap: d-target minus d-source (and d-none minus d-source)", ""]
     if result.swaps:
         header = ["model", "routing", "collection", "lang", *(f"Δ {_label(m)}" for m in cfg.metrics)]
@@ -285,9 +327,13 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         ]
     else:
         out.append("No swap pair in this grid (it needs a madx model with both d-source and d-target rows).")
-    from clir.experiments.analysis import report_lines
+    return out
 
-    out += [""] + report_lines(result.analysis)
+
+def _tail_lines(result: GridResult, doc: dict[str, Any]) -> list[str]:
+    plan = result.plan
+    cfg = plan.config
+    out: list[str] = []
     out += ["## Plots", ""]
     for p in doc.get("plots", []):
         out.append(f"![{p}]({p})")
@@ -303,7 +349,7 @@ def render_report(result: GridResult, doc: dict[str, Any]) -> str:
         )
     if extra:
         out += ["", "## Notes", ""] + [f"- {n}" for n in extra]
-    return "\n".join(out) + "\n"
+    return out
 
 
 _CORRECTION = {
@@ -340,8 +386,8 @@ def _projection_plots(result: GridResult, folder: Path) -> list[str]:
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
     """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
+    from clir.atomic import atomic_write_text
     from clir.experiments import plots
-    from clir.index.store import atomic_write_text
 
     plan = result.plan
     cfg = plan.config

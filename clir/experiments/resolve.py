@@ -10,55 +10,23 @@ from typing import Any
 
 from clir.config import EvalConfig, ModelConfig, ModelSpec, Routing, from_dict, load_yaml
 from clir.config.eval import CollectionSpec
+from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
-from clir.experiments.grid import MODEL_FILE, GridCollection, GridModel, model_ready
+from clir.experiments.grid import GridCollection, GridModel
 from clir.model.registry import local_path
+from clir.model.resolve import hub_cached, looks_like_path, merge_settings, model_ready, resolve_model
 
 log = logging.getLogger(__name__)
 
 
-def _looks_like_path(s: str) -> bool:
-    return s.startswith((".", "/", "~")) or s.count("/") > 1
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 # ---------------------------------------------------------------------- planning (offline)
-def resolve_collection(spec: CollectionSpec, i: int) -> GridCollection:
-    from clir.data.sample import SAMPLE_NAME
-
+def grid_collection(spec: CollectionSpec, i: int) -> GridCollection:
     s = spec.source.strip()
     where = f"collections[{i}] ({s})"
-    irds_id: str | None = None
-    if s.startswith("irds:"):
-        irds_id = s[len("irds:") :]
-    elif s == SAMPLE_NAME:
-        source, default_name = SAMPLE_NAME, SAMPLE_NAME
-    else:
-        p = Path(s).expanduser()
-        if p.is_dir():
-            source = str(p.resolve())
-            default_name = "-".join(p.resolve().parts[-2:])
-        elif p.exists():
-            raise ClirError(f"{where}: a collection must be a folder (docs.jsonl, queries.tsv, qrels.txt)")
-        elif s.startswith((".", "/", "~")):
-            raise ClirError(f"{where}: folder not found (resolved against {Path.cwd()}: {p.resolve()})")
-        else:
-            from clir.data.irds import load_dataset
-
-            try:
-                load_dataset(s)
-            except ClirError:
-                raise ClirError(
-                    f"{where}: neither a folder (resolved against {Path.cwd()}: {p.resolve()}) nor an "
-                    "ir_datasets id (see https://ir-datasets.com)"
-                ) from None
-            irds_id = s
+    ref = resolve_collection(s, what=where)
+    if ref.kind == "file":
+        raise ClirError(f"{where}: a collection must be a folder (docs.jsonl, queries.tsv, qrels.txt)")
+    irds_id, source, default_name = ref.irds_id, ref.source, ref.default_name
     if irds_id is not None:
         from clir.data.irds import load_dataset
 
@@ -66,7 +34,6 @@ def resolve_collection(spec: CollectionSpec, i: int) -> GridCollection:
         for part in ("docs", "queries", "qrels"):
             if not getattr(ds, f"has_{part}")():
                 raise ClirError(f"{where}: ir_datasets {irds_id!r} has no {part}")
-        source, default_name = f"irds:{irds_id}", irds_id.replace("/", "-")
     name = spec.name or default_name
     doc_lang = spec.doc_lang
     query_field = spec.query_field
@@ -106,11 +73,8 @@ def _resolve_bm25_lang(coll: GridCollection, ds: Any) -> None:
         else:
             coll.bm25_note = f"the topics have no human-translated {'+'.join(wanted)} field"
         return
-    folder = Path(coll.source) if coll.source != "sample" else None
-    if folder is None:
-        from clir.data.sample import sample_path
-
-        folder = sample_path()
+    folder = resolve_collection(coll.source).path
+    assert folder is not None
     langs = sorted(p.name.split(".")[1] for p in folder.glob("queries.*.tsv"))
     want = coll.spec.bm25_query_lang or coll.doc_lang
     if want and want in langs:
@@ -128,64 +92,42 @@ def _resolve_bm25_lang(coll: GridCollection, ds: Any) -> None:
 
 def _model_settings(spec: ModelSpec) -> tuple[str, Path | None, dict[str, Any] | None, list[str]]:
     """(load_encoder source, folder, known settings or None, downloads) of a model spec, offline."""
-    from clir.model.registry import lookup
-
     s = spec.model.strip()
+    what = f"models[{spec.name}]"
     p = Path(s).expanduser()
     downloads: list[str] = []
-    if spec.build is not None or p.exists() or _looks_like_path(s):
-        folder = p.resolve()
-        if folder.is_dir() and (model_ready(folder) or spec.build is None):
-            if (folder / MODEL_FILE).is_file():
-                data = load_yaml(folder / MODEL_FILE)
-                for lang, src in list((data.get("language_adapters") or {}).items()):
-                    if isinstance(src, str) and not Path(src).is_absolute() and (folder / src).exists():
-                        data["language_adapters"][lang] = str(folder / src)
-                return str(folder), folder, data, downloads
-            if (folder / "config.json").is_file():
-                return str(folder), folder, {"backbone": str(folder)}, downloads
-            raise ClirError(
-                f"models[{spec.name}]: {folder} has neither {MODEL_FILE} (a clir model) nor config.json"
-            )
-        if spec.build is None:
-            raise ClirError(
-                f"models[{spec.name}]: folder {folder} does not exist (add `build:` to make it on demand)"
-            )
-        data = None
-        if spec.build.config and Path(spec.build.config).is_file():
-            try:
-                train = load_yaml(spec.build.config)
-            except ClirError as e:  # e.g. an unset ${VAR}: the training run itself will say so
-                log.warning("models[%s]: cannot read %s for planning: %s", spec.name, spec.build.config, e)
-                train = {}
-            if isinstance(train.get("model"), dict):
-                data = dict(train["model"])
-        return str(folder), folder, data, downloads
-    reg = lookup(s)
-    if reg is not None:
-        if not reg.path.is_dir():
-            downloads.append(
-                f"model {spec.name}: `clir models pull {s}` (registered model not on this machine)"
-            )
-        return s, None, {"backbone": str(reg.path), **reg.settings}, downloads
-    if not _hub_cached(s):
+    if spec.build is not None and not (p.is_dir() and model_ready(p)):
+        return str(p.resolve()), p.resolve(), _build_settings(spec), downloads
+    if looks_like_path(s) and not p.exists():
+        raise ClirError(f"{what}: folder {p.resolve()} does not exist (add `build:` to make it on demand)")
+    ref = resolve_model(s, what=what)
+    if ref.kind in ("clir", "backbone"):
+        folder = ref.folder or Path(ref.backbone)
+        return str(folder), folder, ref.settings, downloads
+    if ref.missing:
+        downloads.append(f"model {spec.name}: `clir models pull {s}` (registered model not on this machine)")
+    elif not ref.hub_cached():
         downloads.append(f"model {spec.name}: Hugging Face hub {s} (not in the local cache)")
-    return s, None, {"backbone": s}, downloads
+    return s, None, ref.settings, downloads
 
 
-def _hub_cached(repo: str) -> bool:
+def _build_settings(spec: ModelSpec) -> dict[str, Any] | None:
+    """The encoder settings a model built on demand will have, as far as its training config says."""
+    assert spec.build is not None
+    if not (spec.build.config and Path(spec.build.config).is_file()):
+        return None
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
-    except Exception:  # malformed ids and cache errors both mean "not cached"
-        return False
+        train = load_yaml(spec.build.config)
+    except ClirError as e:  # e.g. an unset ${VAR}: the training run itself will say so
+        log.warning("models[%s]: cannot read %s for planning: %s", spec.name, spec.build.config, e)
+        return None
+    return dict(train["model"]) if isinstance(train.get("model"), dict) else None
 
 
 def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
     b = spec.build
     assert b is not None
-    cmd = [b.verb]
+    cmd: list[str] = [b.verb]
     if b.config:
         cmd += ["--config", b.config]
     if b.max_steps:
@@ -195,12 +137,12 @@ def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
     return [*cmd, "--out", str(folder), *resume, *b.args]
 
 
-def resolve_model(
+def grid_model(
     spec: ModelSpec, cfg: EvalConfig, collections: list[GridCollection], built_adapters: dict[str, Path]
 ) -> GridModel:
     source, folder, settings, downloads = _model_settings(spec)
     if settings is not None and spec.overrides:
-        settings = _merge(settings, spec.overrides)
+        settings = merge_settings(settings, spec.overrides)
     elif spec.overrides:
         settings = None if folder is not None and not model_ready(folder) else dict(spec.overrides)
     known_mode = (settings or {}).get("adapter_mode") or spec.overrides.get("adapter_mode")
@@ -261,7 +203,7 @@ def resolve_model(
                 continue
             if str(sp.resolve()) in {str(x) for x in built_adapters.values()}:
                 continue
-            if _looks_like_path(src):
+            if looks_like_path(src):
                 raise ClirError(f"models[{spec.name}]: language adapter {lang!r}: folder {src} not found")
             downloads.append(
                 f"model {spec.name}: language adapter {lang} from {src} (AdapterHub / Hugging Face hub)"
@@ -270,10 +212,10 @@ def resolve_model(
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it
         if (
             isinstance(bb, str)
-            and not _looks_like_path(bb)
+            and not looks_like_path(bb)
             and bb != source
             and local_path(bb) == bb
-            and not _hub_cached(bb)
+            and not hub_cached(bb)
         ):
             downloads.append(f"model {spec.name}: Hugging Face hub {bb} (backbone, not in the local cache)")
     return GridModel(

@@ -5,19 +5,23 @@ and the report follow (:mod:`clir.experiments.scoring`, :mod:`clir.experiments.r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clir.config import Routing, to_dict
+from clir.config import to_dict
 from clir.errors import ClirError
 from clir.experiments.build import run_builds
 from clir.experiments.grid import GridCollection, GridModel, GridRow, IndexJob, Plan, config_hash
 from clir.experiments.report import write_outputs
 from clir.experiments.scoring import GridResult, score_grid
+
+if TYPE_CHECKING:
+    from clir.model import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +125,8 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
 def _write_run(
     plan: Plan, row: GridRow, results: dict[str, list], seconds: float, extra: dict[str, Any]
 ) -> None:
-    from clir.index.store import atomic_write_text, now_iso
+    from clir.atomic import atomic_write_text
+    from clir.index.store import now_iso
     from clir.search import write_trec_run
 
     write_trec_run(plan.run_path(row), results, tag=row.variant.replace(" ", "_"))
@@ -169,88 +174,71 @@ class _QueryCache:
         return self._q[key]
 
 
-def _query_adapter(enc, routing: Routing | None, query_lang: str) -> str:
-    """The language adapter under the task adapter on the query side (what the query vectors depend on)."""
-    if routing is None or enc.config.adapter_mode != "madx":
-        return "-"
-    if routing.query == "none":
-        return "none"
-    return enc.config.source_lang if routing.query == "source" else query_lang
-
-
-def _hits(searcher, scores, rows) -> list:
-    from clir.search import Hit
-
-    out = []
-    for s, r in zip(scores, rows, strict=True):
-        if r >= 0:  # -1: fewer than k results
-            out.append(Hit(len(out) + 1, searcher.hit_id(int(r)), float(s)))  # documents, not passages
-    return out
-
-
 def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _QueryCache, bar) -> None:
     import torch
 
     from clir.model import load_encoder
-    from clir.search import Searcher
 
-    cfg = plan.config
-    overrides = dict(model.spec.overrides)
-    torch.manual_seed(cfg.seed)  # fresh task/source adapters of an untrained model: same weights every run
-    enc = load_encoder(model.source, overrides)
+    torch.manual_seed(plan.config.seed)  # fresh task/source adapters of an untrained model: same every run
+    enc = load_encoder(model.source, dict(model.spec.overrides))
     if enc.config.adapter_mode != model.mode:
         raise ClirError(
             f"model {model.name}: expected adapter mode {model.mode}, the model is {enc.config.adapter_mode}"
         )
-    src = enc.config.source_lang
-    qvecs: dict[tuple[str, str], Any] = {}
+    qvecs: dict[tuple[str, str | None], Any] = {}
     for job in plan.index_jobs(rows):
-        coll = job.collection
-        job_rows = [r for r in rows if r.collection is coll and r.doc_route == job.doc_route]
-        doc_needed = {src}
-        if job.doc_route == "target":
-            langs = coll.doc_langs()
-            if not langs:
-                raise ClirError(
-                    f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
-                )
-            from clir.index.build import has_language_adapter
+        job_rows = [r for r in rows if r.collection is job.collection and r.doc_route == job.doc_route]
+        _run_index_job(plan, enc, job, job_rows, queries.get(job.collection), qvecs, bar)
+    del enc
 
-            # languages without an adapter take the fallback rule at build time (counted in the manifest)
-            doc_needed.update(x for x in langs if has_language_adapter(enc, x))
-        if model.madx:
-            first = job_rows[0].routing
-            assert first is not None
-            enc.set_routing(first.query, job.doc_route or "source")
-        _prepare_languages(enc, doc_needed, cfg.seed)
+
+def _run_index_job(
+    plan: Plan, enc: DualEncoder, job: IndexJob, rows: list[GridRow], qs: list, qvecs: dict, bar
+) -> None:
+    """Build (or reuse) one index, then search it for each of its rows (one per query routing)."""
+    from clir.search import Searcher
+
+    coll, seed = job.collection, plan.config.seed
+    doc_needed = {enc.config.source_lang}
+    if job.doc_route == "target":
+        langs = coll.doc_langs()
+        if not langs:
+            raise ClirError(
+                f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
+            )
+        from clir.index.build import has_language_adapter
+
+        # languages without an adapter take the fallback rule at build time (counted in the manifest)
+        doc_needed.update(x for x in langs if has_language_adapter(enc, x))
+    first = rows[0].routing
+    with enc.routed(first.query, job.doc_route or "source") if first else contextlib.nullcontext():  # type: ignore[arg-type]
+        _prepare_languages(enc, doc_needed, seed)
         t0 = time.perf_counter()
         index = _ensure_index(plan, job, enc)
         t_index = time.perf_counter() - t0
         # checks the encoder against the manifest once more; split documents rank by doc_score
         searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
-        qs = queries.get(coll)
-        for row in job_rows:
-            t = time.perf_counter()
-            if row.routing is not None:
-                enc.set_routing(row.routing.query, row.routing.doc)
-                needed = set(doc_needed)
-                if row.routing.query == "target":
-                    needed.add(coll.query_lang)
-                _prepare_languages(enc, needed, cfg.seed)
+    for row in rows:
+        t = time.perf_counter()
+        r = row.routing
+        with enc.routed(r.query, r.doc) if r else contextlib.nullcontext():
+            if r is not None:
+                _prepare_languages(
+                    enc, doc_needed | ({coll.query_lang} if r.query == "target" else set()), seed
+                )
             # d-source and d-target rows share their query vectors: encode each query side once
-            qkey = (coll.name, _query_adapter(enc, row.routing, coll.query_lang))
+            qkey = (coll.name, enc.language_adapter_for("query", coll.query_lang))
             if qkey not in qvecs:
-                qvecs[qkey] = enc.encode_queries([q.text for q in qs], lang=coll.query_lang, batch_size=64)
-            scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
-            results = {q.query_id: _hits(searcher, scores[i], idx[i]) for i, q in enumerate(qs)}
-            extra = {"index": str(index), "index_seconds": round(t_index, 2)}
-            if plan.analyses(row):
-                _save_vectors(plan, row, qvecs[qkey], qs, searcher)
-            _write_run(plan, row, results, time.perf_counter() - t, extra)
-            t_index = 0.0
-            bar.update(1)
-            bar.set_postfix_str(row.id)
-    del enc
+                qvecs[qkey] = searcher.encode([q.text for q in qs], query_lang=coll.query_lang)
+        scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
+        results = {q.query_id: searcher.hits(scores[i], idx[i]) for i, q in enumerate(qs)}
+        extra = {"index": str(index), "index_seconds": round(t_index, 2)}
+        if plan.analyses(row):
+            _save_vectors(plan, row, qvecs[qkey], qs, searcher)
+        _write_run(plan, row, results, time.perf_counter() - t, extra)
+        t_index = 0.0
+        bar.update(1)
+        bar.set_postfix_str(row.id)
 
 
 def _run_bm25(plan: Plan, row: GridRow, queries: _QueryCache, bar) -> None:
@@ -328,7 +316,7 @@ def run_grid(plan: Plan, *, command: str = "") -> GridResult:
 def _write_resolved_config(plan: Plan) -> None:
     import yaml
 
-    from clir.index.store import atomic_write_text
+    from clir.atomic import atomic_write_text
 
     data = to_dict(plan.config)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

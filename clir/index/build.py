@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import swap_into_place
+from clir.atomic import atomic_write_lines, atomic_write_text, swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
@@ -141,7 +141,7 @@ def route_lang(encoder, lang: str | None) -> str:
     """The language adapter a document goes through under ``target`` routing. Fallback rule: a document whose
     language is unknown or has no adapter goes through the source language's (what ``source`` routing does);
     the index manifest counts these under ``routing_fallback``."""
-    return lang if has_language_adapter(encoder, lang) else encoder.config.source_lang
+    return str(lang) if has_language_adapter(encoder, lang) else str(encoder.config.source_lang)
 
 
 def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.ndarray:
@@ -164,13 +164,9 @@ def _chunk_paths(folder: Path, no: int) -> tuple[Path, Path]:
     return folder / f"{no:06d}.jsonl", folder / f"{no:06d}.npy"
 
 
-def _write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndarray) -> None:
+def write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndarray) -> None:
     meta, vec = _chunk_paths(folder, no)
-    tmp = meta.with_name(meta.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in recs:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, meta)
+    atomic_write_lines(meta, (json.dumps(r, ensure_ascii=False) for r in recs))
     store.atomic_save_npy(vec, vecs)  # the .npy is the chunk's commit marker: written last
 
 
@@ -201,7 +197,7 @@ def _prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None
     elif resume:
         log.info("nothing to resume at %s; starting a fresh build", partial)
     (partial / CHUNKS).mkdir(parents=True)
-    store.atomic_write_text(state_path, json.dumps(state, indent=2))
+    atomic_write_text(state_path, json.dumps(state, indent=2))
 
 
 def chunk_done(chunks_dir: Path, no: int) -> bool:
@@ -392,7 +388,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
                 t = time.perf_counter()
                 vecs = encode_records(encoder, recs, args.batch_size)
                 t_enc += time.perf_counter() - t
-                _write_chunk(b.chunks_dir, no, recs, vecs)
+                write_chunk(b.chunks_dir, no, recs, vecs)
                 encoded += len(recs)
             n_chunks += 1
             n_rows += len(recs)

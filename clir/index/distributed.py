@@ -27,13 +27,13 @@ from clir.errors import ClirError
 from clir.index.build import (
     IndexArgs,
     IndexResult,
-    _write_chunk,
     check_args,
     chunk_done,
     encode_records,
     finish_build,
     iter_chunks,
     start_build,
+    write_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def build_index_ray(
                 no, recs, i = pending.pop(ref)
                 load[i] -= 1
                 vecs = _result(ray, ref, no, ra, b.partial, counts["committed"])
-                _write_chunk(b.chunks_dir, no, recs, vecs)
+                write_chunk(b.chunks_dir, no, recs, vecs)
                 counts["encoded"] += len(recs)
                 counts["committed"] += 1
                 bar.update(sum(r["n"] == 0 for r in recs))

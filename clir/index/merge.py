@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def merge_indexes(
         lang_id = dict(lang_id)
         for key in ("detected", "undetermined"):
             lang_id[key] = sum((m.get("lang_id") or {}).get(key, 0) for m in manifests)
-    fallback = None
+    fallback: dict[str, Any] | None = None
     if first.get("routing_fallback") is not None:
         fallback = {}
         for m in manifests:

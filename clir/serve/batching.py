@@ -1,9 +1,8 @@
 """Query execution for the REST server: one encoder call per language and one FAISS call per index for a
 group of queries, and a micro-batcher that groups concurrent requests.
 
-The encoder is model state (adapter routing) behind ``DualEncoder._lock``; everything that touches it here,
-tokenizer included (Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at
-once), runs under that lock.
+The encoder is model state (adapter routing): everything that touches it here, tokenizer included, runs
+under ``DualEncoder.exclusive()``.
 
 The work runs on asyncio's default executor (``asyncio.to_thread``), a measured choice: on the shared 2-core
 test machine, with OpenMP's default spinning, the same encode+search call ran 5-50x slower on Starlette's
@@ -90,7 +89,7 @@ def encode_grouped(
     scores by ~1e-4 (measured on e5-small: up to 8e-4 per vector component, eval/bench/RESULTS.md "REST serving")."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
-    with encoder._lock:
+    with encoder.exclusive():
         by_lang: dict[str, list[int]] = defaultdict(list)
         for i, (query, lang) in enumerate(zip(queries, langs, strict=True)):
             try:
@@ -99,15 +98,16 @@ def encode_grouped(
                 vectors[i] = e
                 continue
             by_lang[lang].append(i)
+        tokens = {i: c[0] for i, c in enumerate(counts) if c is not None}
         groups: list[tuple[str, list[int]]] = []
         for lang, idxs in by_lang.items():
             if exact:
                 same: dict[int, list[int]] = defaultdict(list)
                 for i in idxs:
-                    same[counts[i][0]].append(i)
+                    same[tokens[i]].append(i)
                 groups += [(lang, g) for g in same.values()]
             else:
-                lengths = [counts[i][0] for i in idxs]
+                lengths = [tokens[i] for i in idxs]
                 groups += [(lang, [idxs[p] for p in g]) for g in length_buckets(lengths)]
         for lang, idxs in groups:
             try:
@@ -134,7 +134,7 @@ def run_jobs(
     vectors, counts = encode_grouped(
         encoder, [j.query for j in jobs], [j.lang for j in jobs], batch_size=batch_size, exact=exact
     )
-    out: list[Result | BaseException] = [v for v in vectors]  # failures stay; vectors are replaced below
+    out: list[Any] = list(vectors)  # failures stay; vectors are replaced below
     by_index: dict[int, list[int]] = defaultdict(list)
     for i, v in enumerate(vectors):
         if not isinstance(v, BaseException):
@@ -143,14 +143,14 @@ def run_jobs(
         searcher = jobs[idxs[0]].searcher
         try:
             k = max(jobs[i].k for i in idxs)
-            scores, rows = searcher.search_vectors(np.stack([vectors[i] for i in idxs]), k)
+            scores, rows = searcher.search_vectors(np.stack([vectors[i] for i in idxs]), k)  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001
             for i in idxs:
                 out[i] = e
             continue
         for row, i in enumerate(idxs):
             k_i = jobs[i].k
-            out[i] = Result(scores[row, :k_i], rows[row, :k_i], *counts[i])
+            out[i] = Result(scores[row, :k_i], rows[row, :k_i], *counts[i])  # type: ignore[misc]
     return out
 
 
@@ -196,6 +196,7 @@ class MicroBatcher:
             raise Overloaded(
                 f"the server is at capacity ({self.max_pending} queries waiting for the encoder); retry shortly"
             )
+        assert self._loop is not None and self._queue is not None  # set by _ensure_started
         fut = self._loop.create_future()
         self.pending += 1
         try:
@@ -220,6 +221,7 @@ class MicroBatcher:
 
     async def _worker(self) -> None:
         queue = self._queue
+        assert queue is not None
         while True:
             batch = [await queue.get()]
             if self.window > 0 and queue.qsize() < self.max_batch - 1:

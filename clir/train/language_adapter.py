@@ -85,7 +85,8 @@ class TextSource:
     """Texts from a plain text file (one a line) or any collection source (``load_collection``)."""
 
     def __init__(self, src: str) -> None:
-        from clir.data.collections import IRDS_PREFIX, load_collection
+        from clir.data.collections import IRDS_PREFIX
+        from clir.data.resolve import load_collection
 
         self.name = src
         p = Path(src).expanduser()
@@ -106,6 +107,7 @@ class TextSource:
                 line.strip() for line in open(self._path, encoding="utf-8", errors="replace")
             )
         else:
+            assert self._collection is not None
             texts = (d.full_text().strip() for d in self._collection.docs())
         return itertools.islice((t for t in texts if t), start, None)
 
@@ -125,21 +127,12 @@ def _texts_forever(source: TextSource, *, block: int, seed: int) -> Iterator[str
 # ---------------------------------------------------------------------- backbone
 def resolve_backbone(spec: str) -> str:
     """A folder, a registered model name (``clir models list``) or a hub id -> what from_pretrained takes."""
-    from clir.model.registry import lookup
+    from clir.model.resolve import resolve_model
 
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ClirError(f"--backbone {spec}: folder has no config.json")
-        return str(p.resolve())
-    reg = lookup(spec)
-    if reg is not None:
-        if not reg.path.is_dir():
-            raise ClirError(f"model {spec!r} is not on this machine yet: run `clir models pull {spec}`")
-        return str(reg.path)
-    if spec.startswith((".", "/", "~")):
-        raise ClirError(f"--backbone {spec}: no such folder")
-    return spec
+    ref = resolve_model(spec, what=f"--backbone {spec}").require_local()
+    if ref.kind in ("clir", "config"):
+        raise ClirError(f"--backbone {spec}: a clir model, not a backbone (its backbone is {ref.backbone})")
+    return ref.backbone
 
 
 def load_mlm(backbone: str):
@@ -197,7 +190,16 @@ def _check_args(args: LanguageAdapterArgs) -> None:
 
 def _run_record(args: LanguageAdapterArgs, backbone: str) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote its checkpoints."""
-    keys = ("lang", "text", "max_steps", "batch_size", "lr", "warmup_ratio", "invertible", "reduction_factor")
+    keys: tuple[str, ...] = (
+        "lang",
+        "text",
+        "max_steps",
+        "batch_size",
+        "lr",
+        "warmup_ratio",
+        "invertible",
+        "reduction_factor",
+    )
     keys += ("non_linearity", "max_length", "mlm_probability", "seed", "dev_fraction", "dev_max", "baseline")
     return {"backbone": backbone, **{k: getattr(args, k) for k in keys}}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from clir.config import TrainConfig
 from clir.errors import ClirError
+from clir.model.resolve import MODEL_FILE, hub_cached, looks_like_path
 
 _ADAPTERHUB_ID = re.compile(r"^[\w.-]+/[\w.-]+@[\w.-]+$")  # e.g. en/wiki@ukp
 
@@ -48,20 +49,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def _looks_local(s: str) -> bool:
-    return s.startswith(("/", ".", "~")) or s.count("/") > 1
-
-
-def _hub_cached(repo_id: str, filename: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, filename)
-    except Exception:  # malformed ids and the like: not cached
-        return False
-    return isinstance(hit, str)
-
-
 def _registered(name: str) -> bool:
     from clir.model.registry import local_path
 
@@ -74,12 +61,12 @@ def _backbone(plan: Plan, backbone: str) -> None:
         if not (p / "config.json").is_file():
             plan.problems.append(f"backbone folder {p} has no config.json")
         plan.add("backbone", f"{backbone} (local folder)")
-    elif _looks_local(backbone):
+    elif looks_like_path(backbone):
         plan.problems.append(f"backbone folder {backbone} does not exist")
         plan.add("backbone", f"{backbone} (MISSING)")
     elif _registered(backbone):
         plan.add("backbone", f"{backbone} (registered model, pulled)")
-    elif _hub_cached(backbone, "config.json"):
+    elif hub_cached(backbone, "config.json"):
         plan.add("backbone", f"{backbone} (Hugging Face hub id, in the local cache)")
     else:
         plan.add("backbone", f"{backbone} (Hugging Face hub id, not cached)")
@@ -97,13 +84,13 @@ def _language_adapter(plan: Plan, lang: str, source: str, use: str, needed: bool
         if not (p / "adapter_config.json").is_file():
             plan.problems.append(f"{label}: folder {p} has no adapter_config.json")
         plan.add(label, f"{source} (local folder; {use})")
-    elif _looks_local(source):
+    elif looks_like_path(source):
         plan.problems.append(f"{label}: folder {source} does not exist")
         plan.add(label, f"{source} (MISSING; {use})")
     elif _ADAPTERHUB_ID.match(source):
         plan.add(label, f"{source} (AdapterHub id; {use})")
         plan.downloads.append(f"{label}: AdapterHub {source} ({why})")
-    elif _hub_cached(source, "adapter_config.json"):
+    elif hub_cached(source, "adapter_config.json"):
         plan.add(label, f"{source} (Hugging Face hub id, in the local cache; {use})")
     else:
         plan.add(label, f"{source} (Hugging Face hub id, not cached; {use})")
@@ -150,7 +137,7 @@ def _data(plan: Plan, triples: str) -> None:
 
 def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = False) -> Plan:
     """Everything ``clir train`` would use, checked offline."""
-    from clir.train.trainer import MODEL_FILE, list_checkpoints
+    from clir.train.trainer import list_checkpoints
 
     m, o = cfg.model, cfg.optim
     target = out or cfg.out

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import swap_into_place
+from clir.atomic import atomic_write_text, swap_into_place
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
+from clir.model.resolve import MODEL_FILE
 from clir.train.checkpoint import (
     CKPT_DIR,
     legacy_checkpoints,
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.yaml"
-MODEL_FILE = "clir_model.yaml"
 #: what a run folder may hold before the final model is swapped in
 _RUN_ENTRIES = {CKPT_DIR, LOG_FILE, CONFIG_FILE}
 
@@ -107,12 +107,6 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
         shutil.rmtree(out / CKPT_DIR)
     (out / LOG_FILE).unlink(missing_ok=True)
     return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _config_record(cfg: TrainConfig) -> dict[str, Any]:
@@ -252,7 +246,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    _write_atomic(path, "".join(line + "\n" for line in keep))
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class _GracefulStop:
@@ -260,7 +254,7 @@ class _GracefulStop:
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self._old: Any = None
 
     def __enter__(self) -> _GracefulStop:
         if threading.current_thread() is threading.main_thread():
@@ -316,7 +310,7 @@ def train(
     if hasattr(source, "ensure_available"):
         source.ensure_available()  # fail before the model loads, with one message naming every file
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / CONFIG_FILE, _yaml({**_config_record(cfg), "out": str(out)}))
+    atomic_write_text(out / CONFIG_FILE, _yaml({**_config_record(cfg), "out": str(out)}))
 
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
@@ -366,6 +360,7 @@ def train(
 
     step, data_state = 0, {"epoch": 0, "index": 0}
     if saved is not None:
+        assert ckpt is not None  # a saved state comes from a checkpoint folder
         step, data_state = _restore(saved, ckpt, named, optimizer, scheduler, scaler)
         _truncate_log(out / LOG_FILE, step)
         log.info(
@@ -494,7 +489,7 @@ def train(
         for m in encoder.models():
             m.eval()
         encoder.config = cfg.model  # inference routing as configured
-        encoder._fingerprint = None
+        encoder.weights_changed()
     seconds = time.perf_counter() - t_start
     tps = n_triples / busy if busy > 0 else 0.0
     if stopped or step < opt_cfg.max_steps:

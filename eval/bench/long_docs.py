@@ -72,11 +72,9 @@ def run_one(
     modes = ["maxp", "firstp"] if split == "passages" else ["maxp"]
     for mode in modes:
         s = Searcher(out, encoder=encoder, mode=mode)
-        scores, rows = s.search_vectors(qvecs, 100)
+        sc, rw = s.search_vectors(qvecs, 100)
         run = {
-            q.query_id: {
-                s.hit_id(int(r)): float(x) for x, r in zip(scores[i], rows[i], strict=True) if r >= 0
-            }
+            q.query_id: {s.hit_id(int(r)): float(x) for x, r in zip(sc[i], rw[i], strict=True) if r >= 0}
             for i, q in enumerate(queries)
         }
         scores = evaluate(run, qrels, METRICS)

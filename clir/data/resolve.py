@@ -1,0 +1,108 @@
+"""What a collection string names, decided in one place: a collection folder, a ``.jsonl``/``.tsv`` docs
+file, the bundled ``sample``, or an ir_datasets id (``irds:<id>``, or bare where ir_datasets knows it).
+
+:func:`load_collection` (every verb, the server, training) and the experiment grid's planner both resolve
+through :func:`resolve_collection`, so the rules and the messages are the same everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clir.data.collections import (
+    IRDS_PREFIX,
+    Collection,
+    FileCollection,
+    LocalCollection,
+    Qrels,
+    Query,
+    read_qrels,
+    read_queries_tsv,
+)
+from clir.errors import ClirError, NotFoundError
+
+CollectionKind = Literal["folder", "file", "sample", "irds"]
+DOC_FILE_SUFFIXES = (".jsonl", ".tsv", ".json")
+
+
+@dataclass
+class CollectionRef:
+    kind: CollectionKind
+    #: the canonical source: an absolute folder or file, ``sample`` or ``irds:<id>``
+    source: str
+    #: the folder or file (the sample's folder for ``sample``); None for ir_datasets
+    path: Path | None = None
+    irds_id: str | None = None
+
+    @property
+    def default_name(self) -> str:
+        """A label for tables and file names: the folder's last two parts, the id with ``-`` for ``/``."""
+        if self.irds_id is not None:
+            return self.irds_id.replace("/", "-")
+        if self.kind == "sample":
+            return self.source
+        assert self.path is not None
+        return "-".join(self.path.parts[-2:]) if self.kind == "folder" else self.path.stem
+
+    def open(self) -> Collection:
+        if self.irds_id is not None:
+            from clir.data.irds import IrdsCollection
+
+            return IrdsCollection(self.irds_id)
+        assert self.path is not None
+        return LocalCollection(self.path) if self.kind != "file" else FileCollection(self.path)
+
+
+def resolve_collection(src: str | Path, *, what: str | None = None) -> CollectionRef:
+    """Resolve a collection string (offline: a bare id is checked against ir_datasets' registry only);
+    ``what`` names it in errors (default ``unknown collection 'SRC'``)."""
+    from clir.data.sample import SAMPLE_NAME, sample_path
+
+    s = str(src).strip()
+    what = what or f"unknown collection {s!r}"
+    if s.startswith(IRDS_PREFIX):
+        return CollectionRef("irds", s, irds_id=s[len(IRDS_PREFIX) :])
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return CollectionRef("folder", str(p.resolve()), path=p.resolve())
+    if p.is_file():
+        if p.suffix not in DOC_FILE_SUFFIXES:
+            raise ClirError(f"{p}: unsupported collection file (expected .jsonl or .tsv)")
+        return CollectionRef("file", str(p.resolve()), path=p.resolve())
+    if s == SAMPLE_NAME:
+        return CollectionRef("sample", SAMPLE_NAME, path=sample_path())
+    if s.startswith((".", "/", "~")):
+        raise NotFoundError(f"{what}: folder not found (resolved against {Path.cwd()}: {p.resolve()})")
+    from clir.data.irds import load_dataset
+
+    try:
+        load_dataset(s)
+    except ClirError:
+        raise NotFoundError(
+            f"{what}: not a folder (resolved against {Path.cwd()}: {p.resolve()}), a .jsonl/.tsv file, or an "
+            f"ir_datasets id (irds:<id>, e.g. irds:hc4/fa/test; see https://ir-datasets.com); "
+            f"'{SAMPLE_NAME}' is the bundled sample"
+        ) from None
+    return CollectionRef("irds", IRDS_PREFIX + s, irds_id=s)
+
+
+def load_collection(src: str | Path) -> Collection:
+    """The collection a source names: a folder, a .jsonl/.tsv docs file, ``sample`` or an ir_datasets id."""
+    return resolve_collection(src).open()
+
+
+def load_queries(src: str | Path, *, field: str | None = None, lang: str | None = None) -> list[Query]:
+    """Queries from a .tsv file, a collection folder or an ``irds:`` id."""
+    p = Path(str(src)).expanduser()
+    if p.is_file():
+        return read_queries_tsv(p)
+    return load_collection(src).queries(field=field, lang=lang)
+
+
+def load_qrels(src: str | Path) -> Qrels:
+    """Qrels from a TREC qrels file, a collection folder or an ``irds:`` id."""
+    p = Path(str(src)).expanduser()
+    if p.is_file():
+        return read_qrels(p)
+    return load_collection(src).qrels()
