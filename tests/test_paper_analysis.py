@@ -127,3 +127,13 @@ def test_per_query_and_collection_pairs():
     assert pa == pytest.approx({"q1": 1.0, "q2": 0.5, "q3": 0.0})
     _, pairs = A.collection_analysis("c", {}, {"src": a, "tgt": b}, qrels, [("src", "tgt")], "mrr")
     assert pairs[0]["wins_losses"] == {"wins": 2, "losses": 1, "ties": 0}  # tgt better on q2, q3; worse on q1
+
+
+def test_split_documents_pair_with_their_best_passage(tmp_path):
+    Q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    D = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])  # a#0, a#1, b
+    path = tmp_path / "p.vectors.npz"
+    A.save_vectors(path, Q, ["q1", "q2"], D, ["a#0", "a#1", "b"], ["de"] * 3)
+    v = A.load_vectors(path)
+    assert A.relevant_pairs(v, {"q1": {"a": 1}, "q2": {"a": 1, "b": 1}}) == [(0, 1), (1, 0), (1, 2)]
+    assert np.isnan(A.similarity_margin(Q, D, [])["sim_margin"])

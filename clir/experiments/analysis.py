@@ -51,6 +51,8 @@ def similarity_margin(
     Q: np.ndarray, D: np.ndarray, pairs: Sequence[tuple[int, int]], *, seed: int = 0
 ) -> dict[str, float]:
     """Mean query-document score (inner product, as searched) of relevant pairs and of random pairs."""
+    if not pairs:
+        return {"sim_relevant": float("nan"), "sim_random": float("nan"), "sim_margin": float("nan")}
     qi, di = np.array(pairs).T
     rel = (np.asarray(Q, np.float64)[qi] * np.asarray(D, np.float64)[di]).sum(axis=1)
     rnd_d = np.random.default_rng(seed).integers(0, len(D), size=len(qi))
@@ -153,15 +155,25 @@ def load_vectors(path) -> dict[str, np.ndarray]:
 
 
 def relevant_pairs(v: dict[str, np.ndarray], qrels: dict[str, dict[str, int]]) -> list[tuple[int, int]]:
+    """(query row, document row) of each relevant pair. A document split into passages (ids ``DOCID#n``)
+    is represented by its best-scoring passage for that query, as MaxP ranks it."""
     qpos = {q: i for i, q in enumerate(v["query_ids"].tolist())}
-    dpos = {d: i for i, d in enumerate(v["doc_ids"].tolist())}
-    return [
-        (qpos[q], dpos[d])
-        for q, rel in qrels.items()
-        if q in qpos
-        for d, r in rel.items()
-        if r > 0 and d in dpos
-    ]
+    rows: dict[str, list[int]] = {}
+    for i, d in enumerate(v["doc_ids"].tolist()):
+        rows.setdefault(d, []).append(i)
+        if "#" in d:
+            rows.setdefault(d.rsplit("#", 1)[0], []).append(i)
+    Q, D = v["Q"].astype(np.float32), v["D"].astype(np.float32)
+    pairs = []
+    for q, rel in qrels.items():
+        if q not in qpos:
+            continue
+        for d, r in rel.items():
+            cand = rows.get(d)
+            if r > 0 and cand:
+                best = cand[int(np.argmax(D[cand] @ Q[qpos[q]]))] if len(cand) > 1 else cand[0]
+                pairs.append((qpos[q], best))
+    return pairs
 
 
 def measure_row(path, qrels: dict[str, dict[str, int]], *, seed: int = 0) -> dict[str, float]:
