@@ -252,13 +252,12 @@ def _pair_sentence(p: dict, measures: dict[str, dict[str, float]]) -> str:
 def per_query(
     run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], metric: str
 ) -> dict[str, float]:
-    """``metric`` of each query of the qrels (0 for queries the run misses), with ranx."""
-    import ranx
+    """``metric`` of each query of the qrels (0 for queries the run misses), as the significance tests
+    score them."""
+    from clir.experiments.significance import per_query_scores
 
-    qids = sorted(qrels)
-    full = {q: run.get(q) or {"__none__": 0.0} for q in qids}
-    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(full), metric, return_mean=False)
-    return dict(zip(qids, (float(s) for s in scores), strict=True))
+    scores = per_query_scores(qrels, run, [metric])[metric]  # in the qrels' sorted query order
+    return dict(zip(sorted(qrels), scores.tolist(), strict=True))
 
 
 def collection_analysis(
