@@ -18,12 +18,7 @@ from clir.train.language_adapter import INFO_FILE, LanguageAdapterArgs, train_la
 LINES = [f"{s} ({i})" for i in range(12) for s in _LINES["de"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -35,13 +35,7 @@ EN, DE = _LINES["en"], _LINES["de"]
 N = len(DE)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models train fastest (and reproducibly) on one thread, even on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
