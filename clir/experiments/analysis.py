@@ -135,18 +135,19 @@ VECTORS_SUFFIX = ".vectors.npz"
 
 def save_vectors(path, Q: np.ndarray, query_ids, D: np.ndarray, doc_ids, doc_langs) -> None:
     """The embeddings behind one run (fp16: the measures need no more), for the analysis of the report."""
-    import os
+    from pathlib import Path
 
-    tmp = str(path) + ".tmp.npz"
-    np.savez(
-        tmp,
-        Q=np.asarray(Q, dtype=np.float16),
-        D=np.asarray(D, dtype=np.float16),
-        query_ids=np.asarray(query_ids, dtype=str),
-        doc_ids=np.asarray(doc_ids, dtype=str),
-        doc_langs=np.asarray(doc_langs, dtype=str),
-    )
-    os.replace(tmp, path)  # a crash never leaves a half-written file under the final name
+    from clir.atomic import replacing
+
+    with replacing(Path(path), ".tmp.npz") as tmp:  # np.savez adds .npz to a name without it
+        np.savez(
+            tmp,
+            Q=np.asarray(Q, dtype=np.float16),
+            D=np.asarray(D, dtype=np.float16),
+            query_ids=np.asarray(query_ids, dtype=str),
+            doc_ids=np.asarray(doc_ids, dtype=str),
+            doc_langs=np.asarray(doc_langs, dtype=str),
+        )
 
 
 def load_vectors(path) -> dict[str, np.ndarray]:
