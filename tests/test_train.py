@@ -473,6 +473,9 @@ def test_language_adapter_keeps_a_pretrained_head_frozen(tiny_bert, tmp_path):
         show_progress=False,
     )
     assert not res.fresh_head
+    # with its own head the baseline is the unadapted backbone, scored on the dev slice, not trained
+    base = json.loads((tmp_path / "de" / "clir_language_adapter.json").read_text())["baseline"]
+    assert base["phase"] == "no-adapter" and base["steps"] == 0 and base["trainable_parameters"] == 0
     adapters.init(model)
     model.load_adapter(str(tmp_path / "de"), load_as="de")
     assert any(".adapters.de." in n for n, _ in model.named_parameters())
