@@ -152,3 +152,35 @@ def provision_e5_small(shared: str | Path, out: str | Path) -> str | None:
     if res.returncode != 0 or not (out / "model.safetensors").is_file():
         return res.stderr[-500:] or f"{tool} exited with {res.returncode}"
     return None
+
+
+def index_vectors(folder: str | Path):
+    """Every vector of an index folder's FAISS index, in docid order (for tests comparing builds)."""
+    import faiss
+
+    index = faiss.read_index(str(Path(folder) / "index"))
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def index_docids(folder: str | Path) -> list[str]:
+    """An index folder's ``docid`` file, one id a line."""
+    return (Path(folder) / "docid").read_text().split()
+
+
+def server_url(proc, timeout: float) -> str:
+    """The address a ``clir serve`` subprocess (stderr piped, text mode) says it listens on, read from its log;
+    AssertionError with the log's tail when it exits or stays silent for ``timeout`` seconds."""
+    import re
+    import time
+
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("server did not start:\n" + "".join(seen[-30:]))

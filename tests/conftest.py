@@ -55,3 +55,14 @@ def raw_irds_home(shared_dir, tmp_path, monkeypatch) -> Path:
         (home / "clir" / upstream).symlink_to(shared_dir / "data/raw" / upstream, target_is_directory=True)
     monkeypatch.setenv("IR_DATASETS_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train fastest, and reproducibly, on one thread, even on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

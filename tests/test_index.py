@@ -15,6 +15,7 @@ from clir.cli.main import main
 from clir.errors import ClirError
 from clir.index import IndexArgs, build_index, merge_indexes
 from clir.search import Searcher
+from clir.testing import index_docids, index_vectors
 
 FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True}
 
@@ -22,17 +23,6 @@ FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True}
 def _args(coll, model, out, **kw) -> IndexArgs:
     kw.setdefault("overrides", dict(FP32))
     return IndexArgs(collection=str(coll), model=str(model), out=str(out), **kw)
-
-
-def _vectors(folder: Path) -> np.ndarray:
-    import faiss
-
-    index = faiss.read_index(str(folder / "index"))
-    return index.reconstruct_n(0, index.ntotal)
-
-
-def _ids(folder: Path) -> list[str]:
-    return (folder / "docid").read_text().split()
 
 
 def _cli(*argv: str) -> int:
@@ -110,8 +100,8 @@ def test_resume_after_crash_equals_uninterrupted(tiny_bert, tiny_collection, tmp
         build_index(_args(tiny_collection, tiny_bert, tmp_path / "re", chunk_size=7, resume=True))
     res = build_index(_args(tiny_collection, tiny_bert, tmp_path / "re", chunk_size=5, resume=True))
     assert res.encoded_docs == 28 - 10  # only the missing chunks
-    assert _ids(tmp_path / "re") == _ids(tmp_path / "full")
-    np.testing.assert_array_equal(_vectors(tmp_path / "re"), _vectors(tmp_path / "full"))
+    assert index_docids(tmp_path / "re") == index_docids(tmp_path / "full")
+    np.testing.assert_array_equal(index_vectors(tmp_path / "re"), index_vectors(tmp_path / "full"))
     assert (tmp_path / "re/docs.jsonl").read_bytes() == (tmp_path / "full/docs.jsonl").read_bytes()
 
 
@@ -121,14 +111,14 @@ def test_shards_merge_to_the_single_build(tiny_bert, tiny_collection, tmp_path, 
         build_index(_args(tiny_collection, tiny_bert, tmp_path / f"s{i}", chunk_size=4, shard=(i, 3))).path
         for i in range(3)
     ]
-    assert sum(len(_ids(s)) for s in shards) == 28
+    assert sum(len(index_docids(s)) for s in shards) == 28
     with pytest.raises(ClirError, match=r"missing shard\(s\) \[1\]"):
         merge_indexes([shards[0], shards[2]], tmp_path / "bad")
     # through the CLI, shards in any order
     assert _cli("index", "merge", shards[2], shards[0], shards[1], "--out", tmp_path / "merged") == 0
     merged = tmp_path / "merged"
-    assert _ids(merged) == _ids(single)
-    np.testing.assert_allclose(_vectors(merged), _vectors(single), atol=1e-6)
+    assert index_docids(merged) == index_docids(single)
+    np.testing.assert_allclose(index_vectors(merged), index_vectors(single), atol=1e-6)
     s = Searcher(merged)
     assert (
         s.search("die katze sitzt auf der matte", 1, return_text=True)[0].text

@@ -18,12 +18,7 @@ from clir.train.language_adapter import INFO_FILE, LanguageAdapterArgs, train_la
 LINES = [f"{s} ({i})" for i in range(12) for s in _LINES["de"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -113,12 +108,12 @@ def test_head_only_phase_trains_no_adapter_weight(tiny_bert):
     from clir.train.language_adapter import _load_model, _Phase
 
     a = LanguageAdapterArgs(lang="de", text="x", backbone=str(tiny_bert), out="o")
-    model, fresh, _ = _load_model(a, str(tiny_bert), _Phase("head-only", Path("h")), torch.device("cpu"))
+    model, fresh = _load_model(a, str(tiny_bert), _Phase("head-only", Path("h")), torch.device("cpu"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert fresh and trainable
     assert not any("adapter" in n for n in trainable)
     assert all(not n.startswith(model.base_model_prefix + ".") for n in trainable)
-    model, _, _ = _load_model(a, str(tiny_bert), _Phase("adapter", Path("a")), torch.device("cpu"))
+    model, _ = _load_model(a, str(tiny_bert), _Phase("adapter", Path("a")), torch.device("cpu"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any(".adapters.de." in n for n in trainable) and any("invertible" in n for n in trainable)
     # the head starts from the same seeded weights in both phases

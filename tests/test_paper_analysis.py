@@ -137,3 +137,13 @@ def test_split_documents_pair_with_their_best_passage(tmp_path):
     v = A.load_vectors(path)
     assert A.relevant_pairs(v, {"q1": {"a": 1}, "q2": {"a": 1, "b": 1}}) == [(0, 1), (1, 0), (1, 2)]
     assert np.isnan(A.similarity_margin(Q, D, [])["sim_margin"])
+
+
+def test_per_query_scores_of_a_single_metric():
+    from clir.experiments.significance import per_query_scores
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = {"q1": {"d1": 2.0, "x": 1.0}, "q2": {"x": 2.0, "d2": 1.0}}
+    one = per_query_scores(qrels, run, ["ndcg@10"])
+    two = per_query_scores(qrels, run, ["ndcg@10", "mrr"])
+    assert one["ndcg@10"] == pytest.approx(two["ndcg@10"]) and two["mrr"] == pytest.approx([1.0, 0.5])

@@ -17,7 +17,7 @@ from clir.errors import ClirError
 from clir.index import IndexArgs, PassageSpec, build_index, merge_indexes
 from clir.index.passages import Splitter, window_starts
 from clir.search import Searcher, write_trec_run
-from clir.testing import _LINES
+from clir.testing import _LINES, index_docids, index_vectors
 
 LENGTH = 32  # encoder tokens per passage in these tests (the tiny BERT reads 128)
 FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True, "max_passage_length": LENGTH}
@@ -26,17 +26,6 @@ FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True, "max_passage_
 def _args(coll, model, out, **kw) -> IndexArgs:
     kw.setdefault("overrides", dict(FP32))
     return IndexArgs(collection=str(coll), model=str(model), out=str(out), **kw)
-
-
-def _vectors(folder: Path) -> np.ndarray:
-    import faiss
-
-    index = faiss.read_index(str(folder / "index"))
-    return index.reconstruct_n(0, index.ntotal)
-
-
-def _ids(folder: Path) -> list[str]:
-    return (folder / "docid").read_text().split()
 
 
 def _write(folder: Path, docs: list[dict]) -> Path:
@@ -125,7 +114,7 @@ def split_index(tiny_bert, long_collection, tmp_path_factory) -> Path:
 
 
 def test_split_index_layout(split_index, long_collection, encoder):
-    ids = _ids(split_index)
+    ids = index_docids(split_index)
     manifest = json.loads((split_index / "manifest.json").read_text())
     assert manifest["passages"] == {
         "split": "passages",
@@ -144,7 +133,7 @@ def test_split_index_layout(split_index, long_collection, encoder):
     doc = s.docstore.get("long-ru")
     assert doc["title"] == "история" and doc["text"] == " ".join(_LINES["ru"] * 3)
     rows = [i for i, r in enumerate(ids) if r.startswith("long-ru#")]
-    vecs = _vectors(split_index)
+    vecs = index_vectors(split_index)
     pm = s.passages
     texts = [doc["text"][pm.start[r] : pm.end[r]] for r in rows]
     want = encoder.encode_passages([f"история {t}" for t in texts])
@@ -166,7 +155,7 @@ def _brute(vecs, doc, n, q, k, first_only=False):
 @pytest.mark.parametrize("mode", ["maxp", "firstp"])
 def test_maxp_and_firstp_equal_brute_force(split_index, encoder, mode):
     s = Searcher(split_index, encoder=encoder, mode=mode)
-    vecs = _vectors(split_index)
+    vecs = index_vectors(split_index)
     q = encoder.encode_queries(["die katze sitzt", "история империи", "火车站", "the river"])
     scores, rows = s.search_vectors(q, 10)
     for i in range(len(q)):
@@ -185,7 +174,7 @@ def test_k_distinct_documents_when_one_document_fills_the_top(tiny_bert, tmp_pat
     coll = _write(tmp_path / "rep", docs)
     idx = build_index(_args(coll, tiny_bert, tmp_path / "idx")).path
     s = Searcher(idx)
-    qv = _vectors(idx)[1:2]  # a query just like the repeated document's passages
+    qv = index_vectors(idx)[1:2]  # a query just like the repeated document's passages
     depth = 5 * -(-s.num_rows // s.num_docs)  # the first read: k x passages per document
     _, top = Searcher(idx, mode="passages").search_vectors(qv, depth)
     assert sum(s.docids[r].startswith("rep#") for r in top[0]) > depth - 5  # too shallow for 5 documents
@@ -223,7 +212,7 @@ def test_cli_search_modes_and_trec_run(split_index, long_collection, tmp_path, c
 
 def test_truncation_keeps_one_vector_per_document(tiny_bert, long_collection, tmp_path):
     idx = build_index(_args(long_collection, tiny_bert, tmp_path / "t", passages=PassageSpec("none"))).path
-    assert _ids(idx)[:2] == ["long-de", "long-ru"] and not (idx / "passages.npy").exists()
+    assert index_docids(idx)[:2] == ["long-de", "long-ru"] and not (idx / "passages.npy").exists()
     m = json.loads((idx / "manifest.json").read_text())
     assert m["passages"]["split"] == "none" and m["num_passages"] == m["num_docs"] == 23
 
@@ -239,7 +228,7 @@ def test_shards_and_resume_equal_one_process_on_a_split_collection(
     merged = merge_indexes(shards, tmp_path / "merged")
     for name in ("docid", "docs.jsonl", "passages.npy", "docs.offsets.npy"):
         assert (merged / name).read_bytes() == (split_index / name).read_bytes(), name
-    np.testing.assert_allclose(_vectors(merged), _vectors(split_index), atol=1e-6)
+    np.testing.assert_allclose(index_vectors(merged), index_vectors(split_index), atol=1e-6)
     m = json.loads((merged / "manifest.json").read_text())
     assert (m["num_docs"], m["passages"]["split_docs"]) == (23, 2)
 
@@ -264,7 +253,7 @@ def test_shards_and_resume_equal_one_process_on_a_split_collection(
     assert res.encoded_docs == res.num_passages - 5
     for name in ("docid", "docs.jsonl", "passages.npy"):
         assert (res.path / name).read_bytes() == (split_index / name).read_bytes(), name
-    np.testing.assert_allclose(_vectors(res.path), _vectors(split_index), atol=1e-6)
+    np.testing.assert_allclose(index_vectors(res.path), index_vectors(split_index), atol=1e-6)
 
 
 def _java21() -> str | None:
@@ -332,7 +321,7 @@ def _madx(tiny_bert, langs, **over):
 def test_mixed_language_target_routing_uses_each_documents_adapter(tiny_bert, tiny_collection, tmp_path):
     enc = _madx(tiny_bert, ["en", "de", "ru", "zh", "fa"])
     idx = build_index(_args(tiny_collection, tiny_bert, tmp_path / "mix"), encoder=enc).path
-    vecs, ids = _vectors(idx), _ids(idx)
+    vecs, ids = index_vectors(idx), index_docids(idx)
     docs = [json.loads(line) for line in (tiny_collection / "docs.jsonl").read_text().splitlines()]
     for lang in ("de", "ru", "zh"):
         rows = [i for i, d in enumerate(docs) if d["lang"] == lang]
@@ -391,8 +380,8 @@ def test_language_id_labels_unlabelled_documents_and_routes_them(tiny_bert, tmp_
     }
     # the same vectors as the labelled collection gives (routing follows the detected language)
     ref = build_index(_args(_write(tmp_path / "lab", labelled[:3]), tiny_bert, tmp_path / "ref"), encoder=enc)
-    want = _vectors(ref.path)  # (short texts of unknown words split into passages at 32 tokens)
-    np.testing.assert_allclose(_vectors(idx)[: len(want)], want, atol=1e-6)
+    want = index_vectors(ref.path)  # (short texts of unknown words split into passages at 32 tokens)
+    np.testing.assert_allclose(index_vectors(idx)[: len(want)], want, atol=1e-6)
     # labels win over detection unless --lang-id all; off leaves them unknown
     off = build_index(_args(coll, tiny_bert, tmp_path / "off", lang_id="off"), encoder=enc).path
     assert json.loads((off / "manifest.json").read_text())["doc_langs"] == {"unknown": 5}

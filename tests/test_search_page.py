@@ -13,12 +13,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
+from clir.testing import server_url  # noqa: E402
 
 KEY = "page-test-key-0123"
 KEY_ENV = "CLIR_PAGE_TEST_KEY"
@@ -123,16 +123,8 @@ def server(tiny_bert, madx_model, tiny_collection, tmp_path_factory):
     cmd = [sys.executable, "-m", "clir", "serve", "--index", f"madx={madx}", "--index", f"plain={plain}", "--index", f"split={split}",
            "--api-key-env", KEY_ENV, "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    url, seen, deadline = None, [], time.monotonic() + 600  # a loaded CI machine is slow
     try:
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            seen.append(line)
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "server did not start:\n" + "".join(seen[-30:])
+        url = server_url(proc, 600)  # a loaded CI machine is slow
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the pipe
         yield url
     finally:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from clir.testing import server_url
+
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -419,17 +421,9 @@ def server(tiny_index):
         text=True,
         env=env,
     )
-    url, deadline, seen = None, time.time() + 120, []
+    deadline = time.time() + 120  # to start and to become ready
     try:
-        while url is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            seen.append(line)
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                url = m.group(1)
-        assert url, "server did not start:\n" + "".join(seen[-30:])
+        url = server_url(proc, 120)
         # keep draining stderr so the server never blocks on a full pipe
         import threading
 

@@ -35,13 +35,7 @@ EN, DE = _LINES["en"], _LINES["de"]
 N = len(DE)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models train fastest (and reproducibly) on one thread, even on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -479,6 +473,9 @@ def test_language_adapter_keeps_a_pretrained_head_frozen(tiny_bert, tmp_path):
         show_progress=False,
     )
     assert not res.fresh_head
+    # with its own head the baseline is the unadapted backbone, scored on the dev slice, not trained
+    base = json.loads((tmp_path / "de" / "clir_language_adapter.json").read_text())["baseline"]
+    assert base["phase"] == "no-adapter" and base["steps"] == 0 and base["trainable_parameters"] == 0
     adapters.init(model)
     model.load_adapter(str(tmp_path / "de"), load_as="de")
     assert any(".adapters.de." in n for n, _ in model.named_parameters())

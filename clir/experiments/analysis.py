@@ -135,18 +135,19 @@ VECTORS_SUFFIX = ".vectors.npz"
 
 def save_vectors(path, Q: np.ndarray, query_ids, D: np.ndarray, doc_ids, doc_langs) -> None:
     """The embeddings behind one run (fp16: the measures need no more), for the analysis of the report."""
-    import os
+    from pathlib import Path
 
-    tmp = str(path) + ".tmp.npz"
-    np.savez(
-        tmp,
-        Q=np.asarray(Q, dtype=np.float16),
-        D=np.asarray(D, dtype=np.float16),
-        query_ids=np.asarray(query_ids, dtype=str),
-        doc_ids=np.asarray(doc_ids, dtype=str),
-        doc_langs=np.asarray(doc_langs, dtype=str),
-    )
-    os.replace(tmp, path)  # a crash never leaves a half-written file under the final name
+    from clir.atomic import replacing
+
+    with replacing(Path(path), ".tmp.npz") as tmp:  # np.savez adds .npz to a name without it
+        np.savez(
+            tmp,
+            Q=np.asarray(Q, dtype=np.float16),
+            D=np.asarray(D, dtype=np.float16),
+            query_ids=np.asarray(query_ids, dtype=str),
+            doc_ids=np.asarray(doc_ids, dtype=str),
+            doc_langs=np.asarray(doc_langs, dtype=str),
+        )
 
 
 def load_vectors(path) -> dict[str, np.ndarray]:
@@ -252,13 +253,12 @@ def _pair_sentence(p: dict, measures: dict[str, dict[str, float]]) -> str:
 def per_query(
     run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], metric: str
 ) -> dict[str, float]:
-    """``metric`` of each query of the qrels (0 for queries the run misses), with ranx."""
-    import ranx
+    """``metric`` of each query of the qrels (0 for queries the run misses), as the significance tests
+    score them."""
+    from clir.experiments.significance import per_query_scores
 
-    qids = sorted(qrels)
-    full = {q: run.get(q) or {"__none__": 0.0} for q in qids}
-    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(full), metric, return_mean=False)
-    return dict(zip(qids, (float(s) for s in scores), strict=True))
+    scores = per_query_scores(qrels, run, [metric])[metric]  # in the qrels' sorted query order
+    return dict(zip(sorted(qrels), scores.tolist(), strict=True))
 
 
 def collection_analysis(

@@ -13,8 +13,14 @@ from clir.config.eval import CollectionSpec
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
 from clir.experiments.grid import GridCollection, GridModel
-from clir.model.registry import local_path
-from clir.model.resolve import hub_cached, looks_like_path, merge_settings, model_ready, resolve_model
+from clir.model.resolve import (
+    hub_cached,
+    local_path,
+    looks_like_path,
+    merge_settings,
+    model_ready,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
 

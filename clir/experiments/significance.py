@@ -63,7 +63,8 @@ def per_query_scores(qrels: dict[str, dict[str, int]], run: RunDict, metrics: li
             ranx.Run(run),
             list(metrics),
             return_mean=False,
-            save_results_in_run=False,
+            # not save_results_in_run=False: with one metric ranx 0.3.21 then fails (KeyError on the
+            # metric's base name); the Run is a throwaway here, so keeping its scores costs nothing
             make_comparable=True,
         )
     if len(metrics) == 1:

@@ -138,7 +138,7 @@ class DualEncoder:
     def _load_tokenizer(path: str):
         from transformers import AutoTokenizer
 
-        from clir.model.registry import local_path
+        from clir.model.resolve import local_path
 
         path = local_path(path)
         try:
@@ -150,7 +150,7 @@ class DualEncoder:
     def _load_backbone(path: str):
         from transformers import AutoModel
 
-        from clir.model.registry import local_path
+        from clir.model.resolve import local_path
 
         path = local_path(path)
         try:

@@ -50,15 +50,6 @@ def lookup(name: str) -> RegisteredModel | None:
     return _REGISTRY.get(name)
 
 
-def local_path(name: str) -> str:
-    """Where a backbone name loads from: a registered model's folder once pulled, else the name itself (a
-    folder or a hub id), so that configs may say ``backbone: multilingual-e5-small`` offline."""
-    if Path(name).expanduser().is_dir():
-        return name
-    reg = lookup(name)
-    return str(reg.path) if reg is not None and reg.path.is_dir() else name
-
-
 def _load_builtins() -> None:
     # On first use, not at import time: the builtin pullers import numpy and friends.
     if not _REGISTRY:

@@ -34,6 +34,17 @@ def hub_cached(repo: str, filename: str = "config.json") -> bool:
         return False
 
 
+def local_path(name: str) -> str:
+    """Where a backbone name loads from: a registered model's folder once pulled, else the name itself (a
+    folder or a hub id), so that configs may say ``backbone: multilingual-e5-small`` offline."""
+    from clir.model.registry import lookup
+
+    if Path(name).expanduser().is_dir():
+        return name
+    reg = lookup(name)
+    return str(reg.path) if reg is not None and reg.path.is_dir() else name
+
+
 def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``base``, nested dicts merged key by key (flags win over a folder's settings)."""
     out = dict(base)

@@ -229,24 +229,27 @@ def _prepare_work(args: LanguageAdapterArgs, out: Path, record: dict[str, Any]) 
     return work
 
 
+def _arch(args: LanguageAdapterArgs):
+    from clir.config import AdapterArch
+
+    return AdapterArch(
+        config="seq_bn_inv" if args.invertible else "seq_bn",
+        reduction_factor=args.reduction_factor,
+        non_linearity=args.non_linearity,
+    )
+
+
 def _load_model(args: LanguageAdapterArgs, backbone: str, phase: _Phase, device):
     """The masked-LM model of a phase, seeded so both phases start from the same fresh head."""
     import adapters
     import torch
 
-    from clir.config import AdapterArch
-
     torch.manual_seed(args.seed)
     model, fresh_head = load_mlm(backbone)
     adapters.init(model)
-    arch = AdapterArch(
-        config="seq_bn_inv" if args.invertible else "seq_bn",
-        reduction_factor=args.reduction_factor,
-        non_linearity=args.non_linearity,
-    )
     prefix = model.base_model_prefix
     if phase.adapter:
-        model.add_adapter(args.lang, config=arch.to_adapters_config())
+        model.add_adapter(args.lang, config=_arch(args).to_adapters_config())
         model.train_adapter(args.lang)  # freezes the backbone, embeddings included
     else:
         for p in model.parameters():
@@ -255,7 +258,7 @@ def _load_model(args: LanguageAdapterArgs, backbone: str, phase: _Phase, device)
         if not name.startswith(prefix + "."):
             p.requires_grad_(fresh_head)  # a pretrained head stays frozen; a fresh one must learn
     model.to(device)
-    return model, fresh_head, arch
+    return model, fresh_head
 
 
 def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, device, bar_desc, show_progress):
@@ -272,13 +275,17 @@ def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, dev
         set_rng_state,
     )
 
-    model, fresh_head, arch = _load_model(args, backbone, phase, device)
+    model, fresh_head = _load_model(args, backbone, phase, device)
     head = _head_module(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    record: dict[str, Any] = {"phase": phase.name, "trainable_parameters": sum(p.numel() for _, p in named)}
+    record: dict[str, Any] = {
+        "phase": phase.name,
+        "trainable_parameters": sum(p.numel() for _, p in named),
+        "fresh_head": fresh_head,
+    }
     if not named:  # a pretrained head and no adapter: nothing to train, only to score
         record.update(steps=0, seconds=0.0, dev_loss=round(mlm.dev_loss(model, head, dev, device), 5))
-        return record, model, fresh_head, arch
+        return record, model
     params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(
@@ -359,7 +366,7 @@ def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, dev
         loss=history,
         dev_loss=round(mlm.dev_loss(model, head, dev, device), 5),
     )
-    return record, model, fresh_head, arch
+    return record, model
 
 
 def train_language_adapter(
@@ -410,43 +417,38 @@ def train_language_adapter(
     if args.baseline:
         phases.append(_Phase("head-only", work / "head-only"))
     records: dict[str, dict[str, Any]] = {}
-    fresh_head, arch = False, None
     for phase in phases:
         done = work / f"{phase.name}.json"
-        if done.is_file():
+        if done.is_file():  # finished by an earlier process
             records[phase.name] = json.loads(done.read_text(encoding="utf-8"))
-            continue
-        rec, model, fresh, arch_ = _train_phase(
-            args,
-            backbone,
-            phase,
-            tokenizer,
-            train_texts,
-            dev,
-            device,
-            f"mlm {args.lang} {phase.name}",
-            show_progress,
-        )
-        if phase.adapter:
-            fresh_head, arch = fresh, arch_
-            model.save_adapter(str(work / "weights"), args.lang, with_head=False)
-            if not fresh:  # a pretrained head: the baseline is the backbone without the adapter, not trained
-                phases[1:] = [_Phase("no-adapter", work / "no-adapter")] if args.baseline else []
-        (done).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
-        records[phase.name] = rec
-        shutil.rmtree(phase.folder, ignore_errors=True)
-        del model
-    if arch is None:  # the adapter phase finished in an earlier process
-        from clir.config import AdapterArch
+        else:
+            records[phase.name] = _run_phase(
+                args, backbone, phase, tokenizer, train_texts, dev, device, work, show_progress
+            )
+            done.write_text(json.dumps(records[phase.name], indent=2) + "\n", encoding="utf-8")
+        if phase.adapter and not records[phase.name]["fresh_head"]:
+            # a pretrained head: the baseline is the backbone without the adapter, scored, not trained
+            phases[1:] = [_Phase("no-adapter", work / "no-adapter")] if args.baseline else []
+    return _finish(args, out, work, backbone, _arch(args), records, dev_texts)
 
-        fresh_head = bool(records["adapter"].get("fresh_head", True))
-        arch = AdapterArch(
-            config="seq_bn_inv" if args.invertible else "seq_bn",
-            reduction_factor=args.reduction_factor,
-            non_linearity=args.non_linearity,
-        )
-    records["adapter"]["fresh_head"] = fresh_head
-    return _finish(args, out, work, backbone, arch, records, dev_texts)
+
+def _run_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, device, work: Path, show_progress):
+    """Train one phase in this process; the adapter phase leaves its weights in ``work/weights``."""
+    rec, model = _train_phase(
+        args,
+        backbone,
+        phase,
+        tokenizer,
+        train_texts,
+        dev,
+        device,
+        f"mlm {args.lang} {phase.name}",
+        show_progress,
+    )
+    if phase.adapter:
+        model.save_adapter(str(work / "weights"), args.lang, with_head=False)
+    shutil.rmtree(phase.folder, ignore_errors=True)  # its checkpoints: the phase is done
+    return rec
 
 
 def _finish(args, out: Path, work: Path, backbone, arch, records, dev_texts) -> LanguageAdapterResult:

@@ -50,7 +50,7 @@ class Plan:
 
 
 def _registered(name: str) -> bool:
-    from clir.model.registry import local_path
+    from clir.model.resolve import local_path
 
     return local_path(name) != name
 
