@@ -544,16 +544,16 @@ def test_bad_requests_are_4xx_json(strict_client, name, method, path, kwargs, st
 
 
 def test_batch_runs_in_slices_so_single_searches_interleave(strict_client, searcher, monkeypatch):
-    import clir.serve.app as app_module
+    import clir.serve.routes as routes_module
 
     sizes = []
-    real = app_module.run_jobs
+    real = routes_module.run_jobs
 
     def spy(encoder, jobs, **kw):
         sizes.append(len(jobs))
         return real(encoder, jobs, **kw)
 
-    monkeypatch.setattr(app_module, "run_jobs", spy)
+    monkeypatch.setattr(routes_module, "run_jobs", spy)
     r = strict_client.post("/search/batch", json={"queries": QUERIES[:5], "k": 3})
     assert r.status_code == 200
     assert sizes == [2, 2, 1]  # max_batch_size each: the encoder is free between slices

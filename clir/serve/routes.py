@@ -1,0 +1,246 @@
+"""The REST routes, registered on the app by :func:`clir.serve.app.create_app`: probes, index metadata,
+stored documents, and search (one query, GET or POST, and batches). Errors leave as one JSON shape."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clir.errors import ClirError, NotFoundError
+from clir.serve.batching import Job, Result, run_jobs
+from clir.serve.config import MAX_K
+from clir.serve.guard import API_KEY_HEADER
+from clir.serve.schemas import (
+    ERRORS,
+    BatchSearchRequest,
+    BatchSearchResponse,
+    SearchRequest,
+    SearchResponse,
+    error_body,
+    nonblank,
+)
+from clir.serve.state import ServeState
+
+#: documents the key in /docs; the guard is what checks it
+KEY_DOC = Security(
+    APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="when the server has a key")
+)
+
+
+class PayloadTooLarge(ClirError):
+    status = 413
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """One JSON shape for every error a route raises."""
+
+    @app.exception_handler(ClirError)
+    async def _clir_error(request: Request, exc: ClirError):
+        return _error_response(exc.status, str(exc), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return _error_response(422, _validation_detail(exc), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error_response(exc.status_code, exc.detail, request, headers=getattr(exc, "headers", None))
+
+
+def add_probe_routes(app: FastAPI, state: ServeState) -> None:
+    @app.head("/health", include_in_schema=False)  # monitoring tools probe with HEAD
+    async def health_head() -> Response:
+        return Response()
+
+    @app.get("/health", tags=["probes"], summary="liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        tags=["probes"],
+        summary="readiness: indexes loaded and the encoder warmed up",
+        responses=ERRORS,
+    )
+    async def ready():
+        if not state.ready:
+            return _error_response(503, "indexes are loading", None, error="not_ready")
+        return {"status": "ready", "indexes": list(state.searchers)}
+
+
+def add_index_routes(app: FastAPI, state: ServeState) -> None:
+    @app.get("/indexes", tags=["indexes"], summary="served indexes", responses=ERRORS)
+    async def list_indexes(_key: str | None = KEY_DOC) -> dict[str, Any]:
+        return {"indexes": [_describe(name, s, name == state.default) for name, s in state.searchers.items()]}
+
+    @app.get(
+        "/indexes/{name}/docs/{doc_id:path}",
+        tags=["indexes"],
+        summary="a stored document",
+        responses=ERRORS,
+    )
+    async def get_doc(name: str, doc_id: str, _key: str | None = KEY_DOC) -> dict[str, Any]:
+        name, searcher = state.get(name)
+        if not searcher.docstore.available:
+            raise NotFoundError(f"index {name!r} has no document store")
+        doc = searcher.docstore.get(doc_id)
+        return {"index": name, **doc}
+
+
+def _describe(name: str, s: Any, default: bool) -> dict[str, Any]:
+    """A served index as ``GET /indexes`` lists it, from its manifest."""
+    m = s.manifest
+    return {
+        "name": name,
+        "default": default,
+        "num_docs": s.num_docs,
+        "languages": sorted(k for k in (m.get("doc_langs") or {}) if k != "unknown")
+        or ([m["doc_lang"]] if m.get("doc_lang") else []),
+        "doc_langs": m.get("doc_langs") or {},
+        "collection": m.get("collection"),
+        "factory": m.get("factory"),
+        "dim": m.get("dim"),
+        "model": (m.get("model") or {}).get("source"),
+        "encoder_fingerprint": m.get("encoder"),
+        "created": m.get("created"),
+    }
+
+
+def add_search_routes(app: FastAPI, state: ServeState) -> None:
+    @app.post("/search", tags=["search"], summary="search one index", response_model=SearchResponse,
+              response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
+    async def search_post(body: SearchRequest, _key: str | None = KEY_DOC):
+        return await _search_one(state, body.index, body.query, body.k, body.query_lang, body.return_text)
+
+    @app.get("/search", tags=["search"], summary="search one index (query string)", response_model=SearchResponse,
+             response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
+    async def search_get(
+        q: str = Query(description="query text"),
+        k: int = Query(10, ge=1, le=MAX_K),
+        index: str | None = None,
+        query_lang: str = Query("en", min_length=1, max_length=32),
+        return_text: bool = True,
+        _key: str | None = KEY_DOC,
+    ):
+        try:
+            nonblank(q)
+        except ValueError as e:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "q"), "msg": str(e)}]
+            ) from None
+        return await _search_one(state, index, q, k, query_lang, return_text)
+
+    @app.post("/search/batch", tags=["search"], summary="many queries in one call",
+              response_model=BatchSearchResponse, response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
+    async def search_batch(body: BatchSearchRequest, _key: str | None = KEY_DOC):
+        return await _search_batch(state, body)
+
+
+async def _search_one(
+    state: ServeState, name: str | None, query: str, k: int, lang: str, return_text: bool
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    name, searcher = state.get(name)
+    job = Job(searcher, query, k, lang)
+    batcher = state.batchers.get(id(searcher.encoder))
+    if batcher is not None:
+        res = await batcher.submit(job)
+    else:
+        # asyncio's default executor, not Starlette's run_in_threadpool: see clir.serve.batching
+        (done,) = await asyncio.to_thread(run_jobs, searcher.encoder, [job])
+        if isinstance(done, BaseException):
+            raise done
+        res = done
+    out = {
+        "index": name,
+        "hits": _hits(searcher, res, return_text),
+        "query_tokens": res.tokens,
+        "truncated": res.truncated,
+    }
+    if res.truncated:
+        out["warning"] = f"query truncated to the encoder's limit of {res.tokens} tokens"
+    out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    return out
+
+
+def _check_batch_limits(body: BatchSearchRequest, max_queries: int, max_chars: int) -> None:
+    if len(body.queries) > max_queries:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("body", "queries"),
+                    "msg": f"at most {max_queries} queries per call, got {len(body.queries)}",
+                }
+            ]
+        )
+    chars = sum(len(q) for q in body.queries)
+    if chars > max_chars:
+        raise PayloadTooLarge(
+            f"the batch holds {chars} query characters, more than max_batch_chars ({max_chars})"
+            ": split it into several calls"
+        )
+
+
+async def _search_batch(state: ServeState, body: BatchSearchRequest) -> dict[str, Any]:
+    settings = state.settings
+    _check_batch_limits(body, settings.max_batch_queries, settings.max_batch_chars)
+    t0 = time.perf_counter()
+    name, searcher = state.get(body.index)
+    jobs = [Job(searcher, q, body.k, body.query_lang) for q in body.queries]
+    results = []
+    step = settings.max_batch_size
+    for at in range(0, len(jobs), step):
+        # one slice at a time: between slices the encoder is free for single searches, which wait for
+        # one slice, not for the whole batch
+        results += await asyncio.to_thread(
+            run_jobs,
+            searcher.encoder,
+            jobs[at : at + step],
+            batch_size=settings.max_batch_size,
+            exact=settings.exact_batching,
+        )
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    found = [r for r in results if isinstance(r, Result)]
+    items = [
+        {"hits": _hits(searcher, r, body.return_text), "query_tokens": r.tokens, "truncated": r.truncated}
+        for r in found
+    ]
+    return {"index": name, "results": items, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+
+def _hits(searcher: Any, res: Result, return_text: bool) -> list[dict[str, Any]]:
+    return [h.as_dict() for h in searcher.hits(res.scores, res.rows, return_text=return_text)]
+
+
+def _error_response(
+    status: int, detail: Any, request: Request | None, *, error: str | None = None, headers=None
+) -> JSONResponse:
+    rid = request.scope.get("state", {}).get("request_id") if request is not None else None
+    body = error_body(status, detail, request_id=rid if status >= 500 else None, error=error)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",)) or "body"
+        if err.get("type") == "json_invalid":
+            parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
+        elif tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
+            "model_attributes_type",
+            "dict_type",
+        ):
+            parts.append("body: expected a JSON object (send it with Content-Type: application/json)")
+        else:
+            parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
