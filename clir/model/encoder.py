@@ -12,52 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from clir.atomic import swap_into_place
-from clir.config import ModelConfig, Routing, from_dict, to_dict
+from clir.config import ModelConfig, Routing, from_dict
 from clir.config.model import Route
 from clir.errors import ClirError
-from clir.model.resolve import MODEL_FILE, merge_settings, resolve_model
+from clir.model import adapters as adapter_rules
+from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
+from clir.model.fingerprint import fingerprint
+from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
+from clir.model.precision import autocast_dtype, cast_linear_params
+from clir.model.resolve import merge_settings, resolve_model
 
 log = logging.getLogger(__name__)
-
-Side = Literal["query", "passage"]
-
-_cpu_bf16: bool | None = None
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast is ~1.7x faster."""
-    global _cpu_bf16
-    if _cpu_bf16 is None:
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-            _cpu_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-        except OSError:
-            _cpu_bf16 = False
-    return _cpu_bf16
-
-
-def _hash_tensors(named: Sequence[tuple[str, Any]]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(named, key=lambda x: x[0]):
-        h.update(name.encode())
-        # hash the array's buffer directly: .tobytes() would first copy it (~0.5 GB, ~1 s for e5-small)
-        h.update(t.detach().to("cpu").contiguous().float().numpy().data)
-    return h.hexdigest()
-
-
-def _is_local(source: str) -> bool:
-    return Path(source).expanduser().exists()
 
 
 class DualEncoder:
@@ -87,26 +60,10 @@ class DualEncoder:
             # Denormal floats in padded BERT batches cost up to 4x on x86 CPUs; flushing them is harmless.
             torch.set_flush_denormal(True)
 
-        full_dir = self.model_dir / "backbone" if self.model_dir and config.adapter_mode == "full" else None
-        tok_dir = (
-            self.model_dir / "tokenizer"
-            if self.model_dir and (self.model_dir / "tokenizer").is_dir()
-            else None
-        )
-        self.tokenizer = self._load_tokenizer(str(tok_dir or full_dir or config.backbone))
-        if config.adapter_mode == "full" and not config.tied:
-            q_dir = self.model_dir / "query" if self.model_dir else None
-            p_dir = self.model_dir / "passage" if self.model_dir else None
-            self.query_model = self._load_backbone(
-                str(q_dir) if q_dir and q_dir.is_dir() else config.backbone
-            )
-            self.passage_model = self._load_backbone(
-                str(p_dir) if p_dir and p_dir.is_dir() else config.backbone
-            )
-        else:
-            src = str(full_dir) if full_dir and full_dir.is_dir() else config.backbone
-            self.query_model = self._load_backbone(src)
-            self.passage_model = self.query_model
+        sources = weight_sources(config, self.model_dir)
+        self.tokenizer = load_tokenizer(sources.tokenizer)
+        self.query_model = load_backbone(sources.query)
+        self.passage_model = self.query_model if sources.passage is None else load_backbone(sources.passage)
         self._lang_loaded: set[str] = set()
         self._position_limit: int | None = None
         self._check_lengths()
@@ -134,36 +91,8 @@ class DualEncoder:
                 continue  # a default above a small model's limit is capped when tokenizing
             raise ClirError(f"{key.replace('_', '-')} {value} is outside 1..{limit}, this model's limit")
 
-    @staticmethod
-    def _load_tokenizer(path: str):
-        from transformers import AutoTokenizer
-
-        from clir.model.resolve import local_path
-
-        path = local_path(path)
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise ClirError(_hub_message("tokenizer", path, e)) from None
-
-    @staticmethod
-    def _load_backbone(path: str):
-        from transformers import AutoModel
-
-        from clir.model.resolve import local_path
-
-        path = local_path(path)
-        try:
-            return AutoModel.from_pretrained(path, add_pooling_layer=False)
-        except TypeError:  # encoders without a pooler argument
-            return AutoModel.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise ClirError(_hub_message("backbone", path, e)) from None
-
     def task_adapter_names(self) -> list[str]:
-        if self.config.adapter_mode == "full":
-            return []
-        return ["task"] if self.config.tied else ["task_query", "task_passage"]
+        return adapter_rules.task_adapter_names(self.config)
 
     def _init_adapters(self) -> None:
         import adapters
@@ -172,8 +101,8 @@ class DualEncoder:
         adapters.init(model)
         arch = self.config.task_adapter.to_adapters_config()
         for name in self.task_adapter_names():
-            saved = self.model_dir / "adapters" / name if self.model_dir else None
-            if saved and saved.is_dir():
+            saved = saved_adapter(self.model_dir, name)
+            if saved is not None:
                 model.load_adapter(str(saved), load_as=name, set_active=False)
             else:
                 model.add_adapter(name, config=arch)
@@ -181,16 +110,7 @@ class DualEncoder:
             self.load_language_adapter(self.config.source_lang)
 
     def language_adapter_source(self, lang: str) -> str:
-        bundled = self.model_dir / "adapters" / f"lang_{lang}" if self.model_dir else None
-        if bundled and bundled.is_dir():
-            return str(bundled)
-        if lang not in self.config.language_adapters:
-            known = ", ".join(sorted(self.config.language_adapters)) or "none"
-            raise ClirError(
-                f"no language adapter for {lang!r} (configured: {known}); add it under language_adapters "
-                f"(an AdapterHub/Hugging Face id or a folder made by `clir train-language-adapter --lang {lang}`)"
-            )
-        return self.config.language_adapters[lang]
+        return adapter_rules.language_adapter_source(self.config, self.model_dir, lang)
 
     def load_language_adapter(self, lang: str) -> None:
         """Load the language adapter for ``lang`` (lazily: only languages that are routed to get loaded)."""
@@ -206,7 +126,7 @@ class DualEncoder:
                 try:
                     model.load_adapter(source, load_as=lang, set_active=False)
                 except Exception as e:  # the adapters/hub stack raises many types; all mean "could not load"
-                    raise ClirError(_adapter_message(lang, source, e)) from None
+                    raise ClirError(adapter_message(lang, source, e)) from None
             model.to(self.device)
             self._lang_loaded.add(lang)
             self._fingerprint = None
@@ -250,23 +170,9 @@ class DualEncoder:
 
     # ------------------------------------------------------------------ routing
     def language_adapter_for(self, side: Side, lang: str | None) -> str | None:
-        """The one rule for which language adapter sits under the task adapter when ``side`` encodes text in
-        ``lang``: None without one (full/task modes, ``none`` routing), the source language's for ``source``
-        routing, the text's own for ``target``."""
-        cfg = self.config
-        if cfg.adapter_mode != "madx":
-            return None
-        route = cfg.routing.query if side == "query" else cfg.routing.doc
-        if route == "none":
-            return None
-        if route == "source":
-            return cfg.source_lang
-        if not lang:
-            raise ClirError(
-                f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
-                "or give documents a 'lang' field"
-            )
-        return lang
+        """Which language adapter ``side`` encodes ``lang`` text through: see
+        :func:`clir.model.adapters.language_adapter_for`, the one rule."""
+        return adapter_rules.language_adapter_for(self.config, side, lang)
 
     def adapter_setup(self, side: Side, lang: str | None):
         """The ``adapters`` composition active for ``side`` encoding text in ``lang`` (None in full mode)."""
@@ -275,7 +181,7 @@ class DualEncoder:
         cfg = self.config
         if cfg.adapter_mode == "full":
             return None
-        task = "task" if cfg.tied else f"task_{side}"
+        task = task_adapter_for(cfg, side)
         la = self.language_adapter_for(side, lang)
         if la is None:
             return Stack(task)
@@ -302,14 +208,7 @@ class DualEncoder:
 
     def _autocast_dtype(self):
         """The autocast dtype the precision setting picks on this device (None: plain fp32)."""
-        import torch
-
-        p = self.config.precision
-        if p == "fp32" or (p == "auto" and self.device.type == "cpu" and not cpu_has_bf16()):
-            return None
-        if p == "fp16" or (p == "auto" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-            return torch.float16
-        return torch.bfloat16
+        return autocast_dtype(self.config.precision, self.device)
 
     def _autocast(self):
         import torch
@@ -318,42 +217,8 @@ class DualEncoder:
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _cast_params(self, model, dtype) -> dict[str, Any]:
-        """Low-precision copies of ``model``'s Linear weights and biases, reused across encode() calls.
-
-        Autocast casts every Linear weight again on each call (its cast cache dies with the context): for
-        e5-small on this 2-core CPU ~1.5 of the ~14 CPU-ms a one-query encode costs (eval/bench/RESULTS.md),
-        which search and serving pay per request. Autocast leaves tensors that
-        are already in its dtype alone and casts fp32 ones with the same rounding, so feeding these copies
-        (torch.func.functional_call) gives bit-identical vectors. A copy is renewed when its parameter is
-        replaced, moved or updated in place (training bumps ``_version``)."""
-        import torch
-
-        key = (id(model), dtype)
-        old = self._cast_cache.get(key, {})
-        new: dict[str, tuple[Any, int, int, Any]] = {}
-        for mod_name, mod in model.named_modules():
-            if not isinstance(mod, torch.nn.Linear):
-                continue
-            for pname in ("weight", "bias"):
-                p = getattr(mod, pname, None)
-                if p is None or p.dtype != torch.float32:
-                    continue
-                name = f"{mod_name}.{pname}" if mod_name else pname
-                # parameters made under inference_mode (a language adapter loaded lazily by encode) keep
-                # no version counter: those are cast afresh each call (-1 never matches)
-                version = -1 if p.is_inference() else p._version
-                hit = old.get(name)
-                if (
-                    hit is None
-                    or version < 0
-                    or hit[0] is not p
-                    or hit[1] != version
-                    or hit[2] != p.data_ptr()
-                ):
-                    hit = (p, version, p.data_ptr(), p.detach().to(dtype))
-                new[name] = hit
-        self._cast_cache[key] = new  # rebuilt each call: copies of removed modules are dropped
-        return {name: hit[3] for name, hit in new.items()}
+        """Linear weights cast to ``dtype``, reused between calls (:func:`clir.model.precision.cast_linear_params`)."""
+        return cast_linear_params(model, dtype, self._cast_cache)
 
     def pool(self, hidden, mask):
         """Pool token states into one vector per text (and L2-normalise if configured)."""
@@ -468,101 +333,13 @@ class DualEncoder:
     def fingerprint(self) -> dict[str, Any]:
         """What makes two encoders produce the same document vectors (stored in index manifests)."""
         if self._fingerprint is None:
-            cfg = self.config
-            base = [
-                (n, p)
-                for m in self.models()
-                for n, p in m.named_parameters()
-                if "adapters." not in n and "invertible_adapters" not in n
-            ]
-            adapters_hash: dict[str, str] = {}
-            if cfg.adapter_mode != "full":
-                for name in [*self.task_adapter_names(), *sorted(self._lang_loaded)]:
-                    params = [
-                        (n, p)
-                        for n, p in self.query_model.named_parameters()
-                        if f".{name}." in n or n.endswith(f".{name}")
-                    ]
-                    adapters_hash[name] = _hash_tensors(params)
-            self._fingerprint = {
-                "backbone": cfg.backbone,
-                "backbone_weights": _hash_tensors(base),
-                "dim": self.dim,
-                "pooling": cfg.pooling,
-                "normalize": cfg.normalize,
-                "query_prefix": cfg.query_prefix,
-                "passage_prefix": cfg.passage_prefix,
-                "max_query_length": cfg.max_query_length,
-                "max_passage_length": cfg.max_passage_length,
-                "tied": cfg.tied,
-                "adapter_mode": cfg.adapter_mode,
-                "adapters": adapters_hash,
-                "source_lang": cfg.source_lang if cfg.adapter_mode == "madx" else None,
-                "routing": {"query": cfg.routing.query, "doc": cfg.routing.doc}
-                if cfg.adapter_mode == "madx"
-                else None,
-            }
+            self._fingerprint = fingerprint(self)
         return dict(self._fingerprint)
 
     # ------------------------------------------------------------------ saving
     def save(self, out_dir: str | Path, *, save_lang: Sequence[str] = ()) -> Path:
-        """Write a model folder: settings YAML + adapter weights (or full weights in ``full`` mode).
-
-        Local language adapters and any in ``save_lang`` are copied in, so the folder stands alone.
-        Written to ``OUT.partial`` and renamed, so a crash never leaves a half model under the final name."""
-        import yaml
-
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        cfg = self.config
-        data = to_dict(cfg)
-        if cfg.adapter_mode == "full":
-            if cfg.tied:
-                self.query_model.save_pretrained(tmp / "backbone")
-                self.tokenizer.save_pretrained(tmp / "backbone")
-            else:
-                self.query_model.save_pretrained(tmp / "query")
-                self.passage_model.save_pretrained(tmp / "passage")
-                self.tokenizer.save_pretrained(tmp / "tokenizer")
-        else:
-            (tmp / "adapters").mkdir()
-            for name in self.task_adapter_names():
-                self.query_model.save_adapter(str(tmp / "adapters" / name), name)
-            lang_to_copy = set(save_lang)
-            for lang, src in cfg.language_adapters.items():
-                if lang in self._lang_loaded and (_is_local(src) or src == "new"):
-                    lang_to_copy.add(lang)
-            for lang in sorted(lang_to_copy):
-                self.load_language_adapter(lang)
-                self.query_model.save_adapter(str(tmp / "adapters" / f"lang_{lang}"), lang)
-                data["language_adapters"][lang] = f"adapters/lang_{lang}"
-        (tmp / MODEL_FILE).write_text(
-            yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
-        swap_into_place(tmp, out)
-        return out
-
-
-def _hub_message(what: str, path: str, err: Exception) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (
-        f"could not load the {what} {path!r}: {first}. If this is a Hugging Face hub id and this machine is "
-        "offline, download it elsewhere (`huggingface-cli download ID --local-dir DIR`) and pass --model DIR; "
-        "`clir models list` shows models that work offline (e.g. multilingual-e5-small)"
-    )
-
-
-def _adapter_message(lang: str, source: str, err: Exception) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (
-        f"could not load the language adapter for {lang!r} from {source!r}: {first}. If AdapterHub / the "
-        "Hugging Face hub is unreachable, download the adapter elsewhere (its folder holds adapter_config.json "
-        f"and pytorch_adapter.bin or safetensors) and map it locally (language_adapters: {{{lang}: /path/to/folder}}), "
-        f"or train one here with `clir train-language-adapter --lang {lang}`"
-    )
+        """Write a model folder (:func:`clir.model.folder.save_model`); returns it."""
+        return save_model(self, out_dir, save_lang=save_lang)
 
 
 # ---------------------------------------------------------------------- resolving --model

@@ -82,7 +82,7 @@ def load_avg() -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    from clir.model.encoder import cpu_has_bf16
+    from clir.model.precision import cpu_has_bf16
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),

@@ -1,0 +1,74 @@
+"""Which adapters an encoder has and which it uses: the task adapter names of a mode, where a language's
+adapter comes from, and the one rule for which language adapter a side (query, passage) encodes through.
+
+These read only the settings (and the model folder); :class:`clir.model.encoder.DualEncoder` loads and
+activates what they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from clir.config import ModelConfig
+from clir.errors import ClirError
+
+Side = Literal["query", "passage"]
+
+
+def task_adapter_names(config: ModelConfig) -> list[str]:
+    if config.adapter_mode == "full":
+        return []
+    return ["task"] if config.tied else ["task_query", "task_passage"]
+
+
+def saved_adapter(model_dir: Path | None, name: str) -> Path | None:
+    """The folder of adapter ``name`` inside a model folder (``adapters/<name>``), when it is there."""
+    path = model_dir / "adapters" / name if model_dir else None
+    return path if path is not None and path.is_dir() else None
+
+
+def language_adapter_source(config: ModelConfig, model_dir: Path | None, lang: str) -> str:
+    """Where ``lang``'s adapter loads from: the model folder's own copy, else ``language_adapters``."""
+    bundled = saved_adapter(model_dir, f"lang_{lang}")
+    if bundled is not None:
+        return str(bundled)
+    if lang not in config.language_adapters:
+        known = ", ".join(sorted(config.language_adapters)) or "none"
+        raise ClirError(
+            f"no language adapter for {lang!r} (configured: {known}); add it under language_adapters "
+            f"(an AdapterHub/Hugging Face id or a folder made by `clir train-language-adapter --lang {lang}`)"
+        )
+    return config.language_adapters[lang]
+
+
+def language_adapter_for(config: ModelConfig, side: Side, lang: str | None) -> str | None:
+    """The one rule for which language adapter sits under the task adapter when ``side`` encodes text in
+    ``lang``: None without one (full/task modes, ``none`` routing), the source language's for ``source``
+    routing, the text's own for ``target``."""
+    if config.adapter_mode != "madx":
+        return None
+    route = config.routing.query if side == "query" else config.routing.doc
+    if route == "none":
+        return None
+    if route == "source":
+        return config.source_lang
+    if not lang:
+        raise ClirError(
+            f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
+            "or give documents a 'lang' field"
+        )
+    return lang
+
+
+def task_adapter_for(config: ModelConfig, side: Side) -> str:
+    return "task" if config.tied else f"task_{side}"
+
+
+def adapter_message(lang: str, source: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"could not load the language adapter for {lang!r} from {source!r}: {first}. If AdapterHub / the "
+        "Hugging Face hub is unreachable, download the adapter elsewhere (its folder holds adapter_config.json "
+        f"and pytorch_adapter.bin or safetensors) and map it locally (language_adapters: {{{lang}: /path/to/folder}}), "
+        f"or train one here with `clir train-language-adapter --lang {lang}`"
+    )
