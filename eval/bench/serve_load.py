@@ -90,29 +90,40 @@ def padded_index(real: Path, out: Path, total: int, seed: int = 0) -> Path:
     index.add(vecs)
     index.add(extra)
     faiss.write_index(index, str(partial / store.INDEX_FILE))
+    # rows are passages and the doc store holds documents: a real document split into passages keeps its
+    # spans, and each synthetic passage is a whole document of its own (one row, passage 0)
     real_ids = store.read_docids(real)
-    docs = store.DocStore(real, real_ids)
+    pmap = store.PassageMap.load(real, real_ids)
+    doc_ids = pmap.doc_ids if pmap is not None else real_ids
+    docs = store.DocStore(real, doc_ids)
     sents = _sentences()
     pick = random.Random(seed)
     writer = store.DocStoreWriter(partial)
-    ids = []
+    ids = list(real_ids)
+    spans = [] if pmap is None else [[int(pmap.doc[r]), int(pmap.n[r]), int(pmap.start[r]), int(pmap.end[r])]
+                                     for r in range(n_real)]  # fmt: skip
     langs: dict[str, int] = {}
-    for row, doc_id in enumerate(real_ids):
+    for row in range(len(doc_ids)):
         d = docs.get_row(row)
         writer.add(d)
-        ids.append(doc_id)
         langs[d.get("lang") or "unknown"] = langs.get(d.get("lang") or "unknown", 0) + 1
     for i in range(total - n_real):
         parts = [sents[pick.randrange(len(sents))] for _ in range(pick.randint(2, 4))]
         lang = parts[0][0]
-        writer.add({"doc_id": f"syn-{i}", "text": " ".join(s for _, s in parts), "lang": lang})
+        text = " ".join(s for _, s in parts)
+        writer.add({"doc_id": f"syn-{i}", "text": text, "lang": lang})
         ids.append(f"syn-{i}")
+        if pmap is not None:
+            spans.append([len(doc_ids) + i, 0, 0, len(text)])
         langs[lang] = langs.get(lang, 0) + 1
     writer.close()
     store.write_docids(partial / store.DOCID_FILE, ids)
+    if pmap is not None:
+        store.atomic_save_npy(partial / store.PASSAGES_FILE, np.asarray(spans, dtype=np.int64))
     manifest = dict(real_manifest)
     manifest.update(
-        num_docs=total,
+        num_docs=len(doc_ids) + total - n_real,
+        num_passages=total,
         doc_langs=langs,
         collection=f"{real_manifest.get('collection')} + {total - n_real} synthetic passages (random unit vectors)",
         bench_recipe=recipe,
@@ -133,6 +144,8 @@ def lucene_docs(index_dir: Path, out: Path) -> Path:
     jsonl_dir = out.with_name(out.name + ".jsonl")
     jsonl_dir.mkdir(parents=True, exist_ok=True)
     ids = store.read_docids(index_dir)
+    pmap = store.PassageMap.load(index_dir, ids)
+    ids = pmap.doc_ids if pmap is not None else ids
     docs = store.DocStore(index_dir, ids)
     with open(jsonl_dir / "docs.jsonl", "w", encoding="utf-8") as f:
         for row, doc_id in enumerate(ids):
