@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,50 +78,6 @@ class LanguageAdapterResult:
     dev_loss: float = float("nan")
     baseline_dev_loss: float | None = None
     dev_texts: int = 0
-
-
-# ---------------------------------------------------------------------- text sources
-class TextSource:
-    """Texts from a plain text file (one a line) or any collection source (``load_collection``)."""
-
-    def __init__(self, src: str) -> None:
-        from clir.data.collections import IRDS_PREFIX
-        from clir.data.resolve import load_collection
-
-        self.name = src
-        p = Path(src).expanduser()
-        self._path: Path | None = None
-        self._collection = None
-        if src.startswith(IRDS_PREFIX) or p.is_dir() or p.suffix in (".jsonl", ".json", ".tsv"):
-            self._collection = load_collection(src)
-        elif p.is_file():
-            self._path = p
-        else:
-            raise ClirError(
-                f"--text {src}: not a text file, a .jsonl/.tsv docs file, a collection folder or irds:<id>"
-            )
-
-    def records(self, start: int = 0) -> Iterator[str]:
-        if self._path is not None:
-            texts: Iterator[str] = (
-                line.strip() for line in open(self._path, encoding="utf-8", errors="replace")
-            )
-        else:
-            assert self._collection is not None
-            texts = (d.full_text().strip() for d in self._collection.docs())
-        return itertools.islice((t for t in texts if t), start, None)
-
-
-def _texts_forever(source: TextSource, *, block: int, seed: int) -> Iterator[str]:
-    from clir.data.triples import block_shuffled
-
-    for epoch in itertools.count():
-        n = 0
-        for text in block_shuffled(source.records, block=block, seed=seed, epoch=epoch):
-            n += 1
-            yield text
-        if n == 0:
-            raise ClirError(f"--text {source.name}: no text found")
 
 
 # ---------------------------------------------------------------------- backbone
@@ -261,19 +217,75 @@ def _load_model(args: LanguageAdapterArgs, backbone: str, phase: _Phase, device)
     return model, fresh_head
 
 
+@dataclass
+class _PhaseRun:
+    """The optimiser, schedule, mask RNG, step and loss history of a phase: what its checkpoints hold."""
+
+    named: list[tuple[str, Any]]
+    optimizer: Any
+    scheduler: Any
+    gen: Any  # the torch.Generator that draws the MLM masks
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interval: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, args: LanguageAdapterArgs, named: list[tuple[str, Any]], phase: _Phase) -> _PhaseRun:
+        """A fresh phase, or the one its last checkpoint holds."""
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        from clir.train.checkpoint import list_checkpoints
+
+        optimizer = torch.optim.AdamW([p for _, p in named], lr=args.lr, weight_decay=0.0)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(args.warmup_ratio * args.max_steps), args.max_steps
+        )
+        run = cls(named, optimizer, scheduler, torch.Generator().manual_seed(args.seed))
+        ckpts = list_checkpoints(phase.folder)
+        if ckpts:
+            run._restore(ckpts[-1], phase.name)
+        return run
+
+    def _restore(self, ckpt: Path, phase: str) -> None:
+        import torch
+
+        from clir.train.checkpoint import load_checkpoint, set_rng_state
+
+        saved = load_checkpoint(ckpt)
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(saved["model"][n])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.gen.set_state(saved["rng"]["mask"])
+        set_rng_state(saved["rng"]["global"])
+        self.step, self.history = int(saved["step"]), list(saved["history"])
+        self.seconds = float(saved["seconds"])
+        self.interval = [float(x) for x in saved["interval"]]
+        log.info("%s: resumed at step %d from %s", phase, self.step, ckpt)
+
+    def save(self, args: LanguageAdapterArgs, folder: Path, seconds: float) -> None:
+        from clir.train.checkpoint import rng_state, save_checkpoint
+
+        state = {
+            "step": self.step,
+            "data": {"texts": self.step * args.batch_size},
+            "model": {n: p.detach().cpu().clone() for n, p in self.named},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"mask": self.gen.get_state(), "global": rng_state()},  # dropout draws from the global one
+            "history": self.history,
+            "interval": self.interval,
+            "seconds": seconds,
+        }
+        save_checkpoint(folder, self.step, state, keep=1)
+
+
 def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, device, bar_desc, show_progress):
     """Train one phase (resuming from its last checkpoint); returns its record with the dev loss."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     from clir.progress import progress
-    from clir.train.checkpoint import (
-        list_checkpoints,
-        load_checkpoint,
-        rng_state,
-        save_checkpoint,
-        set_rng_state,
-    )
 
     model, fresh_head = _load_model(args, backbone, phase, device)
     head = _head_module(model)
@@ -286,87 +298,65 @@ def _train_phase(args, backbone, phase: _Phase, tokenizer, train_texts, dev, dev
     if not named:  # a pretrained head and no adapter: nothing to train, only to score
         record.update(steps=0, seconds=0.0, dev_loss=round(mlm.dev_loss(model, head, dev, device), 5))
         return record, model
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(args.warmup_ratio * args.max_steps), args.max_steps
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-    step, history, seconds = 0, [], 0.0
-    interval: list[float] = []
-    ckpts = list_checkpoints(phase.folder)
-    if ckpts:
-        saved = load_checkpoint(ckpts[-1])
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(saved["model"][n])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["rng"]["mask"])
-        set_rng_state(saved["rng"]["global"])
-        step, history, seconds = int(saved["step"]), list(saved["history"]), float(saved["seconds"])
-        interval = [float(x) for x in saved["interval"]]
-        log.info("%s: resumed at step %d from %s", phase.name, step, ckpts[-1])
-    texts = itertools.islice(train_texts(), step * args.batch_size, None)
+    run = _PhaseRun.start(args, named, phase)
+    texts = itertools.islice(train_texts(), run.step * args.batch_size, None)
     bar = progress(total=args.max_steps, desc=bar_desc, unit="step") if show_progress is not False else None
-    if bar is not None and step:
-        bar.update(step)
+    if bar is not None and run.step:
+        bar.update(run.step)
     model.train()
     t0 = time.perf_counter()
     try:
-        while step < args.max_steps:
-            enc = mlm.tokenize(tokenizer, [next(texts) for _ in range(args.batch_size)], args.max_length)
-            ids, labels = mlm.mask_tokens(enc, tokenizer, args.mlm_probability, gen)
-            loss_sum, n = mlm.masked_loss(
-                model,
-                head,
-                ids.to(device),
-                enc["attention_mask"].to(device),
-                labels.to(device),
-                encoder_grad=phase.adapter,
-            )
-            loss = loss_sum / max(n, 1)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            interval.append(float(loss.detach()))
+        while run.step < args.max_steps:
+            loss = _mlm_step(args, model, head, tokenizer, texts, device, phase, run)
+            run.interval.append(loss)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{interval[-1]:.3f}")
-            if step % args.log_every == 0 or step == args.max_steps:
-                history.append({"step": step, "loss": round(sum(interval) / len(interval), 5)})
-                interval = []
-            if step % args.checkpoint_every == 0 and step < args.max_steps:
-                state = {
-                    "step": step,
-                    "data": {"texts": step * args.batch_size},
-                    "model": {n: p.detach().cpu().clone() for n, p in named},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": {
-                        "mask": gen.get_state(),
-                        "global": rng_state(),
-                    },  # dropout draws from the global one
-                    "history": history,
-                    "interval": interval,
-                    "seconds": seconds + time.perf_counter() - t0,
-                }
-                save_checkpoint(phase.folder, step, state, keep=1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if run.step % args.log_every == 0 or run.step == args.max_steps:
+                run.history.append(
+                    {"step": run.step, "loss": round(sum(run.interval) / len(run.interval), 5)}
+                )
+                run.interval = []
+            if run.step % args.checkpoint_every == 0 and run.step < args.max_steps:
+                run.save(args, phase.folder, run.seconds + time.perf_counter() - t0)
     finally:
         if bar is not None:
             bar.close()
-    seconds += time.perf_counter() - t0
+    seconds = run.seconds + time.perf_counter() - t0
     record.update(
-        steps=step,
+        steps=run.step,
         seconds=round(seconds, 1),
-        texts_per_s=round(step * args.batch_size / seconds, 2) if seconds > 0 else None,
-        loss=history,
+        texts_per_s=round(run.step * args.batch_size / seconds, 2) if seconds > 0 else None,
+        loss=run.history,
         dev_loss=round(mlm.dev_loss(model, head, dev, device), 5),
     )
     return record, model
+
+
+def _mlm_step(
+    args, model, head, tokenizer, texts: Iterator[str], device, phase: _Phase, run: _PhaseRun
+) -> float:
+    """One optimiser step of masked-LM loss on the next batch of texts; returns the loss."""
+    import torch
+
+    enc = mlm.tokenize(tokenizer, [next(texts) for _ in range(args.batch_size)], args.max_length)
+    ids, labels = mlm.mask_tokens(enc, tokenizer, args.mlm_probability, run.gen)
+    loss_sum, n = mlm.masked_loss(
+        model,
+        head,
+        ids.to(device),
+        enc["attention_mask"].to(device),
+        labels.to(device),
+        encoder_grad=phase.adapter,
+    )
+    loss = loss_sum / max(n, 1)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in run.named], 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return float(loss.detach())
 
 
 def train_language_adapter(
@@ -383,7 +373,7 @@ def train_language_adapter(
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
         raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
-    source = TextSource(args.text)
+    source = mlm.TextSource(args.text)
     backbone = resolve_backbone(args.backbone)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -411,7 +401,7 @@ def train_language_adapter(
     work = _prepare_work(args, out, record)
 
     def train_texts() -> Iterator[str]:
-        return split.train(_texts_forever(source, block=args.shuffle_block, seed=args.seed))
+        return split.train(mlm.texts_forever(source, block=args.shuffle_block, seed=args.seed))
 
     phases = [_Phase("adapter", work / "adapter")]
     if args.baseline:

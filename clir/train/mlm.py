@@ -1,5 +1,6 @@
-"""Masked language modelling pieces of ``clir train-language-adapter``: the held-out dev slice, seeded
-masking, and the dev loss that tells a trained language adapter from a fresh MLM head doing the work."""
+"""Masked language modelling pieces of ``clir train-language-adapter``: the text it reads (a text file or
+any collection, streamed without end), the held-out dev slice, seeded masking, and the dev loss that tells a
+trained language adapter from a fresh MLM head doing the work."""
 
 from __future__ import annotations
 
@@ -7,7 +8,53 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from clir.errors import ClirError
+
+
+class TextSource:
+    """Texts from a plain text file (one a line) or any collection source (``load_collection``)."""
+
+    def __init__(self, src: str) -> None:
+        from clir.data.collections import IRDS_PREFIX
+        from clir.data.resolve import load_collection
+
+        self.name = src
+        p = Path(src).expanduser()
+        self._path: Path | None = None
+        self._collection = None
+        if src.startswith(IRDS_PREFIX) or p.is_dir() or p.suffix in (".jsonl", ".json", ".tsv"):
+            self._collection = load_collection(src)
+        elif p.is_file():
+            self._path = p
+        else:
+            raise ClirError(
+                f"--text {src}: not a text file, a .jsonl/.tsv docs file, a collection folder or irds:<id>"
+            )
+
+    def records(self, start: int = 0) -> Iterator[str]:
+        if self._path is not None:
+            texts: Iterator[str] = (
+                line.strip() for line in open(self._path, encoding="utf-8", errors="replace")
+            )
+        else:
+            assert self._collection is not None
+            texts = (d.full_text().strip() for d in self._collection.docs())
+        return itertools.islice((t for t in texts if t), start, None)
+
+
+def texts_forever(source: TextSource, *, block: int, seed: int) -> Iterator[str]:
+    from clir.data.triples import block_shuffled
+
+    for epoch in itertools.count():
+        n = 0
+        for text in block_shuffled(source.records, block=block, seed=seed, epoch=epoch):
+            n += 1
+            yield text
+        if n == 0:
+            raise ClirError(f"--text {source.name}: no text found")
 
 
 @dataclass(frozen=True)

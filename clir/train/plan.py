@@ -137,7 +137,7 @@ def _data(plan: Plan, triples: str) -> None:
 
 def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = False) -> Plan:
     """Everything ``clir train`` would use, checked offline."""
-    from clir.train.trainer import list_checkpoints
+    from clir.train.checkpoint import list_checkpoints
 
     m, o = cfg.model, cfg.optim
     target = out or cfg.out

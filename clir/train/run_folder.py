@@ -1,0 +1,137 @@
+"""The run folder of ``clir train``: what ``--out`` may hold before a run starts (``--resume``,
+``--overwrite``), the recorded config and log, and the final swap of the model folder into its place.
+
+While training the folder holds ``checkpoints/step-N/``, ``train_log.jsonl`` and ``train_config.yaml``; at
+the end the model folder is assembled beside it (``OUT.final``) and swapped in, so a crash never leaves a
+half-written model under ``OUT``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from clir.atomic import atomic_write_text, swap_into_place
+from clir.config import TrainConfig, to_dict
+from clir.errors import ClirError
+from clir.model.resolve import MODEL_FILE
+from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.jsonl"
+CONFIG_FILE = "train_config.yaml"
+#: what a run folder may hold before the final model is swapped in
+_RUN_ENTRIES = {CKPT_DIR, LOG_FILE, CONFIG_FILE}
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check what ``out`` holds against the flags; return the checkpoint to resume from, if any."""
+    if out.exists() and not out.is_dir():
+        raise ClirError(f"--out {out} exists and is not a folder")
+    legacy = legacy_checkpoints(out)
+    if legacy and not overwrite:
+        raise ClirError(
+            f"{legacy[-1]} is a checkpoint in the old pickle format, which clir no longer loads (unpickling "
+            "can run code): start over with --overwrite"
+        )
+    ckpts = list_checkpoints(out)
+    finished = (out / MODEL_FILE).is_file()
+    if resume and ckpts:
+        return ckpts[-1]
+    if resume and finished and not overwrite:
+        raise ClirError(
+            f"{out} holds a finished model and no checkpoint to resume from; pass --overwrite to train again"
+        )
+    if ckpts and not overwrite and not resume:
+        raise ClirError(
+            f"{out} has checkpoints of an unfinished run (last: {ckpts[-1].name}): pass --resume to continue "
+            "it, or --overwrite to start over"
+        )
+    if finished and not overwrite:
+        raise ClirError(
+            f"{out} already holds a trained model; pass --overwrite to replace it (the old model stays until "
+            "the new one is written)"
+        )
+    if out.is_dir() and not finished and not overwrite:
+        strangers = sorted(p.name for p in out.iterdir() if p.name not in _RUN_ENTRIES)
+        if strangers:
+            raise ClirError(
+                f"--out {out} is a folder with other content ({', '.join(strangers[:5])}); give a new folder "
+                "or pass --overwrite"
+            )
+    if resume:
+        log.info("no checkpoint in %s: starting from scratch", out)
+    if (out / CKPT_DIR).exists():
+        shutil.rmtree(out / CKPT_DIR)
+    (out / LOG_FILE).unlink(missing_ok=True)
+    return None
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    data = to_dict(cfg)
+    data["resolved"] = {
+        "lr": cfg.lr,
+        "temperature": cfg.temperature,
+        "warmup_steps": cfg.warmup_steps,
+        "effective_batch_size": cfg.optim.batch_size * cfg.optim.grad_accum,
+        "train_lang": cfg.train_lang,
+    }
+    return data
+
+
+def check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
+    """A resumed run must use the settings that produced the checkpoint, or it would not equal one run."""
+    now = to_dict(cfg)
+    diffs = []
+    for section in ("model", "data", "optim"):
+        a, b = saved.get(section, {}), now[section]
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    if diffs:
+        raise ClirError(
+            f"--resume: the config differs from the one that wrote {ckpt} ({'; '.join(diffs[:6])}); resume with "
+            "the same settings, or start a new run with --overwrite / another --out"
+        )
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    """``train_config.yaml``: the run's settings, with the derived values (lr, temperature, ...) resolved."""
+    atomic_write_text(out / CONFIG_FILE, _yaml({**config_record(cfg), "out": str(out)}))
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log records past the resumed checkpoint (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def write_model(encoder: Any, out: Path, *, keep_checkpoints: bool) -> None:
+    """The model folder: built beside the run folder (with its log and config), then swapped in."""
+    staging = out.with_name(out.name + ".final")
+    if staging.exists():
+        shutil.rmtree(staging)
+    encoder.save(staging)
+    for name in (LOG_FILE, CONFIG_FILE):
+        if (out / name).is_file():
+            shutil.copy2(out / name, staging / name)
+    if keep_checkpoints and (out / CKPT_DIR).is_dir():
+        (out / CKPT_DIR).rename(staging / CKPT_DIR)
+    swap_into_place(staging, out)
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
