@@ -163,6 +163,44 @@ def test_driver_interrupted_then_resumed_encodes_only_missing_chunks(
     assert_same_index(out, single)
 
 
+def test_ray_build_of_a_split_collection_equals_single_process(ray_session, tiny_bert, tmp_path):
+    """Long documents split into passages: chunks cut documents in the middle, yet the Ray build writes
+    the single-process index (rows, passage spans, doc store, vectors)."""
+    from clir.index import PassageSpec
+    from clir.index.distributed import RayArgs, build_index_ray
+    from clir.testing import _LINES
+
+    coll = tmp_path / "long"
+    coll.mkdir()
+    docs = [
+        {"doc_id": f"long-{lang}", "text": " ".join(_LINES[lang] * 3), "lang": lang} for lang in ("de", "ru")
+    ]
+    docs += [{"doc_id": f"de-{i}", "text": t, "lang": "de"} for i, t in enumerate(_LINES["de"])]
+    with open(coll / "docs.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+    settings = {**FP32, "pooling": "mean", "normalize": True, "max_passage_length": 32}
+
+    def args(out: Path) -> IndexArgs:
+        return IndexArgs(
+            collection=str(coll),
+            model=str(tiny_bert),
+            out=str(out),
+            chunk_size=CHUNK,
+            overrides=settings,
+            passages=PassageSpec(stride=12),
+        )
+
+    one = build_index(args(tmp_path / "one"))
+    assert one.num_passages > one.num_docs  # the long documents were split
+    res = build_index_ray(args(tmp_path / "ray"), RayArgs(workers=2))
+    assert (res.num_docs, res.num_passages) == (one.num_docs, one.num_passages)
+    for name in ("docid", "docs.jsonl", "docs.offsets.npy", "passages.npy"):
+        assert (res.path / name).read_bytes() == (one.path / name).read_bytes(), name
+    np.testing.assert_allclose(_vectors(res.path), _vectors(one.path), rtol=1e-4, atol=1e-5)
+    mr, mo = (json.loads((f / "manifest.json").read_text()) for f in (res.path, one.path))
+    assert mr["passages"] == mo["passages"]
+
+
 def test_existing_out_is_refused_before_ray_starts(tiny_bert, tiny_collection, single):
     pytest.importorskip("ray")
     from clir.index.distributed import RayArgs, build_index_ray

@@ -34,7 +34,6 @@ SETTING_FLAGS = (
     "micro_batching",
     "batch_window_ms",
     "max_batch_size",
-    "exact_batching",
     "max_pending",
     "device",
     "access_log",
@@ -76,22 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-micro-batching", dest="micro_batching", action="store_false")
     p.add_argument(
         "--batch-window-ms", type=float, help="how long a lone request waits for company (default 0)"
-    )
-    pad = p.add_mutually_exclusive_group()
-    pad.add_argument(
-        "--exact-batches",
-        dest="exact_batching",
-        action="store_true",
-        default=None,
-        help="batch only equal-length queries: every answer bit-identical to `clir search --query`, at a "
-        "fraction of the throughput under load (eval/bench/RESULTS.md, REST serving)",
-    )
-    pad.add_argument(
-        "--pad-batches",
-        dest="exact_batching",
-        action="store_false",
-        help="(default) queries of similar lengths share one padded encoder call; under bf16 a query vector "
-        "then moves slightly with its batch neighbours (measured in eval/bench/RESULTS.md)",
     )
     p.add_argument("--max-batch-size", type=positive_int, help="queries per micro-batch (default 64)")
     p.add_argument(

@@ -44,49 +44,14 @@ class Overloaded(ClirError):
     status = 503
 
 
-#: What one more encoder call costs, in padded token slots: for e5-small in bf16 on the 2-core CPU one call
-#: costs ~50 CPU-ms of fixed work and each token slot ~0.4-0.5 CPU-ms (measured 2026-12-03 under load, CPU
-#: time: 93-129 slots). Queries of different lengths share a call when the padding costs less than a call of
-#: their own.
-CALL_COST_TOKENS = 96
-
-
-def length_buckets(lengths: list[int], call_cost: float = CALL_COST_TOKENS) -> list[list[int]]:
-    """Positions of ``lengths`` split into groups of similar length, minimising the encoder's work:
-    sum over groups of (``call_cost`` + group size x its longest length), each group padded to its longest
-    member. Optimal over groups of consecutive distinct lengths (dynamic programming over at most
-    max_query_length distinct values, so /search/batch's 1,000 queries cost no more than 64)."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for pos, n in enumerate(lengths):
-        by_len[n].append(pos)
-    vals = sorted(by_len)
-    sizes = [0]
-    for v in vals:
-        sizes.append(sizes[-1] + len(by_len[v]))
-    best = [0.0] + [float("inf")] * len(vals)
-    cut = [0] * (len(vals) + 1)
-    for j in range(1, len(vals) + 1):  # the last group holds lengths vals[i:j], padded to vals[j - 1]
-        for i in range(j):
-            cost = best[i] + call_cost + (sizes[j] - sizes[i]) * vals[j - 1]
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], len(vals)
-    while j > 0:
-        groups.append([pos for v in vals[cut[j] : j] for pos in by_len[v]])
-        j = cut[j]
-    return groups[::-1]
-
-
 def encode_grouped(
-    encoder: Any, queries: list[str], langs: list[str], *, batch_size: int = 64, exact: bool = True
+    encoder: Any, queries: list[str], langs: list[str], *, batch_size: int = 64
 ) -> tuple[list[np.ndarray | BaseException], list[tuple[int, bool] | None]]:
-    """Query vectors, one encoder call per language and length group, plus each query's (tokens kept,
-    truncated?). A failure is returned in the slots of the queries it concerns.
+    """Query vectors, one encoder call per language, plus each query's (tokens kept, truncated?). A failure
+    is returned in the slots of the queries it concerns.
 
-    ``exact`` groups only queries of equal token length: unpadded, each vector is bit-identical to encoding
-    the query alone. Otherwise queries of similar lengths share a padded call (:func:`length_buckets`);
-    padding is masked out, but under bf16 autocast the padded matrix shapes round differently, which moves
-    scores by ~1e-4 (measured on e5-small: up to 8e-4 per vector component, eval/bench/RESULTS.md "REST serving")."""
+    The encoder batches by padded width (:func:`clir.model.encoder.padded_width`), so each vector is the
+    one the query gets alone (`clir search --query`), bit for bit, whatever else shares the micro-batch."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
     with encoder.exclusive():
@@ -98,18 +63,7 @@ def encode_grouped(
                 vectors[i] = e
                 continue
             by_lang[lang].append(i)
-        tokens = {i: c[0] for i, c in enumerate(counts) if c is not None}
-        groups: list[tuple[str, list[int]]] = []
         for lang, idxs in by_lang.items():
-            if exact:
-                same: dict[int, list[int]] = defaultdict(list)
-                for i in idxs:
-                    same[tokens[i]].append(i)
-                groups += [(lang, g) for g in same.values()]
-            else:
-                lengths = [tokens[i] for i in idxs]
-                groups += [(lang, [idxs[p] for p in g]) for g in length_buckets(lengths)]
-        for lang, idxs in groups:
             try:
                 vecs = encoder.encode_queries(
                     [queries[i] for i in idxs],
@@ -126,13 +80,11 @@ def encode_grouped(
     return vectors, counts  # type: ignore[return-value]
 
 
-def run_jobs(
-    encoder: Any, jobs: list[Job], *, batch_size: int = 64, exact: bool = True
-) -> list[Result | BaseException]:
+def run_jobs(encoder: Any, jobs: list[Job], *, batch_size: int = 64) -> list[Result | BaseException]:
     """Encode (:func:`encode_grouped`) and search ``jobs``, all on ``encoder``: one FAISS call per index
     with the largest k asked. A failure is returned in the slots of the jobs it concerns."""
     vectors, counts = encode_grouped(
-        encoder, [j.query for j in jobs], [j.lang for j in jobs], batch_size=batch_size, exact=exact
+        encoder, [j.query for j in jobs], [j.lang for j in jobs], batch_size=batch_size
     )
     out: list[Any] = list(vectors)  # failures stay; vectors are replaced below
     by_index: dict[int, list[int]] = defaultdict(list)
@@ -168,10 +120,8 @@ class MicroBatcher:
         max_batch: int = 64,
         window_ms: float = 0.0,
         max_pending: int = 1024,
-        exact: bool = True,
     ):
         self.encoder = encoder
-        self.exact = exact
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
         self.max_pending = max_pending
@@ -237,7 +187,6 @@ class MicroBatcher:
                     self.encoder,
                     [job for job, _ in live],
                     batch_size=self.max_batch,
-                    exact=self.exact,
                 )
             except Exception as e:  # noqa: BLE001 -- run_jobs catches per group; this is a last resort
                 log.exception("micro-batch failed")

@@ -37,11 +37,6 @@ class ServeSettings:
     micro_batching: bool = True
     batch_window_ms: float = 0.0
     max_batch_size: int = 64
-    #: batch only queries of equal token length, so an answer never depends on its batch neighbours
-    #: (bit-identical to `clir search --query`); false (default) lets queries of similar lengths share a
-    #: padded encoder call (clir.serve.batching.length_buckets): bf16 rounding then moves a query vector
-    #: slightly (measured in eval/bench/RESULTS.md, "REST serving"), for much larger batches under load
-    exact_batching: bool = False
     #: /search requests waiting for the encoder before new ones are shed with 503 (load shedding)
     max_pending: int = 1024
     device: str | None = None

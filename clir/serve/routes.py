@@ -205,7 +205,6 @@ async def _search_batch(state: ServeState, body: BatchSearchRequest) -> dict[str
             searcher.encoder,
             jobs[at : at + step],
             batch_size=settings.max_batch_size,
-            exact=settings.exact_batching,
         )
     for r in results:
         if isinstance(r, BaseException):

@@ -62,7 +62,6 @@ class ServeState:
                     max_batch=settings.max_batch_size,
                     window_ms=settings.batch_window_ms,
                     max_pending=settings.max_pending,
-                    exact=settings.exact_batching,
                 )
 
     def get(self, name: str | None) -> tuple[str, Any]:
