@@ -7,10 +7,7 @@ Everything is written under ``OUT.partial`` and renamed to ``OUT`` at the end.""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,17 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import atomic_write_lines, atomic_write_text, swap_into_place
+from clir.atomic import swap_into_place
 from clir.data import Collection, Document, load_collection
 from clir.errors import ClirError
 from clir.index import store
+from clir.index.chunks import (
+    CHUNKS,
+    STATE_FILE,
+    chunk_done,
+    chunk_paths,
+    lock_build,
+    prepare_partial,
+    read_chunk_meta,
+    unlock_build,
+    write_chunk,
+)
 from clir.index.faiss_index import check_factory
 from clir.index.passages import PassageSpec, Splitter, passage_id
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
-CHUNKS = "chunks"
 
 
 @dataclass
@@ -160,51 +165,6 @@ def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.n
     return encoder.encode_passages(texts, lang=recs[0]["lang"] if recs else None, batch_size=batch_size)
 
 
-def _chunk_paths(folder: Path, no: int) -> tuple[Path, Path]:
-    return folder / f"{no:06d}.jsonl", folder / f"{no:06d}.npy"
-
-
-def write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndarray) -> None:
-    meta, vec = _chunk_paths(folder, no)
-    atomic_write_lines(meta, (json.dumps(r, ensure_ascii=False) for r in recs))
-    store.atomic_save_npy(vec, vecs)  # the .npy is the chunk's commit marker: written last
-
-
-def _read_chunk_meta(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
-    state_path = partial / STATE_FILE
-    if partial.exists():
-        if resume and state_path.is_file():
-            old = json.loads(state_path.read_text(encoding="utf-8"))
-            diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
-            if diff:
-                raise ClirError(
-                    f"cannot resume {partial}: it was started with different settings ({', '.join(diff)}); "
-                    "rerun without --resume to start over"
-                )
-            done = len(list((partial / CHUNKS).glob("*.npy")))
-            log.info("resuming %s: %d chunk(s) already encoded", partial, done)
-            return
-        if resume:
-            log.warning("%s has no resumable state; starting over", partial)
-        else:
-            log.warning("removing an unfinished build in %s (pass --resume to continue it instead)", partial)
-        shutil.rmtree(partial)
-    elif resume:
-        log.info("nothing to resume at %s; starting a fresh build", partial)
-    (partial / CHUNKS).mkdir(parents=True)
-    atomic_write_text(state_path, json.dumps(state, indent=2))
-
-
-def chunk_done(chunks_dir: Path, no: int) -> bool:
-    """A chunk is finished once its ``.npy`` (written last) exists."""
-    return _chunk_paths(chunks_dir, no)[1].is_file()
-
-
 def iter_chunks(b: BuildState):
     """``(chunk number, records)`` over the kept documents' passages, ``args.chunk_size`` at a time.
     Boundaries depend only on the collection and the settings, so any run (resumed, distributed) numbers
@@ -256,36 +216,8 @@ class BuildState:
         not use it); then the lock goes."""
         if failed and self.partial.is_dir() and not any(self.chunks_dir.glob("*.npy")):
             shutil.rmtree(self.partial, ignore_errors=True)
-        _unlock(self.lock)
+        unlock_build(self.lock)
         self.lock = None
-
-
-def _lock(out: Path) -> Any:
-    """``OUT.lock``, held (flock) for the whole build: a second build on the same ``--out`` is refused
-    instead of deleting the first one's ``OUT.partial``."""
-    import fcntl
-
-    path = out.with_name(out.name + ".lock")
-    try:
-        f = open(path, "a+")  # noqa: SIM115 - held until release()
-    except OSError as e:
-        raise ClirError(f"cannot write next to --out {out}: {e.strerror} ({path})") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise ClirError(
-            f"another build is writing {out} (it holds {path}): wait for it to finish or give another --out"
-        ) from None
-    return f
-
-
-def _unlock(f: Any) -> None:
-    if f is None:
-        return
-    with contextlib.suppress(OSError):
-        os.unlink(f.name)
-    f.close()
 
 
 def check_args(args: IndexArgs) -> tuple[Path, Path]:
@@ -340,14 +272,14 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ClirError(f"cannot create the folder of --out {out}: {e.strerror}") from None
-    lock = _lock(out)
+    lock = lock_build(out)
     try:
-        _prepare_partial(partial, state, args.resume)
+        prepare_partial(partial, state, args.resume)
     except OSError as e:
-        _unlock(lock)
+        unlock_build(lock)
         raise ClirError(f"cannot create {partial}: {e.strerror}") from None
     except BaseException:
-        _unlock(lock)
+        unlock_build(lock)
         raise
     return BuildState(args, out, partial, collection, fingerprint, total, passages, splitter, lock=lock)
 
@@ -410,7 +342,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
 
     args, partial = b.args, b.partial
     chunks_dir = partial / CHUNKS
-    vec_paths = [_chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
+    vec_paths = [chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
     sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in vec_paths]
 
     def chunks():
@@ -445,7 +377,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     spans: list[tuple[int, int, int, int]] = []  # per row: document, passage number, char start, end
     langs: dict[str, int] = {}
     for i in range(n_chunks):
-        for rec in _read_chunk_meta(_chunk_paths(chunks_dir, i)[0]):
+        for rec in read_chunk_meta(chunk_paths(chunks_dir, i)[0]):
             if rec["n"] == 0:
                 doc = {**rec, "text": rec.get("doc_text", rec["text"])}
                 writer.add(doc)

@@ -25,16 +25,16 @@ import numpy as np
 
 from clir.errors import ClirError
 from clir.index.build import (
+    BuildState,
     IndexArgs,
     IndexResult,
     check_args,
-    chunk_done,
     encode_records,
     finish_build,
     iter_chunks,
     start_build,
-    write_chunk,
 )
+from clir.index.chunks import chunk_done, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ def build_index_ray(
     ``worker_cls`` replaces :class:`ChunkEncoder` (same constructor and methods; tests inject faults with it);
     ``on_chunk(no)`` is called in the driver after chunk ``no`` is committed."""
     from clir.model import load_encoder
-    from clir.progress import progress
 
     ray = require_ray()
     ra = ray_args or RayArgs()
@@ -136,43 +135,8 @@ def build_index_ray(
         b = start_build(args, encoder)
         _await_workers(ray, ready, b.fingerprint, str(args.model))
 
-        bar = progress(total=b.total, desc=f"index {b.out.name}", unit="doc")
-        pending: dict[Any, tuple[int, list[dict[str, Any]], int]] = {}  # ref -> (chunk, records, actor)
-        load = [0] * len(actors)
-        counts = {"chunks": 0, "docs": 0, "encoded": 0, "committed": 0}
         t_enc = time.perf_counter()
-
-        def collect() -> None:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                no, recs, i = pending.pop(ref)
-                load[i] -= 1
-                vecs = _result(ray, ref, no, ra, b.partial, counts["committed"])
-                write_chunk(b.chunks_dir, no, recs, vecs)
-                counts["encoded"] += len(recs)
-                counts["committed"] += 1
-                bar.update(sum(r["n"] == 0 for r in recs))
-                if on_chunk is not None:
-                    on_chunk(no)
-
-        try:
-            for no, recs in iter_chunks(b):
-                counts["chunks"] += 1
-                counts["docs"] += len(recs)
-                if chunk_done(b.chunks_dir, no):
-                    bar.update(sum(r["n"] == 0 for r in recs))
-                    continue
-                while len(pending) >= ra.in_flight * len(actors):
-                    collect()
-                i = min(range(len(actors)), key=load.__getitem__)  # least loaded: slow nodes get less
-                load[i] += 1
-                # only what encoding needs travels to the worker; the driver keeps the records to commit
-                slim = [{"title": r["title"], "text": r["text"], "lang": r["lang"]} for r in recs]
-                pending[actors[i].encode.remote(no, slim)] = (no, recs, i)
-            while pending:
-                collect()
-        finally:
-            bar.close()
+        counts = _encode_on_pool(ray, actors, b, ra, on_chunk)
         t_enc = time.perf_counter() - t_enc
     except BaseException:
         if b is not None:  # the lock goes; a staging folder without any chunk too
@@ -196,6 +160,52 @@ def build_index_ray(
         t_enc,
         time.perf_counter() - t0,
     )
+
+
+def _encode_on_pool(
+    ray, actors: list[Any], b: BuildState, ra: RayArgs, on_chunk: Callable[[int], None] | None
+) -> dict[str, int]:
+    """Send every unfinished chunk to the least loaded actor (``ra.in_flight`` queued per actor) and commit
+    each result as it comes back; returns the counts of chunks, rows, encoded rows and committed chunks."""
+    from clir.progress import progress
+
+    bar = progress(total=b.total, desc=f"index {b.out.name}", unit="doc")
+    pending: dict[Any, tuple[int, list[dict[str, Any]], int]] = {}  # ref -> (chunk, records, actor)
+    load = [0] * len(actors)
+    counts = {"chunks": 0, "docs": 0, "encoded": 0, "committed": 0}
+
+    def collect() -> None:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            no, recs, i = pending.pop(ref)
+            load[i] -= 1
+            vecs = _result(ray, ref, no, ra, b.partial, counts["committed"])
+            write_chunk(b.chunks_dir, no, recs, vecs)
+            counts["encoded"] += len(recs)
+            counts["committed"] += 1
+            bar.update(sum(r["n"] == 0 for r in recs))
+            if on_chunk is not None:
+                on_chunk(no)
+
+    try:
+        for no, recs in iter_chunks(b):
+            counts["chunks"] += 1
+            counts["docs"] += len(recs)
+            if chunk_done(b.chunks_dir, no):
+                bar.update(sum(r["n"] == 0 for r in recs))
+                continue
+            while len(pending) >= ra.in_flight * len(actors):
+                collect()
+            i = min(range(len(actors)), key=load.__getitem__)  # least loaded: slow nodes get less
+            load[i] += 1
+            # only what encoding needs travels to the worker; the driver keeps the records to commit
+            slim = [{"title": r["title"], "text": r["text"], "lang": r["lang"]} for r in recs]
+            pending[actors[i].encode.remote(no, slim)] = (no, recs, i)
+        while pending:
+            collect()
+    finally:
+        bar.close()
+    return counts
 
 
 def _connect(ray, ra: RayArgs) -> bool:

@@ -1,0 +1,99 @@
+"""The staging side of an index build: ``OUT.partial`` with its encoded chunks (``chunks/NNNNNN.jsonl`` +
+``.npy``, the ``.npy`` written last as the chunk's commit marker) and ``state.json`` (the settings a
+``--resume`` must share), and ``OUT.lock``, which keeps a second build off the same ``--out``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clir.atomic import atomic_write_lines, atomic_write_text
+from clir.errors import ClirError
+from clir.index import store
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+CHUNKS = "chunks"
+
+
+def chunk_paths(folder: Path, no: int) -> tuple[Path, Path]:
+    return folder / f"{no:06d}.jsonl", folder / f"{no:06d}.npy"
+
+
+def write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndarray) -> None:
+    meta, vec = chunk_paths(folder, no)
+    atomic_write_lines(meta, (json.dumps(r, ensure_ascii=False) for r in recs))
+    store.atomic_save_npy(vec, vecs)  # the .npy is the chunk's commit marker: written last
+
+
+def read_chunk_meta(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
+    """Create ``OUT.partial`` with its ``state.json``, or with ``resume`` reopen one started with the same
+    settings (refused when they differ); an unfinished build that is not resumed is removed."""
+    state_path = partial / STATE_FILE
+    if partial.exists():
+        if resume and state_path.is_file():
+            old = json.loads(state_path.read_text(encoding="utf-8"))
+            diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+            if diff:
+                raise ClirError(
+                    f"cannot resume {partial}: it was started with different settings ({', '.join(diff)}); "
+                    "rerun without --resume to start over"
+                )
+            done = len(list((partial / CHUNKS).glob("*.npy")))
+            log.info("resuming %s: %d chunk(s) already encoded", partial, done)
+            return
+        if resume:
+            log.warning("%s has no resumable state; starting over", partial)
+        else:
+            log.warning("removing an unfinished build in %s (pass --resume to continue it instead)", partial)
+        shutil.rmtree(partial)
+    elif resume:
+        log.info("nothing to resume at %s; starting a fresh build", partial)
+    (partial / CHUNKS).mkdir(parents=True)
+    atomic_write_text(state_path, json.dumps(state, indent=2))
+
+
+def chunk_done(chunks_dir: Path, no: int) -> bool:
+    """A chunk is finished once its ``.npy`` (written last) exists."""
+    return chunk_paths(chunks_dir, no)[1].is_file()
+
+
+def lock_build(out: Path) -> Any:
+    """``OUT.lock``, held (flock) for the whole build: a second build on the same ``--out`` is refused
+    instead of deleting the first one's ``OUT.partial``."""
+    import fcntl
+
+    path = out.with_name(out.name + ".lock")
+    try:
+        f = open(path, "a+")  # noqa: SIM115 - held until unlock_build()
+    except OSError as e:
+        raise ClirError(f"cannot write next to --out {out}: {e.strerror} ({path})") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ClirError(
+            f"another build is writing {out} (it holds {path}): wait for it to finish or give another --out"
+        ) from None
+    return f
+
+
+def unlock_build(f: Any) -> None:
+    if f is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(f.name)
+    f.close()
