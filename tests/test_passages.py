@@ -67,6 +67,13 @@ def test_window_arithmetic():
     assert window_starts(10, 4, 3) == [0, 3, 6]
 
 
+def test_default_passage_length_is_256_within_the_encoders_limit():
+    assert PassageSpec().resolve(512)["passage_length"] == 256
+    assert PassageSpec().resolve(128)["passage_length"] == 128  # never beyond what the encoder reads
+    assert PassageSpec(length=512).resolve(512)["passage_length"] == 512
+    assert PassageSpec("none").resolve(512) == {"split": "none", "passage_length": 512}
+
+
 def test_splitter_boundaries_overlap_and_title(encoder):
     tok = encoder.tokenizer
     text = " ".join(_LINES["de"] * 3)

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--passage-length",
         type=positive_int,
         help="encoder tokens per passage, prefix, title and special tokens included "
-        "(default: the encoder's max_passage_length)",
+        "(default: 256, or the encoder's max_passage_length if smaller; eval/results/long-docs)",
     )
     p.add_argument(
         "--stride", type=positive_int, help="text tokens between passage starts (default: half a passage)"

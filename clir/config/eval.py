@@ -64,7 +64,8 @@ class CollectionSpec:
     #: long documents: ``passages`` splits those longer than the encoder's window (clir.index.passages),
     #: ``none`` truncates them
     split: Literal["passages", "none"] = "passages"
-    #: encoder tokens per passage (default: the encoder's max_passage_length) and stride (default: half)
+    #: encoder tokens per passage (default: 256, or the encoder's max_passage_length if smaller) and stride
+    #: (default: half)
     passage_length: int | None = None
     stride: int | None = None
     #: how split documents rank: by their best passage (maxp) or their first (firstp)
