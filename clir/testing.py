@@ -184,3 +184,27 @@ def server_url(proc, timeout: float) -> str:
         if m:
             return m.group(1)
     raise AssertionError("server did not start:\n" + "".join(seen[-30:]))
+
+
+def stop_server(proc) -> None:
+    """End a ``clir serve`` subprocess: terminate it, and kill it when it has not exited after 20 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def java21_home() -> str | None:
+    """A Java >= 21 installation (``JAVA_HOME``, else the image's Temurin) for the Pyserini checks, or None."""
+    import os
+    import subprocess
+
+    for home in (os.environ.get("JAVA_HOME"), "/usr/lib/jvm/temurin-25-jdk-amd64"):
+        if home and (Path(home) / "bin/java").is_file():
+            out = subprocess.run([f"{home}/bin/java", "-version"], capture_output=True, text=True).stderr
+            if any(f'version "{v}' in out for v in range(21, 40)):
+                return home
+    return None

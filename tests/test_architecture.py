@@ -1,5 +1,6 @@
 """The package's shape: no import cycles between clir's modules, function-level imports included (a cycle
-hidden in a function still means two modules that cannot be understood, or changed, one without the other)."""
+hidden in a function still means two modules that cannot be understood, or changed, one without the other);
+no module over 500 lines, no function over 80 lines unless a ``# long:`` comment says why."""
 
 from __future__ import annotations
 
@@ -88,3 +89,62 @@ def test_no_import_cycles():
         f"{c}: " + ", ".join(f"{a} -> {b}" for a in c for b in sorted(graph[a]) if b in c) for c in found
     ]
     assert not found, "import cycles: " + "; ".join(detail)
+
+
+# ---------------------------------------------------------------------- sizes
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+#: a longer function says why on (or just above) its ``def`` line
+LONG_REASON = "# long:"
+
+
+def long_functions(source: str) -> list[tuple[str, int, int]]:
+    """(name, line, length) of every function in ``source`` longer than MAX_FUNCTION_LINES (decorators and
+    docstring included) without a ``# long:`` reason on its def line, or on a comment line just above it."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        length = (node.end_lineno or node.lineno) - start + 1
+        if length <= MAX_FUNCTION_LINES:
+            continue
+        header = lines[start - 1 : node.body[0].lineno - 1]  # decorators and the (maybe wrapped) signature
+        above = start - 2
+        while above >= 0 and lines[above].strip().startswith("#"):
+            header.append(lines[above])
+            above -= 1
+        if not any(LONG_REASON in line for line in header):
+            found.append((node.name, node.lineno, length))
+    return found
+
+
+def test_the_size_checker_sees_long_functions_and_their_reasons():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    plain = f"def f():\n{body}"
+    assert long_functions(plain) == [("f", 1, MAX_FUNCTION_LINES + 1)]
+    assert long_functions(f"def f():  {LONG_REASON} one table, read top to bottom\n{body}") == []
+    assert long_functions(f"x = 1\n{LONG_REASON} one table, read top to bottom\ndef f():\n{body}") == []
+    nested = "def outer():\n" + "".join("    " + line + "\n" for line in plain.splitlines())
+    assert [name for name, _, _ in long_functions(nested)] == ["outer", "f"]
+    short = "def f():\n" + "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    assert long_functions(short) == []
+
+
+def test_no_module_or_function_too_long():
+    """Modules under MAX_MODULE_LINES lines; functions under MAX_FUNCTION_LINES unless they say why."""
+    big, long = [], []
+    for mod, path in sorted(_modules().items()):
+        source = path.read_text(encoding="utf-8")
+        n = len(source.splitlines())
+        if n > MAX_MODULE_LINES:
+            big.append(f"{mod} ({n} lines)")
+        long += [
+            f"{mod}.{name} (line {line}, {length} lines)" for name, line, length in long_functions(source)
+        ]
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: " + ", ".join(big)
+    assert not long, (
+        f"functions over {MAX_FUNCTION_LINES} lines without a '{LONG_REASON} <why>' comment: "
+        + ", ".join(long)
+    )

@@ -15,7 +15,7 @@ from clir.cli.main import main
 from clir.errors import ClirError
 from clir.index import IndexArgs, build_index, merge_indexes
 from clir.search import Searcher
-from clir.testing import index_docids, index_vectors
+from clir.testing import index_docids, index_vectors, java21_home
 
 FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True}
 
@@ -243,19 +243,8 @@ def test_irds_offline_message(tmp_path, monkeypatch):
         list(load_collection("irds:no/such/dataset").docs())
 
 
-def _java21() -> str | None:
-    for home in (os.environ.get("JAVA_HOME"), "/usr/lib/jvm/temurin-25-jdk-amd64"):
-        if home and (Path(home) / "bin/java").is_file():
-            import subprocess
-
-            out = subprocess.run([f"{home}/bin/java", "-version"], capture_output=True, text=True).stderr
-            if any(f'version "{v}' in out for v in range(21, 40)):
-                return home
-    return None
-
-
 def test_pyserini_faiss_searcher_opens_our_index(tiny_bert, tiny_collection, tmp_path):
-    home = _java21()
+    home = java21_home()
     if home is None:
         pytest.skip("Pyserini needs Java >= 21")
     pytest.importorskip("jnius_config")

@@ -17,7 +17,7 @@ from clir.errors import ClirError
 from clir.index import IndexArgs, PassageSpec, build_index, merge_indexes
 from clir.index.passages import Splitter, window_starts
 from clir.search import Searcher, write_trec_run
-from clir.testing import _LINES, index_docids, index_vectors
+from clir.testing import _LINES, index_docids, index_vectors, java21_home
 
 LENGTH = 32  # encoder tokens per passage in these tests (the tiny BERT reads 128)
 FP32 = {"precision": "fp32", "pooling": "mean", "normalize": True, "max_passage_length": LENGTH}
@@ -263,17 +263,8 @@ def test_shards_and_resume_equal_one_process_on_a_split_collection(
     np.testing.assert_allclose(index_vectors(res.path), index_vectors(split_index), atol=1e-6)
 
 
-def _java21() -> str | None:
-    for home in (os.environ.get("JAVA_HOME"), "/usr/lib/jvm/temurin-25-jdk-amd64"):
-        if home and (Path(home) / "bin/java").is_file():
-            out = subprocess.run([f"{home}/bin/java", "-version"], capture_output=True, text=True).stderr
-            if any(f'version "{v}' in out for v in range(21, 40)):
-                return home
-    return None
-
-
 def test_pyserini_max_passage_reads_our_split_index_and_agrees(split_index, encoder, tmp_path):
-    home = _java21()
+    home = java21_home()
     if home is None:
         pytest.skip("Pyserini needs Java >= 21")
     pytest.importorskip("jnius_config")

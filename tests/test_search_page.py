@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-from clir.testing import server_url  # noqa: E402
+from clir.testing import server_url, stop_server  # noqa: E402
 
 KEY = "page-test-key-0123"
 KEY_ENV = "CLIR_PAGE_TEST_KEY"
@@ -128,11 +128,7 @@ def server(tiny_bert, madx_model, tiny_collection, tmp_path_factory):
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the pipe
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def _browser_paths() -> tuple[str, str]:

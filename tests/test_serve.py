@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clir.testing import server_url
+from clir.testing import server_url, stop_server
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -432,11 +432,7 @@ def server(tiny_index):
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def test_real_server_over_http(server, searcher):

@@ -9,7 +9,7 @@ from pathlib import Path
 from clir.config import EvalConfig
 from clir.errors import ClirError
 from clir.experiments.build import parse_build
-from clir.experiments.grid import INDEXES_DIR, GridRow, Plan
+from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
 from clir.experiments.resolve import grid_collection, grid_model
 
 
@@ -35,6 +35,60 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
     return sorted(chosen, key=lambda r: order[r.id])
 
 
+def _adapter_builds(
+    cfg: EvalConfig,
+) -> tuple[dict[str, Path], list[tuple[str, Path, list[str]]], dict[str, list[tuple[str, Path, list[str]]]]]:
+    """(language -> the adapter folder the grid provides, the ``train-language-adapter`` builds still to run,
+    ir_datasets files their texts lack)."""
+    from clir.data.irds import missing_files
+
+    built_adapters: dict[str, Path] = {}
+    adapter_builds = []
+    irds_missing_text: dict[str, list[tuple[str, Path, list[str]]]] = {}
+    for a in cfg.adapters:
+        outp = Path(a.out).expanduser().resolve()
+        built_adapters[a.lang] = outp
+        if not outp.is_dir():
+            cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
+            if a.max_steps:
+                cmd += ["--max-steps", str(a.max_steps)]
+            resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
+            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
+            if a.text.startswith("irds:"):
+                missing = missing_files(a.text[len("irds:") :], ("docs",))
+                if missing:
+                    irds_missing_text[a.text[len("irds:") :]] = missing
+    return built_adapters, adapter_builds, irds_missing_text
+
+
+def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
+    """Per collection: every model x routing, then BM25 and the fusions of BM25 with each dense row."""
+    rows: list[GridRow] = []
+    for c in collections:
+        dense = [GridRow(c, "dense", model=m, routing=r) for m in models for r in m.routings]
+        rows += dense
+        if cfg.bm25.enabled and c.bm25_lang:
+            rows.append(GridRow(c, "bm25"))
+            fused = [d for d in dense if not cfg.fusion.models or d.model.name in cfg.fusion.models]  # type: ignore[union-attr]
+            for method in cfg.fusion.methods:
+                rows += [GridRow(c, "fusion", method=method, dense=d) for d in fused]
+    return rows
+
+
+def _baseline(cfg: EvalConfig, rows: list[GridRow]) -> str:
+    """The row variant significance tests compare against: the configured one, else the first dense row."""
+    variants = {r.variant for r in rows}
+    if not cfg.significance.baseline:
+        return next(r.variant for r in rows if r.kind == "dense")
+    baseline = cfg.significance.baseline.replace(":", "/")
+    if baseline not in variants:
+        raise ClirError(
+            f"significance.baseline {cfg.significance.baseline!r} is not a row of the grid "
+            f"(rows: {', '.join(sorted(variants))})"
+        )
+    return baseline
+
+
 def plan_grid(
     cfg: EvalConfig,
     *,
@@ -52,45 +106,13 @@ def plan_grid(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ClirError(f"collections: duplicate name(s) {', '.join(dup)}: give each a distinct `name`")
-    built_adapters: dict[str, Path] = {}
-    adapter_builds = []
-    irds_missing_text: dict[str, list[tuple[str, Path, list[str]]]] = {}
-    for a in cfg.adapters:
-        outp = Path(a.out).expanduser().resolve()
-        built_adapters[a.lang] = outp
-        if not outp.is_dir():
-            cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
-            if a.max_steps:
-                cmd += ["--max-steps", str(a.max_steps)]
-            resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
-            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
-            if a.text.startswith("irds:"):
-                missing = missing_files(a.text[len("irds:") :], ("docs",))
-                if missing:
-                    irds_missing_text[a.text[len("irds:") :]] = missing
+    built_adapters, adapter_builds, irds_missing_text = _adapter_builds(cfg)
     models = [grid_model(m, cfg, collections, built_adapters) for m in cfg.models]
     for cmd in [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]:
         parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
 
-    rows: list[GridRow] = []
-    for c in collections:
-        dense = [GridRow(c, "dense", model=m, routing=r) for m in models for r in m.routings]
-        rows += dense
-        if cfg.bm25.enabled and c.bm25_lang:
-            rows.append(GridRow(c, "bm25"))
-            fused = [d for d in dense if not cfg.fusion.models or d.model.name in cfg.fusion.models]  # type: ignore[union-attr]
-            for method in cfg.fusion.methods:
-                rows += [GridRow(c, "fusion", method=method, dense=d) for d in fused]
-    variants = {r.variant for r in rows}
-    if cfg.significance.baseline:
-        baseline = cfg.significance.baseline.replace(":", "/")
-        if baseline not in variants:
-            raise ClirError(
-                f"significance.baseline {cfg.significance.baseline!r} is not a row of the grid "
-                f"(rows: {', '.join(sorted(variants))})"
-            )
-    else:
-        baseline = next(r.variant for r in rows if r.kind == "dense")
+    rows = _rows(cfg, collections, models)
+    baseline = _baseline(cfg, rows)
     selected = _select(rows, only)
 
     irds_missing: dict[str, list[tuple[str, Path, list[str]]]] = dict(irds_missing_text)

@@ -143,6 +143,64 @@ def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
     return [*cmd, "--out", str(folder), *resume, *b.args]
 
 
+def _needed_languages(
+    settings: dict[str, Any], routings: list[Routing | None], collections: list[GridCollection]
+) -> set[str]:
+    """The languages whose adapters a madx model's routings use on these collections."""
+    adapters = settings.get("language_adapters") or {}
+    needed = {settings.get("source_lang", "en")}
+    for r in routings:
+        assert r is not None
+        if r.doc == "target":
+            for c in collections:
+                langs = set(c.doc_langs())
+                # detected languages without an adapter take the fallback rule (the source adapter)
+                needed.update(langs - {x for x in c.detected_langs if x not in adapters})
+        if r.query == "target":
+            needed.update(c.query_lang for c in collections)
+    return needed
+
+
+def _language_adapter_sources(
+    spec: ModelSpec,
+    settings: dict[str, Any],
+    folder: Path | None,
+    needed: set[str],
+    built_adapters: dict[str, Path],
+    downloads: list[str],
+    notes: list[str],
+) -> None:
+    """Check where each needed language adapter comes from (the model folder, a local folder, one the grid
+    builds, or the hub: a download), adding to ``downloads`` and ``notes``; a missing one is an error."""
+    adapters = settings.get("language_adapters") or {}
+    bundled = folder / "adapters" if folder is not None else None
+    for lang in sorted(needed):
+        if bundled is not None and (bundled / f"lang_{lang}").is_dir():
+            continue
+        src = adapters.get(lang)
+        if src is None:
+            if folder is not None and not model_ready(folder):
+                notes.append(
+                    f"language adapter {lang!r}: not in the training config; must come with the model"
+                )
+                continue
+            raise ClirError(
+                f"models[{spec.name}]: routing needs a language adapter for {lang!r}, but language_adapters "
+                f"has none (has: {', '.join(sorted(adapters)) or 'none'}); add it under overrides.language_adapters"
+            )
+        src = str(src)
+        sp = Path(src).expanduser()
+        if src == "new" or sp.exists():
+            continue
+        if str(sp.resolve()) in {str(x) for x in built_adapters.values()}:
+            continue
+        if looks_like_path(src):
+            raise ClirError(f"models[{spec.name}]: language adapter {lang!r}: folder {src} not found")
+        downloads.append(
+            f"model {spec.name}: language adapter {lang} from {src} (AdapterHub / Hugging Face hub)"
+        )
+
+
 def grid_model(
     spec: ModelSpec, cfg: EvalConfig, collections: list[GridCollection], built_adapters: dict[str, Path]
 ) -> GridModel:
@@ -176,44 +234,8 @@ def grid_model(
     if folder is not None and not model_ready(folder):
         build_cmd = _build_command(spec, folder)
     if mode == "madx" and settings is not None:
-        adapters = settings.get("language_adapters") or {}
-        src_lang = settings.get("source_lang", "en")
-        needed = {src_lang}
-        for r in routings:
-            assert r is not None
-            if r.doc == "target":
-                for c in collections:
-                    langs = set(c.doc_langs())
-                    # detected languages without an adapter take the fallback rule (the source adapter)
-                    needed.update(langs - {x for x in c.detected_langs if x not in adapters})
-            if r.query == "target":
-                needed.update(c.query_lang for c in collections)
-        bundled = folder / "adapters" if folder is not None else None
-        for lang in sorted(needed):
-            if bundled is not None and (bundled / f"lang_{lang}").is_dir():
-                continue
-            src = adapters.get(lang)
-            if src is None:
-                if folder is not None and not model_ready(folder):
-                    notes.append(
-                        f"language adapter {lang!r}: not in the training config; must come with the model"
-                    )
-                    continue
-                raise ClirError(
-                    f"models[{spec.name}]: routing needs a language adapter for {lang!r}, but language_adapters "
-                    f"has none (has: {', '.join(sorted(adapters)) or 'none'}); add it under overrides.language_adapters"
-                )
-            src = str(src)
-            sp = Path(src).expanduser()
-            if src == "new" or sp.exists():
-                continue
-            if str(sp.resolve()) in {str(x) for x in built_adapters.values()}:
-                continue
-            if looks_like_path(src):
-                raise ClirError(f"models[{spec.name}]: language adapter {lang!r}: folder {src} not found")
-            downloads.append(
-                f"model {spec.name}: language adapter {lang} from {src} (AdapterHub / Hugging Face hub)"
-            )
+        needed = _needed_languages(settings, routings, collections)
+        _language_adapter_sources(spec, settings, folder, needed, built_adapters, downloads, notes)
     if settings is not None and not (folder is not None and model_ready(folder) and mode == "full"):
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it
         if (

@@ -187,23 +187,9 @@ def train(
     ``encoder``: train this DualEncoder (built from ``cfg.model``) in place instead of building one."""
     import torch
 
-    from clir.data.triples import TripleStream, open_triples
+    from clir.data.triples import TripleStream
 
-    target = out or cfg.out
-    if not target:
-        raise ClirError("no output folder: give --out DIR or `out:` in the config")
-    out = Path(target).expanduser()
-    ckpt = prepare_out(out, resume=resume, overwrite=overwrite)
-    saved = None
-    if ckpt is not None:
-        saved = load_checkpoint(ckpt)
-        check_same_run(saved.get("config") or {}, cfg, ckpt)
-    source = open_triples(cfg.data.triples)
-    if hasattr(source, "ensure_available"):
-        source.ensure_available()  # fail before the model loads, with one message naming every file
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, cfg)
-
+    folder, ckpt, saved, source = _open_run(cfg, out, resume=resume, overwrite=overwrite)
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
     if opt_cfg.threads:
@@ -214,7 +200,7 @@ def train(
     if saved is not None:
         assert ckpt is not None  # a saved state comes from a checkpoint folder
         step, data_state = opt.restore(saved, ckpt)
-        truncate_log(out / LOG_FILE, step)
+        truncate_log(folder / LOG_FILE, step)
         log.info(
             "resumed from %s (step %d, epoch %d, record %d)",
             ckpt,
@@ -232,7 +218,7 @@ def train(
         epoch=data_state["epoch"],
         index=data_state["index"],
     )
-    run = _Run(cfg, out, encoder, opt, stream, iter(stream), step, _Meter(time.perf_counter()))
+    run = _Run(cfg, folder, encoder, opt, stream, iter(stream), step, _Meter(time.perf_counter()))
     end = opt_cfg.max_steps if stop_after is None else min(opt_cfg.max_steps, stop_after)
     try:
         with _GracefulStop() as stopper:
@@ -253,10 +239,35 @@ def train(
         )
         if stopper.requested:
             raise KeyboardInterrupt
-        return TrainResult(out, run.step, False, run.last_loss, tps, seconds, run.last_ckpt)
-    write_model(encoder, out, keep_checkpoints=cfg.checkpoint.keep_after_training)
-    log.info("wrote %s (%d steps, %.1f triples/s)", out, run.step, tps)
-    return TrainResult(out, run.step, True, run.last_loss, tps, seconds, None)
+        return TrainResult(folder, run.step, False, run.last_loss, tps, seconds, run.last_ckpt)
+    write_model(encoder, folder, keep_checkpoints=cfg.checkpoint.keep_after_training)
+    log.info("wrote %s (%d steps, %.1f triples/s)", folder, run.step, tps)
+    return TrainResult(folder, run.step, True, run.last_loss, tps, seconds, None)
+
+
+def _open_run(
+    cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool
+) -> tuple[Path, Path | None, dict[str, Any] | None, Any]:
+    """(run folder, checkpoint to resume from, its state, triples source): the folder checked against the
+    flags, the checkpoint against ``cfg``, the triples' files found, all before the model loads; then the
+    run's config is written."""
+    from clir.data.triples import open_triples
+
+    target = out or cfg.out
+    if not target:
+        raise ClirError("no output folder: give --out DIR or `out:` in the config")
+    folder = Path(target).expanduser()
+    ckpt = prepare_out(folder, resume=resume, overwrite=overwrite)
+    saved = None
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt)
+        check_same_run(saved.get("config") or {}, cfg, ckpt)
+    source = open_triples(cfg.data.triples)
+    if hasattr(source, "ensure_available"):
+        source.ensure_available()  # fail before the model loads, with one message naming every file
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(folder, cfg)
+    return folder, ckpt, saved, source
 
 
 def _run_steps(
