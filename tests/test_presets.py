@@ -42,12 +42,12 @@ def preset_folder(tmp_path_factory) -> tuple[Path, np.ndarray, dict]:
 
 def test_plan_sizes_lists_to_the_collection():
     assert presets.plan("large", 10_000_000, 384) == (
-        "IVF4096,PQ96x4fs",
-        {"nprobe": 512, "refine": "refine.npy", "k_factor": 10},
+        "IVF4096,PQ96x4fsr",
+        {"nprobe": 1024, "refine": "refine.npy", "k_factor": 40},
     )
     factory, search = presets.plan("large", 4000, 768)
-    assert factory == "IVF64,PQ192x4fs" and search["nprobe"] == 32  # 64 lists: at least 39 vectors each
-    assert presets.plan("large", 30, 64)[0] == "IVF1,PQ16x4fs"
+    assert factory == "IVF64,PQ192x4fsr" and search["nprobe"] == 32  # 64 lists: at least 39 vectors each
+    assert presets.plan("large", 30, 64)[0] == "IVF1,PQ16x4fsr"
     assert presets.plan("large", 15, 64) == ("Flat", {})  # too few vectors to train 4-bit PQ
     with pytest.raises(ClirError, match="unknown index preset"):
         presets.plan("huge", 10, 64)
@@ -57,7 +57,7 @@ def test_preset_recall_against_flat(preset_folder):
     import faiss
 
     folder, vecs, fields = preset_folder
-    assert fields["factory"] == "IVF64,PQ16x4fs" and fields["search"]["nprobe"] == 32
+    assert fields["factory"] == "IVF64,PQ16x4fsr" and fields["search"]["nprobe"] == 32
     index = presets.open_index(folder, fields)
     faiss.extract_index_ivf(index.base).nprobe = fields["search"]["nprobe"]
     queries = _clustered(200, 64, seed=2)
@@ -106,8 +106,8 @@ def test_cli_preset_recorded_and_honoured(tiny_bert, tiny_collection, tmp_path, 
     assert main([*base, "--out", str(tmp_path / "x"), "--preset", "large", "--factory", "Flat"]) != 0
     assert "pass --factory or --preset, not both" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preset"] == "large" and manifest["factory"] == "IVF1,PQ16x4fs"
-    assert manifest["search"] == {"nprobe": 1, "refine": "refine.npy", "k_factor": 10}
+    assert manifest["preset"] == "large" and manifest["factory"] == "IVF1,PQ16x4fsr"
+    assert manifest["search"] == {"nprobe": 1, "refine": "refine.npy", "k_factor": 40}
     assert (out / "refine.npy").is_file()
 
     s = Searcher(out)
@@ -115,9 +115,12 @@ def test_cli_preset_recorded_and_honoured(tiny_bert, tiny_collection, tmp_path, 
     assert faiss.extract_index_ivf(s.index.base).nprobe == 1  # from the manifest
     ref = Searcher(flat, encoder=s.encoder)
     for q in ("die katze sitzt auf der matte", "the weather is nice today"):
+        # the whole tiny shortlist is re-ranked against fp16 vectors: Flat's top 10 up to fp16 rounding
+        # (random tiny-model vectors hold near-ties 1e-5 apart, which fp16 may swap)
         got, want = s.search(q, 10), ref.search(q, 10)
-        assert [h.doc_id for h in got] == [h.doc_id for h in want]  # the whole tiny shortlist is re-ranked
+        exact = {h.doc_id: h.score for h in ref.search(q, 28)}
         assert np.allclose([h.score for h in got], [h.score for h in want], atol=2e-3)
+        assert all(abs(exact[h.doc_id] - h.score) <= 2e-3 for h in got)
     capsys.readouterr()
     assert main(["search", "--index", str(out), "--query", "die katze", "--k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == ref.search("die katze", 1)[0].doc_id

@@ -2,11 +2,13 @@
 settings that go with it, recorded in the manifest (``search``) so `clir search` and `clir serve` use them.
 
 ``large`` (collections of millions of passages): an IVF index with ~sqrt(N) lists over 4-bit fast-scan PQ
-codes (dim/8 bytes a vector: 4 bits per 4 dimensions) gives a shortlist of ``k * k_factor`` candidates, which are re-ranked by exact
-inner product against the full vectors, kept in fp16 in ``refine.npy`` and memory-mapped (the OS pages in
-only the rows a query touches). Measured in eval/bench/RESULTS.md ("Scale: the large preset"): PQ alone
-tops out near recall@10 0.47 of exact search; the re-ranking removes the PQ error, so what is left is the IVF
-coverage, which ``nprobe = nlist / 8`` keeps above 0.95 on both synthetic and real e5 vectors."""
+codes of each vector's residual to its list centroid (dim/8 bytes a vector: 4 bits per 4 dimensions) gives a
+shortlist of ``k * k_factor`` candidates, which are re-ranked by exact inner product against the full
+vectors, kept in fp16 in ``refine.npy`` and memory-mapped (the OS pages in only the rows a query touches).
+Measured in eval/bench/RESULTS.md ("Scale: the large preset"): PQ alone tops out near recall@10 0.47 of exact
+search; the re-ranking removes most of the PQ error, residual codes and a shortlist of k x 40 most of the
+rest (on real e5 vectors, plain codes and k x 10 lost 0.15 of recall@10 even with every list probed), so what
+is left is the IVF coverage, which ``nprobe`` controls (``nlist / 4`` by default; `clir search --nprobe`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import numpy as np
 from clir.errors import ClirError
 
 REFINE_FILE = "refine.npy"
+#: shortlist per result re-ranked exactly (k x 40 candidates)
+K_FACTOR = 40
 PRESETS = ("large",)
 
 
@@ -35,8 +39,8 @@ def plan(preset: str, n: int, dim: int) -> tuple[str, dict[str, Any]]:
     nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
     while nlist > 1 and nlist * 39 > n:
         nlist //= 2
-    factory = f"IVF{nlist},PQ{dim // 4}x4fs"
-    search = {"nprobe": max(1, min(nlist, max(32, nlist // 8))), "refine": REFINE_FILE, "k_factor": 10}
+    factory = f"IVF{nlist},PQ{dim // 4}x4fsr"
+    search = {"nprobe": max(1, min(nlist, max(32, nlist // 4))), "refine": REFINE_FILE, "k_factor": K_FACTOR}
     return factory, search
 
 

@@ -7,8 +7,8 @@ tokens (half-window stride, ``--split passages``); search ranks documents by the
 their first (FirstP, same index). Reported: MRR@100, nDCG@10, R@1, R@10; passages, encoding passages/s and
 the index size (FAISS ``index`` file and the whole folder). Writes ``eval/results/long-docs/``.
 
-    nice -n 10 python -m eval.bench.long_docs                 # de ru zh at 512 tokens, ~10 minutes on 2 cores
-    nice -n 10 python -m eval.bench.long_docs --langs de --lengths 256 512
+    python -m eval.bench.long_docs                    # de ru zh at 128, 256 (the default) and 512 tokens
+    python -m eval.bench.long_docs --langs de --lengths 256
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--langs", nargs="+", default=["de", "ru", "zh"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[512])
+    p.add_argument("--lengths", nargs="+", type=int, default=[256, 128, 512])
     p.add_argument("--work", type=Path, default=common.REPO / "indexes" / "long-docs")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)

@@ -208,7 +208,9 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(name: str, vectors: Path, queries: np.ndarray, folder: Path) -> list[dict]:
+def measure(
+    name: str, vectors: Path, queries: np.ndarray, folder: Path, more_nprobe: bool = False
+) -> list[dict]:
     """Build the preset over ``vectors`` and search it with and without re-ranking; exact search for truth."""
     import time
 
@@ -225,13 +227,20 @@ def measure(name: str, vectors: Path, queries: np.ndarray, folder: Path) -> list
              build["VmHWM"])  # fmt: skip
     rows = [{"set": name, "n": n, "index": "Flat (exact)", "recall": 1.0, "ms": flat_ms,
              "ram_mib": n * dim * 4 / 2**20, "disk_mib": n * dim * 4 / 2**20}]  # fmt: skip
-    for refine in (True, False):
-        res = _child("search", str(folder / "index"), str(qpath), "1" if refine else "0")
+    nprobe = build["fields"]["search"]["nprobe"]
+    nlist = int(build["fields"]["factory"].split(",")[0][3:])
+    # the preset (re-ranked), its shortlist alone, and (for the real vectors) other nprobes, re-ranked
+    runs = [(True, nprobe), (False, nprobe)]
+    runs += [(True, p) for p in (nlist // 8, nlist // 2) if more_nprobe and p not in (0, nprobe)]
+    for refine, probe in runs:
+        res = _child("search", str(folder / "index"), str(qpath), "1" if refine else "0", str(probe))
         label = (
             f"{build['fields']['factory']} + re-rank (preset large)" if refine else build["fields"]["factory"]
         )
+        if probe != nprobe:
+            label = f"{build['fields']['factory']} + re-rank, --nprobe {probe}"
         rows.append({"set": name, "n": n, "index": label, "recall": recall_at_10(truth, np.asarray(res["rows"])),
-                     "ms": res["ms_per_query"], "nprobe": build["fields"]["search"]["nprobe"],
+                     "ms": res["ms_per_query"], "nprobe": probe,
                      "search_peak_mib": res["VmHWM"], "rss_anon_mib": res["RssAnon"], "rss_file_mib": res["RssFile"],
                      "opened_mib": res["opened"]["VmHWM"], "index_mib": res["index_mib"],
                      "refine_mib": res["refine_mib"] if refine else 0.0,
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "build":
             res = child_build(Path(rest[0]), Path(rest[1]))
         else:
-            res = child_search(Path(rest[0]), Path(rest[1]), None, rest[2] == "1")
+            res = child_search(Path(rest[0]), Path(rest[1]), int(rest[3]), rest[2] == "1")
         print(json.dumps(res))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -299,7 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_real:
         passages, queries = real_vectors()
         np.save(WORK / "real" / "passages.f32.npy", passages)
-        rows += measure("real (e5-small)", WORK / "real" / "passages.f32.npy", queries, WORK / "real-run")
+        rows += measure(
+            "real (e5-small)",
+            WORK / "real" / "passages.f32.npy",
+            queries,
+            WORK / "real-run",
+            more_nprobe=True,
+        )
     for n in args.sizes:
         path = _vectors_file(WORK, n)
         queries = Synthetic().draw(args.queries, stream=10**9 + n)
