@@ -42,12 +42,12 @@ def preset_folder(tmp_path_factory) -> tuple[Path, np.ndarray, dict]:
 
 def test_plan_sizes_lists_to_the_collection():
     assert presets.plan("large", 10_000_000, 384) == (
-        "IVF4096,PQ96x4fsr",
+        "IVF4096,PQ96x4fs",
         {"nprobe": 1024, "refine": "refine.npy", "k_factor": 40},
     )
     factory, search = presets.plan("large", 4000, 768)
-    assert factory == "IVF64,PQ192x4fsr" and search["nprobe"] == 32  # 64 lists: at least 39 vectors each
-    assert presets.plan("large", 30, 64)[0] == "IVF1,PQ16x4fsr"
+    assert factory == "IVF64,PQ192x4fs" and search["nprobe"] == 32  # 64 lists: at least 39 vectors each
+    assert presets.plan("large", 30, 64)[0] == "IVF1,PQ16x4fs"
     assert presets.plan("large", 15, 64) == ("Flat", {})  # too few vectors to train 4-bit PQ
     with pytest.raises(ClirError, match="unknown index preset"):
         presets.plan("huge", 10, 64)
@@ -57,7 +57,7 @@ def test_preset_recall_against_flat(preset_folder):
     import faiss
 
     folder, vecs, fields = preset_folder
-    assert fields["factory"] == "IVF64,PQ16x4fsr" and fields["search"]["nprobe"] == 32
+    assert fields["factory"] == "IVF64,PQ16x4fs" and fields["search"]["nprobe"] == 32
     index = presets.open_index(folder, fields)
     faiss.extract_index_ivf(index.base).nprobe = fields["search"]["nprobe"]
     queries = _clustered(200, 64, seed=2)
@@ -106,7 +106,7 @@ def test_cli_preset_recorded_and_honoured(tiny_bert, tiny_collection, tmp_path, 
     assert main([*base, "--out", str(tmp_path / "x"), "--preset", "large", "--factory", "Flat"]) != 0
     assert "pass --factory or --preset, not both" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preset"] == "large" and manifest["factory"] == "IVF1,PQ16x4fsr"
+    assert manifest["preset"] == "large" and manifest["factory"] == "IVF1,PQ16x4fs"
     assert manifest["search"] == {"nprobe": 1, "refine": "refine.npy", "k_factor": 40}
     assert (out / "refine.npy").is_file()
 

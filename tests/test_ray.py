@@ -47,12 +47,12 @@ def single(tiny_bert, tiny_collection, tmp_path_factory) -> Path:
 
 
 def _args(tiny_bert, tiny_collection, out: Path, **kw) -> IndexArgs:
+    kw.setdefault("overrides", FP32)
     return IndexArgs(
         collection=str(tiny_collection),
         model=str(tiny_bert),
         out=str(out),
         chunk_size=CHUNK,
-        overrides=FP32,
         **kw,
     )
 
@@ -181,14 +181,7 @@ def test_ray_build_of_a_split_collection_equals_single_process(ray_session, tiny
     settings = {**FP32, "pooling": "mean", "normalize": True, "max_passage_length": 32}
 
     def args(out: Path) -> IndexArgs:
-        return IndexArgs(
-            collection=str(coll),
-            model=str(tiny_bert),
-            out=str(out),
-            chunk_size=CHUNK,
-            overrides=settings,
-            passages=PassageSpec(stride=12),
-        )
+        return _args(tiny_bert, coll, out, overrides=settings, passages=PassageSpec(stride=12))
 
     one = build_index(args(tmp_path / "one"))
     assert one.num_passages > one.num_docs  # the long documents were split

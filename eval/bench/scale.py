@@ -244,7 +244,8 @@ def measure(
                      "search_peak_mib": res["VmHWM"], "rss_anon_mib": res["RssAnon"], "rss_file_mib": res["RssFile"],
                      "opened_mib": res["opened"]["VmHWM"], "index_mib": res["index_mib"],
                      "refine_mib": res["refine_mib"] if refine else 0.0,
-                     "build_s": build["build_s"], "build_peak_mib": build["VmHWM"]})  # fmt: skip
+                     "build_s": build["build_s"], "build_peak_mib": build["VmHWM"],
+                     "build_anon_mib": build["RssAnon"]})  # fmt: skip
         log.info("%s: %s", name, rows[-1])
     return rows
 
@@ -252,13 +253,16 @@ def measure(
 def report(rows: list[dict], conditions: str) -> str:
     table = []
     for r in rows:
-        flat = next(x for x in rows if x["set"] == r["set"] and x["index"].startswith("Flat"))
+        flat = next(
+            x for x in rows if (x["set"], x["n"]) == (r["set"], r["n"]) and x["index"].startswith("Flat")
+        )
         if r["index"].startswith("Flat"):
             table.append([r["set"], f"{r['n']:,}", r["index"], "exact", f"{r['ms']:.3g}", "1x", "-", "-",
                           f"{r['ram_mib']:,.0f} (all in RAM)", "-"])  # fmt: skip
             continue
         table.append([r["set"], f"{r['n']:,}", r["index"], f"{r['recall']:.3f}", f"{r['ms']:.3g}",
-                      f"{flat['ms'] / r['ms']:.3g}x", f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB",
+                      f"{flat['ms'] / r['ms']:.3g}x",
+                      f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB (anon {r.get('build_anon_mib', 0):,.0f})",
                       f"{r['index_mib']:,.0f} + {r['refine_mib']:,.0f} mmap",
                       f"{r['search_peak_mib']:,.0f} (anon {r['rss_anon_mib']:,.0f}, file {r['rss_file_mib']:,.0f})",
                       r["nprobe"]])  # fmt: skip
@@ -271,7 +275,8 @@ def report(rows: list[dict], conditions: str) -> str:
         "('query: ' prefix). *synthetic*: faiss_scaling's generator (dim 384), queries from the same "
         "distribution. k=10, one batch of queries, 2 FAISS threads; *search peak* = the search process's VmHWM "
         "(resident set incl. the touched pages of the memory-mapped file), its anonymous and file-backed parts "
-        "at the end; *build* = wall time and VmHWM of the build process (training, adding, writing refine.npy).",
+        "at the end; *build* = wall time and VmHWM of the build process (training, adding, writing refine.npy; the "
+        "input vectors are a memory-mapped file, so VmHWM counts their page cache too) and its anonymous memory at the end.",
         "",
         common.table(["vectors", "N", "index", "recall@10 vs exact", "ms/query", "vs Flat", "build (wall / peak)",
                       "index + refine on disk MiB", "search peak MiB", "nprobe"], table),  # fmt: skip
