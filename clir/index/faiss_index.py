@@ -163,8 +163,6 @@ def use_blas_for_flat(threshold: int = FLAT_BLAS_THRESHOLD) -> None:
 def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
     import faiss
 
-    use_blas_for_flat()
-
     index = getattr(index, "base", index)  # a presets.RefinedIndex: the parameters are its FAISS index's
 
     try:
