@@ -310,7 +310,7 @@ class DualEncoder:
             enc = self.tokenize(texts, side, padding=False)
         ids = enc["input_ids"]
         limit = self.max_length(side)
-        width = {i: padded_width(len(ids[i]), limit) for i in range(len(texts))}
+        width = [padded_width(len(t), limit) for t in ids]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up at once
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]

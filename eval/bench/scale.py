@@ -262,7 +262,7 @@ def report(rows: list[dict], conditions: str) -> str:
             continue
         table.append([r["set"], f"{r['n']:,}", r["index"], f"{r['recall']:.3f}", f"{r['ms']:.3g}",
                       f"{flat['ms'] / r['ms']:.3g}x",
-                      f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB (anon {r.get('build_anon_mib', 0):,.0f})",
+                      f"{r['build_s']:.0f} s / {r['build_peak_mib']:,.0f} MiB (anon {r['build_anon_mib']:,.0f})",
                       f"{r['index_mib']:,.0f} + {r['refine_mib']:,.0f} mmap",
                       f"{r['search_peak_mib']:,.0f} (anon {r['rss_anon_mib']:,.0f}, file {r['rss_file_mib']:,.0f})",
                       r["nprobe"]])  # fmt: skip
