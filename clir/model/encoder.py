@@ -168,6 +168,36 @@ class DualEncoder:
         """Say that weights were updated in place (training), so the fingerprint is computed afresh."""
         self._fingerprint = None
 
+    def replica(self) -> DualEncoder:
+        """Another encoder over the same weight tensors (shared, not copied), with its own lock, routing
+        state, tokenizer and module objects: two replicas encode at the same time, in two threads.
+
+        The server runs one per lane (clir.serve.batching). Its vectors are bit-identical to this encoder's:
+        same weights, same low-precision copies, same padded widths. A language adapter loaded later goes
+        into that replica only."""
+        import copy
+
+        with self._lock:
+            shared = {id(t): t for m in self.models() for t in itertools.chain(m.parameters(), m.buffers())}
+            twin = copy.copy(self)
+            twin.config = copy.deepcopy(self.config)  # routed() swaps the routing per encoder
+            twin._lock = threading.RLock()
+            twin.tokenizer = copy.deepcopy(self.tokenizer)  # HF fast tokenizers are not re-entrant
+            twin.query_model = copy.deepcopy(self.query_model, dict(shared))
+            twin.passage_model = (
+                twin.query_model
+                if self.passage_model is self.query_model
+                else copy.deepcopy(self.passage_model, dict(shared))
+            )
+            twin._lang_loaded = set(self._lang_loaded)
+            # the bf16/fp16 weight copies are shared too: the cache's entries hold the same parameters
+            twin._cast_cache = {}
+            for old, new in zip(self.models(), twin.models(), strict=True):
+                for (model_id, dtype), params in self._cast_cache.items():
+                    if model_id == id(old):
+                        twin._cast_cache[(id(new), dtype)] = dict(params)
+        return twin
+
     def loaded_languages(self) -> list[str]:
         return sorted(self._lang_loaded)
 
