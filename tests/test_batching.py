@@ -160,12 +160,24 @@ def _batches_of(
 def test_a_free_lane_gathers_arrivals_while_another_is_busy(monkeypatch):
     """Lane 1 comes free while lane 0 works: it waits for arrivals to pause instead of taking the first
     query alone. With both lanes idle, a query starts at once."""
-    arrivals = [(0.0, "a"), (0.1, "b"), (0.15, "c"), (0.2, "d")]
-    assert _batches_of(arrivals, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c", "d"]]
-    # one lane: queries queue while it works, and the next batch takes them all
-    assert _batches_of(arrivals, lanes=1, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c", "d"]]
+    arrivals = [(0.0, "a"), (0.1, "b"), (0.15, "c")]
+    assert _batches_of(arrivals, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c"]]
+    # one lane: queries wait while it works, and the next batch takes them all
+    assert _batches_of(arrivals, lanes=1, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c"]]
     lone = [(0.0, "a"), (0.6, "b")]  # b comes after a's batch is done: both lanes idle, no wait
     assert _batches_of(lone, lanes=2, seconds=0.05, monkeypatch=monkeypatch) == [["a"], ["b"]]
+
+
+def test_lanes_take_even_shares(monkeypatch):
+    """A burst is split evenly over idle lanes, and a lane leaves queries for a busy one rather than running
+    a much larger batch beside it (unequal batches cost more per query)."""
+    burst = [(0.0, q) for q in "abcdef"]
+    assert _batches_of(burst, lanes=2, seconds=0.5, monkeypatch=monkeypatch) == [list("abc"), list("def")]
+    assert _batches_of(burst, lanes=1, seconds=0.5, monkeypatch=monkeypatch) == [list("abcdef")]
+    # lane 0 runs a; b..e arrive while it works: lane 1 takes an even share of the 5 queries (3), and the
+    # one left waits for the next free lane
+    later = [(0.0, "a"), (0.1, "b"), (0.12, "c"), (0.14, "d"), (0.16, "e")]
+    assert _batches_of(later, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], list("bcd"), ["e"]]
 
 
 def test_lane_threads_stay_in_their_lane():

@@ -281,7 +281,7 @@ def test_a_replica_shares_the_weights_and_encodes_the_same_at_the_same_time(tiny
     ref = enc.encode_queries(queries, batch_size=3)
     ref_docs = enc.encode_passages(TEXTS, lang="de")
     twin = enc.replica()
-    assert twin.query_model is not enc.query_model and twin.tokenizer is not enc.tokenizer
+    assert twin.query_model is not enc.query_model and twin.tokenizer is enc.tokenizer
     ptrs = [p.data_ptr() for p in enc.query_model.parameters()]
     assert [p.data_ptr() for p in twin.query_model.parameters()] == ptrs  # shared, not copied
     with ThreadPoolExecutor(2) as pool:
