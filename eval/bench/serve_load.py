@@ -461,7 +461,7 @@ NOTES = [
     "`clir.serve.batching.MicroBatcher`): replicas of the encoder sharing its weights, each with its own "
     "worker thread, running one thread each while the other is busy and all threads when alone; a lane that "
     "comes free while the other works waits for arrivals to pause (3 ms, at most 20 ms) so that it does not "
-    "take one query alone. Within a micro-batch, one encoder call per padded width (token counts rounded up "
+    "take one query alone, and takes at most an even share of the waiting and running queries. Within a micro-batch, one encoder call per padded width (token counts rounded up "
     "to a multiple of 8, `clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search "
     "--query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
     "micro-batching`: each request encodes and searches on its own (`--no-micro-batching`; the encoder lock "
@@ -485,7 +485,10 @@ NOTES = [
     "encoding. Vectors are bit-identical across lanes and thread counts (max difference 0.0). Without the "
     "gathering wait, at 32 clients lanes took batches alternating 14-17 and 1-2 queries (mean 7.8): a lane "
     "came free just as the clients it had answered sent their next queries, and took the first alone; with it, "
-    "13 and 19 (mean 11.3).",
+    "13 and 19 (mean 11.3). Lanes then settled into unequal shares (8 and 18 at 32 clients, a small batch "
+    "costing 20 ms a query against 15.5): taking at most an even share gave 65 against 56 req/s at 8 clients "
+    "and 114 against 91 at 32 (three 10 s slices each, taken in turn). The second lane costs ~35 MiB (its "
+    "modules; weights, their bf16 copies and the tokenizer are shared; a copied tokenizer was 280 MiB).",
     "- Earlier steps: (1) batches of one padded width: under bf16 a vector's rounding depends on the width it "
     "was padded to, not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in "
     "batches), so answers equal the CLI's exactly (before: 154/171 at 32 clients, 90%), at 3-4 encoder calls "
