@@ -487,8 +487,9 @@ NOTES = [
     "came free just as the clients it had answered sent their next queries, and took the first alone; with it, "
     "13 and 19 (mean 11.3). Lanes then settled into unequal shares (8 and 18 at 32 clients, a small batch "
     "costing 20 ms a query against 15.5): taking at most an even share gave 65 against 56 req/s at 8 clients "
-    "and 114 against 91 at 32 (three 10 s slices each, taken in turn). The second lane costs ~35 MiB (its "
-    "modules; weights, their bf16 copies and the tokenizer are shared; a copied tokenizer was 280 MiB).",
+    "and 114 against 91 at 32 (three 10 s slices each, taken in turn). The second lane costs ~40 MiB (VmRSS "
+    "1,516 against 1,474 MiB after warm-up: its modules; the weights, their bf16 copies and the tokenizer are "
+    "shared; a copied tokenizer was 280 MiB).",
     "- Earlier steps: (1) batches of one padded width: under bf16 a vector's rounding depends on the width it "
     "was padded to, not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in "
     "batches), so answers equal the CLI's exactly (before: 154/171 at 32 clients, 90%), at 3-4 encoder calls "
