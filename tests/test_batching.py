@@ -60,9 +60,10 @@ def test_batches_never_mix_padded_widths_and_vectors_do_not_depend_on_neighbours
     assert np.array_equal(other, batched[shuffled])
 
 
-def test_concurrent_mixed_length_requests_match_single_searches(tiny_bert, tiny_collection, tmp_path):
-    """Concurrent /search requests of many lengths, micro-batched: each answer equals `Searcher.search` for
-    that query alone (top-10 ids and scores)."""
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_concurrent_mixed_length_requests_match_single_searches(tiny_bert, tiny_collection, tmp_path, lanes):
+    """Concurrent /search requests of many lengths, micro-batched on one or two lanes: each answer equals
+    `Searcher.search` for that query alone (top-10 ids and scores)."""
     import httpx
 
     from clir.index import IndexArgs, build_index
@@ -79,7 +80,7 @@ def test_concurrent_mixed_length_requests_match_single_searches(tiny_bert, tiny_
         )
     )
     searcher = Searcher(out)
-    app = create_app({"tiny": searcher}, ServeSettings(batch_window_ms=20))
+    app = create_app({"tiny": searcher}, ServeSettings(batch_window_ms=20, lanes=lanes))
     queries = MIXED * 3
 
     async def go():
@@ -92,9 +93,114 @@ def test_concurrent_mixed_length_requests_match_single_searches(tiny_bert, tiny_
 
     responses, batcher = asyncio.run(go())
     assert batcher.batches < len(queries)  # requests really shared encoder calls
+    assert len(batcher.lanes) == lanes
     for q, r in zip(queries, responses, strict=True):
         assert r.status_code == 200, r.text
         hits = r.json()["hits"]
         ref = searcher.search(q, 10)
         assert [h["doc_id"] for h in hits] == [h.doc_id for h in ref]
         assert [h["score"] for h in hits] == pytest.approx([h.score for h in ref], abs=1e-6)
+
+
+# ---------------------------------------------------------------------- lanes
+class _SlowEncoder:
+    """Stands in for DualEncoder in the batcher: records each batch, and takes ``seconds`` per batch."""
+
+    def __init__(self, seconds: float, log: list[list[str]]) -> None:
+        self.seconds, self.log = seconds, log
+
+    def replica(self):
+        return _SlowEncoder(self.seconds, self.log)
+
+    def exclusive(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def count_tokens(self, text, side="query"):
+        return len(text.split()), False
+
+    def encode_queries(self, texts, lang="en", **kw):
+        import time
+
+        self.log.append(list(texts))
+        time.sleep(self.seconds)
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+
+class _Searcher:
+    def search_vectors(self, vectors, k):
+        return np.zeros((len(vectors), k), dtype=np.float32), np.zeros((len(vectors), k), dtype=np.int64)
+
+
+def _batches_of(
+    arrivals: list[tuple[float, str]], lanes: int, seconds: float, monkeypatch
+) -> list[list[str]]:
+    """Submit each query at its time (s); the batches the encoder saw, in order."""
+    from clir.serve import batching
+
+    monkeypatch.setattr(batching, "GATHER_GAP", 0.2)  # wide margins: timing on a busy machine varies
+    monkeypatch.setattr(batching, "GATHER_MAX", 2.0)
+    log: list[list[str]] = []
+    batcher = batching.MicroBatcher(_SlowEncoder(seconds, log), lanes=lanes)
+
+    async def go():
+        async def one(at, q):
+            await asyncio.sleep(at)
+            return await batcher.submit(batching.Job(_Searcher(), q, 1, "en"))
+
+        await asyncio.gather(*(one(at, q) for at, q in arrivals))
+        await batcher.stop()
+
+    asyncio.run(go())
+    batcher.close()
+    return log
+
+
+def test_a_free_lane_gathers_arrivals_while_another_is_busy(monkeypatch):
+    """Lane 1 comes free while lane 0 works: it waits for arrivals to pause instead of taking the first
+    query alone. With both lanes idle, a query starts at once."""
+    arrivals = [(0.0, "a"), (0.1, "b"), (0.15, "c")]
+    assert _batches_of(arrivals, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c"]]
+    # one lane: queries wait while it works, and the next batch takes them all
+    assert _batches_of(arrivals, lanes=1, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c"]]
+    lone = [(0.0, "a"), (0.6, "b")]  # b comes after a's batch is done: both lanes idle, no wait
+    assert _batches_of(lone, lanes=2, seconds=0.05, monkeypatch=monkeypatch) == [["a"], ["b"]]
+
+
+def test_lanes_take_even_shares(monkeypatch):
+    """A burst is split evenly over idle lanes, and a lane leaves queries for a busy one rather than running
+    a much larger batch beside it (unequal batches cost more per query)."""
+    burst = [(0.0, q) for q in "abcdef"]
+    assert _batches_of(burst, lanes=2, seconds=0.5, monkeypatch=monkeypatch) == [list("abc"), list("def")]
+    assert _batches_of(burst, lanes=1, seconds=0.5, monkeypatch=monkeypatch) == [list("abcdef")]
+    # lane 0 runs a; b..e arrive while it works: lane 1 takes an even share of the 5 queries (3), and the
+    # one left waits for the next free lane
+    later = [(0.0, "a"), (0.1, "b"), (0.12, "c"), (0.14, "d"), (0.16, "e")]
+    assert _batches_of(later, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], list("bcd"), ["e"]]
+
+
+def test_lane_threads_stay_in_their_lane():
+    """A lane's OpenMP thread count applies to its own thread: the process default that new threads
+    start with, and the caller's count, are unchanged."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from clir.serve.batching import _set_thread_count
+    from clir.serve.state import lane_plan
+
+    default = torch.get_num_threads()
+    assert lane_plan(None, "cuda") == (1, None)
+    assert lane_plan(1, "cpu") == (1, None)
+    assert lane_plan(3, "cpu") == (3, (default, max(1, default // 3)))
+    assert lane_plan(None, "cpu")[0] == min(2, default)
+    with ThreadPoolExecutor(1) as lane:
+        assert lane.submit(lambda: (_set_thread_count(1, default), torch.get_num_threads())[1]).result() == 1
+        assert lane.submit(torch.get_num_threads).result() == 1  # it stays for the lane's later batches
+    seen: list[int] = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen == [default] and torch.get_num_threads() == default

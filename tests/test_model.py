@@ -268,3 +268,26 @@ def test_e5_matches_plain_transformers(e5_small):
         side, raw = text.split(": ", 1)
         got = enc.encode_queries([raw])[0] if side == "query" else enc.encode_passages([raw], lang=lang)[0]
         assert float(ref @ got) >= 0.9999, lang
+
+
+@pytest.mark.parametrize("mode", ["full", "madx"])
+def test_a_replica_shares_the_weights_and_encodes_the_same_at_the_same_time(tiny_bert, mode):
+    """The REST server's lanes: replicas encode concurrently, bit-identical to the encoder they copy, with
+    no second copy of the weights and routing of their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = _enc(tiny_bert, precision="bf16") if mode == "full" else _madx(tiny_bert, precision="bf16")
+    queries = TEXTS * 5
+    ref = enc.encode_queries(queries, batch_size=3)
+    ref_docs = enc.encode_passages(TEXTS, lang="de")
+    twin = enc.replica()
+    assert twin.query_model is not enc.query_model and twin.tokenizer is enc.tokenizer
+    ptrs = [p.data_ptr() for p in enc.query_model.parameters()]
+    assert [p.data_ptr() for p in twin.query_model.parameters()] == ptrs  # shared, not copied
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(e.encode_queries, queries, batch_size=3) for e in (enc, twin, enc, twin)]
+        assert all(np.array_equal(r.result(), ref) for r in runs)
+    assert np.array_equal(twin.encode_passages(TEXTS, lang="de"), ref_docs)
+    with twin.routed(query="none"):
+        assert enc.config.routing.query == "source"
+    assert twin.fingerprint() == enc.fingerprint()

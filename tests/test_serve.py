@@ -273,17 +273,18 @@ def test_internal_failure_is_500_with_request_id_and_server_keeps_serving(
 
     app = create_app({"tiny": searcher}, ServeSettings(micro_batching=micro_batching))
     real = searcher.search_vectors
-    calls = {"n": 0}
+    fail_next = {"on": False}  # armed after the startup warm-up (one search per encoder lane)
 
     def flaky(vecs, k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the 1st call is the startup warm-up
+        if fail_next["on"]:
+            fail_next["on"] = False
             raise RuntimeError("simulated FAISS failure")
         return real(vecs, k)
 
     monkeypatch.setattr(searcher, "search_vectors", flaky)
     caplog.set_level(logging.INFO)
     with TestClient(app) as c:
+        fail_next["on"] = True
         r = c.post("/search", json={"query": "cat"})
         body = _error(r, 500, "internal_error")
         rid = body["request_id"]
@@ -378,11 +379,16 @@ def test_cli_flags_override_config(tmp_path):
     from clir.cli.serve import resolve
 
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("indexes: {de: /x/de}\nport: 9000\nmax_body_bytes: 10\n")
-    args = build_parser().parse_args(["serve", "--config", str(cfg), "--index", "ru=/x/ru", "--port", "9001"])
+    cfg.write_text("indexes: {de: /x/de}\nport: 9000\nmax_body_bytes: 10\nlanes: 3\n")
+    args = build_parser().parse_args(
+        ["serve", "--config", str(cfg), "--index", "ru=/x/ru", "--port", "9001", "--lanes", "1"]
+    )
     indexes, settings = resolve(args)
     assert indexes == {"de": "/x/de", "ru": "/x/ru"}
-    assert (settings.port, settings.max_body_bytes, settings.host) == (9001, 10, "127.0.0.1")
+    assert (settings.port, settings.max_body_bytes, settings.lanes) == (9001, 10, 1)
+    cfg.write_text("indexes: {de: /x/de}\nlanes: 0\n")
+    with pytest.raises(ClirError, match="lanes must be positive"):
+        resolve(build_parser().parse_args(["serve", "--config", str(cfg)]))[1].validate()
     args = build_parser().parse_args(["serve", "--index", "a/x", "--index", "b/x"])
     with pytest.raises(ClirError, match="alias"):
         resolve(args)
@@ -539,6 +545,7 @@ def test_bad_requests_are_4xx_json(strict_client, name, method, path, kwargs, st
 
 
 def test_batch_runs_in_slices_so_single_searches_interleave(strict_client, searcher, monkeypatch):
+    import clir.serve.batching as batching_module
     import clir.serve.routes as routes_module
 
     sizes = []
@@ -548,7 +555,9 @@ def test_batch_runs_in_slices_so_single_searches_interleave(strict_client, searc
         sizes.append(len(jobs))
         return real(encoder, jobs, **kw)
 
+    # slices run on the micro-batcher's lanes (batching), or directly without micro-batching (routes)
     monkeypatch.setattr(routes_module, "run_jobs", spy)
+    monkeypatch.setattr(batching_module, "run_jobs", spy)
     r = strict_client.post("/search/batch", json={"queries": QUERIES[:5], "k": 3})
     assert r.status_code == 200
     assert sizes == [2, 2, 1]  # max_batch_size each: the encoder is free between slices

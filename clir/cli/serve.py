@@ -34,6 +34,7 @@ SETTING_FLAGS = (
     "micro_batching",
     "batch_window_ms",
     "max_batch_size",
+    "lanes",
     "max_pending",
     "device",
     "access_log",
@@ -77,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-window-ms", type=float, help="how long a lone request waits for company (default 0)"
     )
     p.add_argument("--max-batch-size", type=positive_int, help="queries per micro-batch (default 64)")
+    p.add_argument(
+        "--lanes",
+        type=positive_int,
+        help="micro-batches encoded at the same time, on replicas sharing the weights (default: 2 on a CPU, "
+        "1 on a GPU)",
+    )
     p.add_argument(
         "--max-pending", type=positive_int, help="queued queries before new ones get 503 (default 1024)"
     )

@@ -67,6 +67,8 @@ class DualEncoder:
         self.source = source or (str(model_dir) if model_dir else config.backbone)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.RLock()
+        # HF fast tokenizers raise "Already borrowed" when two threads use one at once; replicas share both
+        self._tokenizer_lock = threading.Lock()
         self._fingerprint: dict[str, Any] | None = None
         # bf16/fp16 copies of Linear weights for encode(), kept between calls (see _cast_params)
         self._cast_cache: dict[tuple[int, Any], dict[str, tuple[Any, int, int, Any]]] = {}
@@ -160,13 +162,41 @@ class DualEncoder:
                 self._fingerprint = None
 
     def exclusive(self) -> contextlib.AbstractContextManager[Any]:
-        """Hold the encoder for a group of calls (tokenizing included: Hugging Face fast tokenizers raise
-        "Already borrowed" when two threads use one at once). Re-entrant."""
+        """Hold the encoder for a group of calls (adapter routing is model state). Re-entrant."""
         return self._lock
 
     def weights_changed(self) -> None:
         """Say that weights were updated in place (training), so the fingerprint is computed afresh."""
         self._fingerprint = None
+
+    def replica(self) -> DualEncoder:
+        """Another encoder over the same weight tensors and tokenizer (shared, not copied), with its own lock,
+        routing state and module objects: two replicas encode at the same time, in two threads.
+
+        The server runs one per lane (clir.serve.batching). Its vectors are bit-identical to this encoder's:
+        same weights, same low-precision copies, same padded widths. A language adapter loaded later goes
+        into that replica only."""
+        import copy
+
+        with self._lock:
+            shared = {id(t): t for m in self.models() for t in itertools.chain(m.parameters(), m.buffers())}
+            twin = copy.copy(self)
+            twin.config = copy.deepcopy(self.config)  # routed() swaps the routing per encoder
+            twin._lock = threading.RLock()
+            twin.query_model = copy.deepcopy(self.query_model, dict(shared))
+            twin.passage_model = (
+                twin.query_model
+                if self.passage_model is self.query_model
+                else copy.deepcopy(self.passage_model, dict(shared))
+            )
+            twin._lang_loaded = set(self._lang_loaded)
+            # the bf16/fp16 weight copies are shared too: the cache's entries hold the same parameters
+            twin._cast_cache = {}
+            for old, new in zip(self.models(), twin.models(), strict=True):
+                for (model_id, dtype), params in self._cast_cache.items():
+                    if model_id == id(old):
+                        twin._cast_cache[(id(new), dtype)] = dict(params)
+        return twin
 
     def loaded_languages(self) -> list[str]:
         return sorted(self._lang_loaded)
@@ -258,13 +288,14 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = self.max_length(side)
-        return self.tokenizer(
-            [prefix + t for t in texts],
-            max_length=max_len,
-            truncation=True,
-            padding=padding,
-            return_tensors="pt" if padding else None,
-        )
+        with self._tokenizer_lock:
+            return self.tokenizer(
+                [prefix + t for t in texts],
+                max_length=max_len,
+                truncation=True,
+                padding=padding,
+                return_tensors="pt" if padding else None,
+            )
 
     def _pad(self, feats: list[dict[str, list[int]]], width: int):
         """Right-pad a list of tokenised texts to ``width`` tokens, as tensors on the device (cheaper than
@@ -306,8 +337,7 @@ class DualEncoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:  # HF fast tokenizers are not re-entrant ("Already borrowed" across threads)
-            enc = self.tokenize(texts, side, padding=False)
+        enc = self.tokenize(texts, side, padding=False)
         ids = enc["input_ids"]
         limit = self.max_length(side)
         width = [padded_width(len(t), limit) for t in ids]
@@ -328,7 +358,11 @@ class DualEncoder:
             for b in batches:
                 padded = self._pad([{k: enc[k][i] for k in keys} for i in b], width[b[0]])
                 if cast:
-                    out_b = torch.func.functional_call(model, cast, args=(), kwargs=padded, strict=False)
+                    # tie_weights=False: the copies are Linear weights (a tied one, like an MLM decoder's,
+                    # is swapped where autocast would cast it); skipping the search for ties saves ~1.4 ms
+                    out_b = torch.func.functional_call(
+                        model, cast, args=(), kwargs=padded, strict=False, tie_weights=False
+                    )
                 else:
                     out_b = model(**padded)
                 hidden = out_b.last_hidden_state
@@ -350,7 +384,8 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = self.max_length(side)
-        n = len(self.tokenizer(prefix + text, truncation=False)["input_ids"])
+        with self._tokenizer_lock:
+            n = len(self.tokenizer(prefix + text, truncation=False)["input_ids"])
         return min(n, max_len), n > max_len
 
     # ------------------------------------------------------------------ identity

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,6 @@ class Searcher:
         self.docstore = store.DocStore(self.path, doc_ids)
         self.encoder = encoder if encoder is not None else self._load_encoder(model, overrides or {}, device)
         self._check(force)
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ encoder
     def _load_encoder(self, model: str | None, overrides: dict[str, Any], device: str | None):
@@ -161,8 +159,9 @@ class Searcher:
     # ------------------------------------------------------------------ search
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = max(1, min(int(k), self.num_rows))
-        with self._lock:  # faiss searches are thread-safe, but parameter changes are not; keep it simple
-            return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        # no lock: FAISS searches are thread-safe, and search parameters are only set in __init__ (the
+        # server's lanes search one index at the same time)
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), best first, ``-1`` rows where fewer results. On a split index in a document mode

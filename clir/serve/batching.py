@@ -1,20 +1,23 @@
 """Query execution for the REST server: one encoder call per language and one FAISS call per index for a
-group of queries, and a micro-batcher that groups concurrent requests.
+group of queries, and a micro-batcher that groups concurrent requests onto encoder lanes.
 
-The encoder is model state (adapter routing): everything that touches it here, tokenizer included, runs
-under ``DualEncoder.exclusive()``.
+The encoder is model state (adapter routing): everything that touches it here runs
+under ``DualEncoder.exclusive()`` of the lane's own replica.
 
-The work runs on asyncio's default executor (``asyncio.to_thread``), a measured choice: on the shared 2-core
-test machine, with OpenMP's default spinning, the same encode+search call ran 5-50x slower on Starlette's
-anyio worker pool (one client) and on a dedicated one-thread executor (8 clients) than on the default
-executor (eval/bench/RESULTS.md, "REST serving")."""
+Each lane has a dedicated worker thread. That needs OpenMP's passive waiting, which `clir serve` sets: under
+the default spinning, a dedicated one-thread executor made 8 clients ~20x slower than asyncio's default
+executor (eval/bench/RESULTS.md, "REST serving")"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import threading
+import time
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,12 @@ class Result:
     rows: np.ndarray  # (k,) rows of the index, -1 where FAISS found fewer
     tokens: int  # query tokens the encoder kept
     truncated: bool  # the query was longer than the encoder's limit
+
+
+#: seconds a free lane waits for a pause in arrivals, and at most, while another lane is busy
+#: (MicroBatcher._gather)
+GATHER_GAP = 0.003
+GATHER_MAX = 0.020
 
 
 class Overloaded(ClirError):
@@ -107,11 +116,18 @@ def run_jobs(encoder: Any, jobs: list[Job], *, batch_size: int = 64) -> list[Res
 
 
 class MicroBatcher:
-    """Groups concurrent queries for one encoder into one :func:`run_jobs` call in a worker thread.
+    """Groups concurrent queries into :func:`run_jobs` calls on a few encoder lanes.
 
-    While a batch runs, new requests queue; the next batch takes all of them (up to ``max_batch``), so
-    batches grow with load by themselves. ``window_ms`` > 0 also lets a lone request wait that long for
-    company. Queued requests beyond ``max_pending`` are refused (503) instead of queueing without bound."""
+    A lane is an encoder replica (:meth:`DualEncoder.replica`, weights shared) with its own worker thread. It
+    runs on its share of the CPU threads while another lane is busy, on all of them when it is alone (one
+    client gets the whole machine). Two lanes of one thread each beat one lane of two threads on small
+    batches, and one lane's FAISS search overlaps the other's encoding (eval/bench/RESULTS.md, "REST
+    serving"). Every lane computes the same vector for a query.
+
+    While the lanes are busy, queries wait; a lane that comes free takes them (up to ``max_batch``, and at
+    most an even share with the other lanes' running batches), so batches grow with load by themselves.
+    ``window_ms`` > 0 lets a lone request wait that long for company. Waiting queries beyond
+    ``max_pending`` are refused (503) instead of queueing without bound."""
 
     def __init__(
         self,
@@ -120,16 +136,27 @@ class MicroBatcher:
         max_batch: int = 64,
         window_ms: float = 0.0,
         max_pending: int = 1024,
+        lanes: int = 1,
+        threads: tuple[int, int] | None = None,
     ):
         self.encoder = encoder
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
         self.max_pending = max_pending
+        self.lanes = [encoder] + [encoder.replica() for _ in range(lanes - 1)]
+        # (all, share): OpenMP threads of a lane running alone, and beside others; None leaves torch's
+        # default. Set in the lane's own thread: OpenMP thread counts are per calling thread.
+        self.threads = threads
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"clir-lane{i}") for i in range(lanes)]
         self.pending = 0
         self.batches = 0
         self.batched_queries = 0
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future]] | None = None
+        self._waiting: deque[tuple[Job, asyncio.Future]] = deque()
+        self._running = [0] * lanes  # queries each lane is working on
+        self._arrived: asyncio.Event | None = None
+        self._free: asyncio.LifoQueue[int] | None = None
         self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _ensure_started(self) -> None:
@@ -137,7 +164,11 @@ class MicroBatcher:
         if self._task is None or self._task.done() or self._loop is not loop:
             # (re)started on the serving loop; a test client may run several loops one after another
             self._loop = loop
-            self._queue = asyncio.Queue()
+            self._arrived = asyncio.Event()
+            self._free = asyncio.LifoQueue()  # the lane freed last comes first: its caches are warm
+            for lane in range(len(self.lanes)):
+                self._free.put_nowait(lane)
+            self._running = [0] * len(self.lanes)
             self._task = loop.create_task(self._worker(), name="clir-micro-batcher")
 
     async def submit(self, job: Job) -> Result:
@@ -146,57 +177,162 @@ class MicroBatcher:
             raise Overloaded(
                 f"the server is at capacity ({self.max_pending} queries waiting for the encoder); retry shortly"
             )
-        assert self._loop is not None and self._queue is not None  # set by _ensure_started
+        assert self._loop is not None and self._arrived is not None  # set by _ensure_started
         fut = self._loop.create_future()
         self.pending += 1
         try:
-            self._queue.put_nowait((job, fut))
+            self._waiting.append((job, fut))
+            self._arrived.set()
             return await fut
         finally:
             self.pending -= 1
 
+    async def warm_up(self, jobs: list[Job]) -> list[Result | BaseException]:
+        """``jobs`` once on every lane, in its thread (the first call pays for lazy initialisation)."""
+        out = []
+        for lane in range(len(self.lanes)):
+            out += await self._call(lane, jobs, alone=True)
+        return out
+
+    async def run_now(self, jobs: list[Job]) -> list[Result | BaseException]:
+        """:func:`run_jobs` on the next free lane, as one batch of its own (a slice of /search/batch)."""
+        self._ensure_started()
+        assert self._free is not None
+        lane = await self._free.get()
+        try:
+            return await self._call(lane, jobs)
+        finally:
+            self._free.put_nowait(lane)
+
     async def stop(self) -> None:
-        """Stop the worker; queries still queued are answered 503 rather than left hanging."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, RuntimeError):
-                pass
+        """Stop the worker; queries still waiting are answered 503 rather than left hanging."""
+        for task in [self._task, *self._tasks]:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, RuntimeError):
+                    pass
         self._task = None
-        while self._queue is not None and not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+        while self._waiting:
+            _, fut = self._waiting.popleft()
             if not fut.done():
                 fut.set_exception(Overloaded("the server is shutting down"))
 
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     async def _worker(self) -> None:
-        queue = self._queue
-        assert queue is not None
+        free = self._free
+        assert free is not None
         while True:
-            batch = [await queue.get()]
-            if self.window > 0 and queue.qsize() < self.max_batch - 1:
+            while not self._waiting:
+                await self._arrival(None)
+            lane = await free.get()  # meanwhile more queries arrive, and join this batch
+            if self.window > 0 and len(self._waiting) < self.max_batch:
                 await asyncio.sleep(self.window)
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
+            if free.qsize() < len(self.lanes) - 1:
+                await self._gather()
+            batch = [self._waiting.popleft() for _ in range(self._share())]
             live = [(job, fut) for job, fut in batch if not fut.done()]
             if not live:
+                free.put_nowait(lane)
                 continue
-            try:
-                results = await asyncio.to_thread(
-                    run_jobs,
-                    self.encoder,
-                    [job for job, _ in live],
-                    batch_size=self.max_batch,
-                )
-            except Exception as e:  # noqa: BLE001 -- run_jobs catches per group; this is a last resort
-                log.exception("micro-batch failed")
-                results = [e] * len(live)
-            self.batches += 1
-            self.batched_queries += len(live)
-            for (_, fut), res in zip(live, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+            self._running[lane] = len(live)
+            task = asyncio.get_running_loop().create_task(self._run(lane, live))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _arrival(self, timeout: float | None) -> bool:
+        """Wait for the next query to arrive; False when ``timeout`` seconds pass first."""
+        assert self._arrived is not None
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _gather(self) -> None:
+        """Wait until arrivals pause for GATHER_GAP, at most GATHER_MAX (or a full batch waits).
+
+        Called when another lane is busy, so waiting costs no throughput. Under closed-loop load a lane
+        comes free just as the clients it answered send their next queries, a few ms apart: without this it
+        would take the first of them alone (a one-query forward costs nearly what ten do) and leave the rest
+        to wait a whole batch (measured: batches alternating 15 and 1-2 queries at 32 clients)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_MAX
+        while len(self._waiting) < self.max_batch:
+            wait = min(GATHER_GAP, deadline - loop.time())
+            if wait <= 0 or not await self._arrival(wait):
+                return
+
+    def _share(self) -> int:
+        """How many waiting queries a free lane takes: all of them up to ``max_batch``, but no more than an
+        even share of those and the other lanes' running ones. Without the cap, lanes settle into unequal
+        batches (measured at 32 clients: 8 and 18), and a small batch costs more per query."""
+        waiting = len(self._waiting)
+        even = -(-(waiting + sum(self._running)) // len(self.lanes))
+        return max(1, min(waiting, self.max_batch, even))
+
+    async def _run(self, lane: int, live: list[tuple[Job, asyncio.Future]]) -> None:
+        assert self._free is not None
+        try:
+            t0 = time.perf_counter()
+            results = await self._call(lane, [job for job, _ in live])
+            log.debug("lane %d: %d queries in %.1f ms", lane, len(live), (time.perf_counter() - t0) * 1000)
+        except Exception as e:  # noqa: BLE001 -- run_jobs catches per group; this is a last resort
+            log.exception("micro-batch failed")
+            results = [e] * len(live)
+        finally:
+            self._running[lane] = 0
+            self._free.put_nowait(lane)
+        self.batches += 1
+        self.batched_queries += len(live)
+        for (_, fut), res in zip(live, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    async def _call(self, lane: int, jobs: list[Job], alone: bool | None = None) -> list[Any]:
+        """:func:`run_jobs` for ``jobs`` on ``lane`` (taken from the free ones) in its thread."""
+        if alone is None:
+            alone = self._free is None or self._free.qsize() == len(self.lanes) - 1
+        n = None if self.threads is None else (self.threads[0 if alone else 1], self.threads[0])
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pools[lane], partial(_run_jobs_on, n, self.lanes[lane], jobs, self.max_batch)
+        )
+
+
+_lane_threads = threading.local()
+
+
+def _run_jobs_on(
+    threads: tuple[int, int] | None, encoder: Any, jobs: list[Job], batch_size: int
+) -> list[Any]:
+    """:func:`run_jobs` in a lane's thread with ``threads[0]`` torch and FAISS OpenMP threads (None: as
+    they are); ``threads[1]`` is the process default, which torch's ``set_num_threads`` also overwrites."""
+    if threads is not None and getattr(_lane_threads, "n", None) != threads[0]:
+        _set_thread_count(*threads)
+        _lane_threads.n = threads[0]
+    return run_jobs(encoder, jobs, batch_size=batch_size)
+
+
+def _set_thread_count(n: int, default: int) -> None:
+    """``n`` OpenMP threads for torch and FAISS in the calling thread only. OpenMP keeps the count per
+    thread, but torch also stores it as the count every new thread starts with: that is put back to
+    ``default`` from a throwaway thread, so no other thread of the process inherits a lane's share."""
+    import faiss
+    import torch
+
+    torch.get_num_threads()  # torch sets a thread's count from the default on first use: done now, not after
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    if n != default:
+        reset = threading.Thread(target=torch.set_num_threads, args=(default,), name="clir-thread-count")
+        reset.start()
+        reset.join()

@@ -37,6 +37,9 @@ class ServeSettings:
     micro_batching: bool = True
     batch_window_ms: float = 0.0
     max_batch_size: int = 64
+    #: encoder lanes: replicas sharing the weights, each with its own thread, that run micro-batches at the
+    #: same time (None: 2 on a CPU, 1 on a GPU; clir.serve.state.lane_plan)
+    lanes: int | None = None
     #: /search requests waiting for the encoder before new ones are shed with 503 (load shedding)
     max_pending: int = 1024
     device: str | None = None
@@ -56,6 +59,8 @@ class ServeSettings:
                 raise ClirError(f"serve setting {name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ClirError(f"port {self.port} is outside 0..65535")
+        if self.lanes is not None and self.lanes < 1:
+            raise ClirError(f"serve setting lanes must be positive, got {self.lanes}")
         if self.batch_window_ms < 0:
             raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
 

@@ -197,15 +197,17 @@ async def _search_batch(state: ServeState, body: BatchSearchRequest) -> dict[str
     jobs = [Job(searcher, q, body.k, body.query_lang) for q in body.queries]
     results = []
     step = settings.max_batch_size
+    batcher = state.batchers.get(id(searcher.encoder))
     for at in range(0, len(jobs), step):
         # one slice at a time: between slices the encoder is free for single searches, which wait for
         # one slice, not for the whole batch
-        results += await asyncio.to_thread(
-            run_jobs,
-            searcher.encoder,
-            jobs[at : at + step],
-            batch_size=settings.max_batch_size,
-        )
+        part = jobs[at : at + step]
+        if batcher is not None:
+            results += await batcher.run_now(part)
+        else:
+            results += await asyncio.to_thread(
+                run_jobs, searcher.encoder, part, batch_size=settings.max_batch_size
+            )
     for r in results:
         if isinstance(r, BaseException):
             raise r

@@ -57,11 +57,17 @@ class ServeState:
         self.batchers: dict[int, MicroBatcher] = {}
         for s in searchers.values():
             if settings.micro_batching and id(s.encoder) not in self.batchers:
+                lanes, threads = lane_plan(settings.lanes, s.encoder.device.type)
                 self.batchers[id(s.encoder)] = MicroBatcher(
                     s.encoder,
                     max_batch=settings.max_batch_size,
                     window_ms=settings.batch_window_ms,
                     max_pending=settings.max_pending,
+                    lanes=lanes,
+                    threads=threads,
+                )
+                log.info(
+                    "encoder %s: %d lane(s), threads (alone, shared) %s", s.encoder.source, lanes, threads
                 )
 
     def get(self, name: str | None) -> tuple[str, Any]:
@@ -72,12 +78,19 @@ class ServeState:
         return name, searcher
 
     async def warm_up(self) -> None:
-        """One query per encoder, so the first request does not pay for lazy initialisation."""
+        """One query per encoder (per lane), so the first request does not pay for lazy initialisation."""
         seen = set()
         for s in self.searchers.values():
-            if id(s.encoder) not in seen:
-                seen.add(id(s.encoder))
-                (res,) = await asyncio.to_thread(run_jobs, s.encoder, [Job(s, "warm up", 1, "en")])
+            if id(s.encoder) in seen:
+                continue
+            seen.add(id(s.encoder))
+            batcher = self.batchers.get(id(s.encoder))
+            jobs = [Job(s, "warm up", 1, "en")]
+            if batcher is not None:
+                done = await batcher.warm_up(jobs)
+            else:
+                done = await asyncio.to_thread(run_jobs, s.encoder, jobs)
+            for res in done:
                 if isinstance(res, BaseException):
                     raise res
 
@@ -85,3 +98,16 @@ class ServeState:
         self.ready = False
         for b in self.batchers.values():
             await b.stop()
+            b.close()
+
+
+def lane_plan(lanes: int | None, device_type: str) -> tuple[int, tuple[int, int] | None]:
+    """(encoder lanes, (threads of a lane alone, threads of a lane beside others)) for a batcher. ``lanes``
+    None picks one lane on a GPU (it batches best alone), else two on the CPU's threads (measured on 2 cores:
+    eval/bench/RESULTS.md, "REST serving"). One lane keeps torch's thread count (None)."""
+    import torch
+
+    total = torch.get_num_threads()
+    if lanes is None:
+        lanes = 1 if device_type != "cpu" else min(2, total)
+    return lanes, ((total, max(1, total // lanes)) if lanes > 1 else None)

@@ -12,7 +12,7 @@ passages (sentences of all shared collections recombined) whose vectors are rand
 questions) still find the real passages on top.
 
 Loopback only (127.0.0.1); every level is bounded by --duration; servers are child processes killed at the
-end. Clients are httpx async tasks, each sending its next request as soon as the last one is answered."""
+end. Clients are aiohttp async tasks, each sending its next request as soon as the last one is answered."""
 
 from __future__ import annotations
 
@@ -335,7 +335,9 @@ def top_ids(server: Server, body: dict) -> list[str]:
 async def _load(
     server: Server, queries: list[str], clients: int, duration: float, warmup: float
 ) -> dict[str, Any]:
-    import httpx
+    # aiohttp, not httpx: at 32 clients httpx's client took 0.18 of this machine's 2 cores away from the
+    # server it measured, aiohttp 0.03
+    import aiohttp
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -344,27 +346,31 @@ async def _load(
     t_start = time.perf_counter()
     t_measure = t_start + warmup
     t_end = t_measure + duration
+    cpu: dict[str, float] = {}
 
-    async def worker(c: httpx.AsyncClient) -> None:
+    async def worker(c: aiohttp.ClientSession) -> None:
         nonlocal counter
         while True:
             t0 = time.perf_counter()
             if t0 >= t_end:
                 return
+            if t0 >= t_measure and not cpu:  # the first measured request starts the CPU clocks
+                cpu.update(server=_cpu_seconds(server.proc.pid), client=_own_cpu_seconds(), t=t0)
             q = queries[counter % len(queries)]
             counter += 1
             try:
-                r = await c.post(server.search_path, json=server.body(q))
-                ok = r.status_code == 200
-                why = f"HTTP {r.status_code}: {r.text[:200]}"
-            except httpx.HTTPError as e:
+                async with c.post(server.search_path, json=server.body(q)) as r:
+                    text = await r.text()
+                ok = r.status == 200
+                why = f"HTTP {r.status}: {text[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
             t1 = time.perf_counter()
             if t0 >= t_measure:  # requests sent during warm-up are not counted
                 if ok:
                     latencies.append(t1 - t0)
                     if q not in answers and server.search_path == "/search":
-                        hits = r.json()["hits"]
+                        hits = json.loads(text)["hits"]
                         answers[q] = {
                             "ids": [h["doc_id"] for h in hits],
                             "scores": [h["score"] for h in hits],
@@ -372,17 +378,37 @@ async def _load(
                 else:
                     errors.append(why)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(server.url, connector=connector, timeout=timeout) as c:
         await asyncio.gather(*(worker(c) for _ in range(clients)))
-    elapsed = time.perf_counter() - t_measure
+    t_done = time.perf_counter()
+    elapsed = t_done - t_measure
+    busy = t_done - cpu.get("t", t_done)
     return {
         "clients": clients,
         "latencies_ms": [x * 1000 for x in latencies],
         "errors": errors,
         "seconds": elapsed,
         "answers": answers,
+        # CPU cores used while measured: the server process, and this benchmark (its clients)
+        "server_cpu_s": _cpu_seconds(server.proc.pid) - cpu["server"] if cpu else 0.0,
+        "client_cpu_s": _own_cpu_seconds() - cpu["client"] if cpu else 0.0,
+        "cpu_seconds": busy,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, its threads included (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def merge(runs: list[dict]) -> dict[str, Any]:
@@ -391,8 +417,11 @@ def merge(runs: list[dict]) -> dict[str, Any]:
     errors = [e for r in runs for e in r["errors"]]
     seconds = sum(r["seconds"] for r in runs)
     pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [float("nan")] * 3
+    cpu_s = sum(r.get("cpu_seconds", 0.0) for r in runs)
     return {
         "clients": runs[0]["clients"],
+        "server_cores": sum(r.get("server_cpu_s", 0.0) for r in runs) / cpu_s if cpu_s else float("nan"),
+        "client_cores": sum(r.get("client_cpu_s", 0.0) for r in runs) / cpu_s if cpu_s else float("nan"),
         "ok": len(lat),
         "errors": len(errors),
         "error_samples": errors[:5],
@@ -428,11 +457,15 @@ def queries_of(collection: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- report
 NOTES = [
-    "- `clir serve`: default settings: micro-batching on; one encoder call per micro-batch, which the encoder "
-    "cuts into batches of one padded width each (token counts rounded up to a multiple of 8, "
-    "`clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search --query` (which pads "
-    "a lone query the same way). `no micro-batching`: each request encodes and searches on its own "
-    "(`--no-micro-batching`; the encoder lock serialises encoding).",
+    "- `clir serve`: default settings: micro-batching on, two encoder lanes (`--lanes`, "
+    "`clir.serve.batching.MicroBatcher`): replicas of the encoder sharing its weights, each with its own "
+    "worker thread, running one thread each while the other is busy and all threads when alone; a lane that "
+    "comes free while the other works waits for arrivals to pause (3 ms, at most 20 ms) so that it does not "
+    "take one query alone, and takes at most an even share of the waiting and running queries. Within a micro-batch, one encoder call per padded width (token counts rounded up "
+    "to a multiple of 8, `clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search "
+    "--query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
+    "micro-batching`: each request encodes and searches on its own (`--no-micro-batching`; the encoder lock "
+    "serialises encoding).",
     "- Pyserini: its REST app (`pyserini.server.rest.app:app`: routes, validation, `SearchController.search` "
     "and document fetch), run by uvicorn on 127.0.0.1, with our index registered under an alias. Pyserini 1.6.0 "
     "cannot do that by itself: its server only knows prebuilt index names, builds query encoders from a name "
@@ -444,14 +477,28 @@ NOTES = [
     "FAISS file whose QueryEncoder is clir's encoder from the index manifest (same weights, settings, bf16), "
     "called in a worker thread as in clir (torch's OpenMP was much slower on the main thread when the machine "
     "was oversubscribed).",
-    "- What made the difference (same machine, quiet, 100k index; before = the previous commit's run in git "
-    "history): (1) batches of one padded width: under bf16 a vector's rounding depends on the width it was "
-    "padded to, not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in "
-    "batches), so grouping by width instead of by nearest lengths makes top-10 = CLI exact (before: 154/171 "
-    "at 32 clients, 90%), at a cost: a micro-batch of 3-4 widths makes 3-4 encoder calls (32 questions: 321 "
-    "ms against 257 ms for one padded call, in-process); (2) FAISS Flat through BLAS from 20 queries a call "
+    "- What made the difference this time (lanes; in-process, e5-small on 2 cores, k=10 over the 100k index, "
+    "queries/s of `run_jobs` loops): one lane of 2 OpenMP threads reaches 62 / 92 / 131 q/s at batches of "
+    "16 / 32 / 64, two lanes of 1 thread each 95 / 140 / 168 q/s at 8 / 16 / 32 per lane (two lanes of 2 "
+    "threads: 67-75 / 103-105). On small batches a second OpenMP thread adds wake-ups more than it shares "
+    "work, and two independent batches keep both cores busy, one lane's FAISS scan beside the other's "
+    "encoding. Vectors are bit-identical across lanes and thread counts (max difference 0.0). Without the "
+    "gathering wait, at 32 clients lanes took batches alternating 14-17 and 1-2 queries (mean 7.8): a lane "
+    "came free just as the clients it had answered sent their next queries, and took the first alone; with it, "
+    "13 and 19 (mean 11.3). Lanes then settled into unequal shares (8 and 18 at 32 clients, a small batch "
+    "costing 20 ms a query against 15.5): taking at most an even share gave 65 against 56 req/s at 8 clients "
+    "and 114 against 91 at 32 (three 10 s slices each, taken in turn). The second lane costs ~40 MiB (VmRSS "
+    "1,516 against 1,474 MiB after warm-up: its modules; the weights, their bf16 copies and the tokenizer are "
+    "shared; a copied tokenizer was 280 MiB).",
+    "- Earlier steps: (1) batches of one padded width: under bf16 a vector's rounding depends on the width it "
+    "was padded to, not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in "
+    "batches), so answers equal the CLI's exactly (before: 154/171 at 32 clients, 90%), at 3-4 encoder calls "
+    "per micro-batch; (2) FAISS Flat through BLAS from 20 queries a call "
     "(`clir.index.faiss_index.use_blas_for_flat`; FAISS 1.15's threshold is 128,000): a micro-batch's search "
     "over 100k vectors went from 121 to ~40 ms at 32 queries.",
+    "- Load generator: aiohttp since this run. httpx's async client took 0.18 of the 2 cores at 32 clients "
+    "(aiohttp: 0.03, the *client cores* column), CPU the server then lacked and the in-process ceiling never "
+    "had to share.",
     "- Fairness: contenders take turns in slices (duration / rounds seconds each, warm-up before each), so "
     "changes in the machine's load hit all of them alike; the per-slice rates are in "
     "eval/bench/results/serve_load.json.",
@@ -461,12 +508,18 @@ NOTES = [
     "spinning OpenMP threads of torch and FAISS (two runtimes per process) starve the thread that has work, "
     "worst where work hops between threads. Also measured under spinning: Starlette's `run_in_threadpool` made "
     "one client 5-20x slower and a dedicated one-thread executor made 8 clients ~20x slower than asyncio's "
-    "default executor, which `clir serve` uses.",
+    "default executor. Under passive waiting, lanes' dedicated threads are not slower (1 client: `clir serve` "
+    "and `one lane` within run-to-run noise).",
     "- Pyserini's server design: its `async` route runs the whole search synchronously on the event loop, so "
     "requests are served one at a time (concurrency only queues them; no batching), and for every hit "
     "`get_document` reopens the Lucene document index (`LuceneSearcher.from_prebuilt_index`), ten opens per "
     "query. It takes no query language (adapter routing) and no per-request encoder choice.",
 ]
+
+
+def _cores(r: dict[str, Any], key: str) -> str:
+    v = r.get(key)
+    return "-" if v is None or v != v else f"{v:.2f}"
 
 
 def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_before: str) -> str:
@@ -481,14 +534,14 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
                 ceil = ceilings.get(c, {}).get("qps")
                 st = stability.get(name, {}).get(c)
                 rows.append([name, c, r["rps"], f"{r['rps'] / ceil:.0%}" if ceil else "-", r["p50_ms"], r["p95_ms"],
-                             r["p99_ms"], r["ok"], r["errors"],
+                             r["p99_ms"], r["ok"], r["errors"], _cores(r, "server_cores"), _cores(r, "client_cores"),
                              f"{st['top10_identical']}/{st['queries']}" if st and st["queries"] else "-",
                              f"{st['max_score_diff']:.1e}" if st and st["queries"] else "-"])  # fmt: skip
     out = [
         f"`python -m eval.bench.serve_load --duration {meta['duration']:g} --rounds {meta.get('rounds', 3)}`: "
         "POST a search (k=10, with text) "
         f"over HTTP on 127.0.0.1, {meta['duration']:g} s per level after {meta['warmup']:g} s warm-up, every "
-        f"client sending its next request as soon as the last is answered (httpx async, in the benchmark "
+        f"client sending its next request as soon as the last is answered (aiohttp, in the benchmark "
         f"process). Index: {meta['num_docs']:,} passages (Flat, 384-d): the {meta['n_real']:,} real xquad-r/de "
         f"passages with multilingual-e5-small vectors + synthetic passages (recombined sentences of the shared "
         f"collections) with random unit vectors; queries: the {meta['n_queries']:,} English xquad-r questions, "
@@ -497,14 +550,15 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
         "in turn with the servers' (eval/bench/serve_ceiling.py); *of ceiling* = req/s over the ceiling of the "
         "same level. *Top-10 = CLI*: queries whose first answer during the load equals `clir search --query` "
         f"(each of the first {meta.get('reference', 0)} queries searched alone in the ceiling process), and the "
-        "largest score difference over the documents both lists hold.",
+        "largest score difference over the documents both lists hold. *Cores*: CPU seconds per second while "
+        "measured, of the server process and of the benchmark process that runs the clients (2 cores here).",
         "",
         common.table(["level", "in-process ceiling q/s", "slices"],
                      [[c, v["qps"], ", ".join(f"{x:g}" for x in v["slice_qps"])] for c, v in sorted(ceilings.items())])
         if ceilings else "",
         "",
         common.table(["server", "clients", "req/s", "of ceiling", "p50 ms", "p95 ms", "p99 ms", "ok", "errors",
-                      "top-10 = CLI", "max score diff"], rows),
+                      "server cores", "client cores", "top-10 = CLI", "max score diff"], rows),
         "",
     ]  # fmt: skip
     base = "clir serve"
@@ -543,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--servers",
         nargs="+",
-        default=["clir", "clir-unbatched"],
-        choices=["clir", "clir-unbatched", "pyserini"],
+        default=["clir", "clir-one-lane", "clir-unbatched"],
+        choices=["clir", "clir-one-lane", "clir-unbatched", "pyserini"],
     )
     p.add_argument("--reference", type=int, default=300, help="queries compared with `clir search --query`")
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
@@ -578,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.servers:
         if name == "clir":
             servers.append(clir_server(index, "clir serve", [], logs))
+        elif name == "clir-one-lane":
+            servers.append(clir_server(index, "clir serve, one lane", ["--lanes", "1"], logs))
         elif name == "clir-unbatched":
             servers.append(clir_server(index, "clir serve, no micro-batching", ["--no-micro-batching"], logs))
         else:
