@@ -22,7 +22,8 @@ def faiss_gpus() -> int:
         return 0
 
 
-def _nlist(factory: str) -> int | None:
+def nlist_of(factory: str) -> int | None:
+    """The number of inverted lists an IVF factory string names (None: not an IVF index)."""
     m = re.search(r"IVF(\d+)", factory)
     return int(m.group(1)) if m else None
 
@@ -98,7 +99,7 @@ def build_faiss_index(
     _skip_polysemous_training(index)
     if not index.is_trained:
         check_factory(dim, factory, n_total)
-        nlist = _nlist(factory)
+        nlist = nlist_of(factory)
         n_train = min(n_total, max(max_train, 39 * (nlist or 0)))
         sample = np.ascontiguousarray(train_sample(n_train), dtype=np.float32)
         log.info("training %s on %d vectors", factory, len(sample))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clir.index.faiss_index import nlist_of
 from eval.bench import common
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def measure(
     rows = [{"set": name, "n": n, "index": "Flat (exact)", "recall": 1.0, "ms": flat_ms,
              "ram_mib": n * dim * 4 / 2**20, "disk_mib": n * dim * 4 / 2**20}]  # fmt: skip
     nprobe = build["fields"]["search"]["nprobe"]
-    nlist = int(build["fields"]["factory"].split(",")[0][3:])
+    nlist = nlist_of(build["fields"]["factory"]) or 0
     # the preset (re-ranked), its shortlist alone, and (for the real vectors) other nprobes, re-ranked
     runs = [(True, nprobe), (False, nprobe)]
     runs += [(True, p) for p in (nlist // 8, nlist // 2) if more_nprobe and p not in (0, nprobe)]
