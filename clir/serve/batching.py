@@ -139,7 +139,6 @@ class MicroBatcher:
         lanes: int = 1,
         threads: tuple[int, int] | None = None,
     ):
-        self.encoder = encoder
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
         self.max_pending = max_pending
@@ -301,7 +300,8 @@ class MicroBatcher:
     async def _call(self, lane: int, jobs: list[Job], alone: bool | None = None) -> list[Any]:
         """:func:`run_jobs` for ``jobs`` on ``lane`` (taken from the free ones) in its thread."""
         if alone is None:
-            alone = self._free is None or self._free.qsize() == len(self.lanes) - 1
+            assert self._free is not None  # the lane came from it
+            alone = self._free.qsize() == len(self.lanes) - 1
         n = None if self.threads is None else (self.threads[0 if alone else 1], self.threads[0])
         return await asyncio.get_running_loop().run_in_executor(
             self._pools[lane], partial(_run_jobs_on, n, self.lanes[lane], jobs, self.max_batch)
