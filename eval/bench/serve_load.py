@@ -384,7 +384,6 @@ async def _load(
         await asyncio.gather(*(worker(c) for _ in range(clients)))
     t_done = time.perf_counter()
     elapsed = t_done - t_measure
-    busy = t_done - cpu.get("t", t_done)
     return {
         "clients": clients,
         "latencies_ms": [x * 1000 for x in latencies],
@@ -394,7 +393,7 @@ async def _load(
         # CPU cores used while measured: the server process, and this benchmark (its clients)
         "server_cpu_s": _cpu_seconds(server.proc.pid) - cpu["server"] if cpu else 0.0,
         "client_cpu_s": _own_cpu_seconds() - cpu["client"] if cpu else 0.0,
-        "cpu_seconds": busy,
+        "clock_s": t_done - cpu.get("t", t_done),  # the wall time those CPU clocks ran
     }
 
 
@@ -417,11 +416,11 @@ def merge(runs: list[dict]) -> dict[str, Any]:
     errors = [e for r in runs for e in r["errors"]]
     seconds = sum(r["seconds"] for r in runs)
     pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [float("nan")] * 3
-    cpu_s = sum(r.get("cpu_seconds", 0.0) for r in runs)
+    clock = sum(r.get("clock_s", 0.0) for r in runs)
     return {
         "clients": runs[0]["clients"],
-        "server_cores": sum(r.get("server_cpu_s", 0.0) for r in runs) / cpu_s if cpu_s else float("nan"),
-        "client_cores": sum(r.get("client_cpu_s", 0.0) for r in runs) / cpu_s if cpu_s else float("nan"),
+        "server_cores": sum(r.get("server_cpu_s", 0.0) for r in runs) / clock if clock else float("nan"),
+        "client_cores": sum(r.get("client_cpu_s", 0.0) for r in runs) / clock if clock else float("nan"),
         "ok": len(lat),
         "errors": len(errors),
         "error_samples": errors[:5],
@@ -461,9 +460,9 @@ NOTES = [
     "`clir.serve.batching.MicroBatcher`): replicas of the encoder sharing its weights, each with its own "
     "worker thread, running one thread each while the other is busy and all threads when alone; a lane that "
     "comes free while the other works waits for arrivals to pause (3 ms, at most 20 ms) so that it does not "
-    "take one query alone, and takes at most an even share of the waiting and running queries. Within a micro-batch, one encoder call per padded width (token counts rounded up "
-    "to a multiple of 8, `clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search "
-    "--query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
+    "take one query alone, and takes at most an even share of the waiting and running queries. Within a "
+    "micro-batch, one encoder call per padded width (token counts rounded up to a multiple of 8, "
+    "`clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search --query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
     "micro-batching`: each request encodes and searches on its own (`--no-micro-batching`; the encoder lock "
     "serialises encoding).",
     "- Pyserini: its REST app (`pyserini.server.rest.app:app`: routes, validation, `SearchController.search` "
