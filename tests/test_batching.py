@@ -180,6 +180,36 @@ def test_lanes_take_even_shares(monkeypatch):
     assert _batches_of(later, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], list("bcd"), ["e"]]
 
 
+def test_a_lone_lane_spreads_over_all_threads_only_for_large_batches():
+    """Threads (2, 1): a lane alone takes both threads for a batch of ALONE_MIN_BATCH queries (a
+    /search/batch slice) but one for a single query, where a second thread costs more than it shares."""
+    import torch
+
+    from clir.serve import batching
+
+    seen: list[tuple[int, int]] = []
+
+    class _Counting(_SlowEncoder):
+        def replica(self):
+            return _Counting(self.seconds, self.log)
+
+        def encode_queries(self, texts, lang="en", **kw):
+            seen.append((len(texts), torch.get_num_threads()))
+            return super().encode_queries(texts, lang, **kw)
+
+    batcher = batching.MicroBatcher(_Counting(0.0, []), lanes=2, threads=(2, 1))
+
+    async def go():
+        job = batching.Job(_Searcher(), "q", 1, "en")
+        await batcher.submit(job)  # both lanes idle: alone
+        await batcher.run_now([job] * batching.ALONE_MIN_BATCH)
+        await batcher.stop()
+
+    asyncio.run(go())
+    batcher.close()
+    assert seen == [(1, 1), (batching.ALONE_MIN_BATCH, 2)]
+
+
 def test_lane_threads_stay_in_their_lane():
     """A lane's OpenMP thread count applies to its own thread: the process default that new threads
     start with, and the caller's count, are unchanged."""

@@ -107,6 +107,14 @@ def test_faiss_scaling_small():
     assert kinds["HNSW32"]["recall"]["efSearch=128"] > 0.8
 
 
+def test_flat_search_paths_return_the_same_neighbours(capsys):
+    from eval.bench.flat_search import main as flat_search
+
+    assert flat_search(["--size", "3000", "--dim", "16", "--rounds", "1", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "Same neighbours on every path: yes" in out and "| 1 | 32 |" in out
+
+
 def test_gpu_flops_model():
     from eval.bench.gpu_encode import flops_per_token, peak_tflops
 

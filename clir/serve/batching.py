@@ -48,6 +48,12 @@ class Result:
 GATHER_GAP = 0.003
 GATHER_MAX = 0.020
 
+#: A lane running alone spreads over all threads only for batches of this many queries or more. Under
+#: passive OpenMP waiting (which serving needs), a second thread's wake-ups cost more than it takes over on
+#: smaller ones (e5-small, 2 cores, ms for one / 8 / 16 / 32 queries on one thread: 30 / 107 / 174 / 291,
+#: on two: 50 / 116 / 173 / 259).
+ALONE_MIN_BATCH = 16
+
 
 class Overloaded(ClirError):
     status = 503
@@ -119,10 +125,10 @@ class MicroBatcher:
     """Groups concurrent queries into :func:`run_jobs` calls on a few encoder lanes.
 
     A lane is an encoder replica (:meth:`DualEncoder.replica`, weights shared) with its own worker thread. It
-    runs on its share of the CPU threads while another lane is busy, on all of them when it is alone (one
-    client gets the whole machine). Two lanes of one thread each beat one lane of two threads on small
-    batches, and one lane's FAISS search overlaps the other's encoding (eval/bench/RESULTS.md, "REST
-    serving"). Every lane computes the same vector for a query.
+    runs on its share of the CPU threads while another lane is busy or its batch is small, on all of them
+    when it is alone with a large batch (:data:`ALONE_MIN_BATCH`). Two lanes of one thread each beat one
+    lane of two threads on small batches, and one lane's FAISS search overlaps the other's encoding
+    (eval/bench/RESULTS.md, "REST serving"). Every lane computes the same vector for a query.
 
     While the lanes are busy, queries wait; a lane that comes free takes them (up to ``max_batch``, and at
     most an even share with the other lanes' running batches), so batches grow with load by themselves.
@@ -301,7 +307,7 @@ class MicroBatcher:
         """:func:`run_jobs` for ``jobs`` on ``lane`` (taken from the free ones) in its thread."""
         if alone is None:
             assert self._free is not None  # the lane came from it
-            alone = self._free.qsize() == len(self.lanes) - 1
+            alone = self._free.qsize() == len(self.lanes) - 1 and len(jobs) >= ALONE_MIN_BATCH
         n = None if self.threads is None else (self.threads[0 if alone else 1], self.threads[0])
         return await asyncio.get_running_loop().run_in_executor(
             self._pools[lane], partial(_run_jobs_on, n, self.lanes[lane], jobs, self.max_batch)
