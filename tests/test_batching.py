@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -208,6 +209,26 @@ def test_a_lone_lane_spreads_over_all_threads_only_for_large_batches():
     asyncio.run(go())
     batcher.close()
     assert seen == [(1, 1), (batching.ALONE_MIN_BATCH, 2)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread on Linux only")
+def test_lanes_run_below_the_event_loop_priority():
+    import os
+    import threading
+
+    from clir.serve import batching
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    batcher = batching.MicroBatcher(_SlowEncoder(0.0, []), lanes=2)
+    try:
+        lanes = [pool.submit(nice).result() for pool in batcher._pools]
+    finally:
+        batcher.close()
+    assert lanes == [min(19, before + batching.LANE_NICE)] * 2
+    assert nice() == before  # the caller (the event loop's thread) keeps its priority
 
 
 def test_lane_threads_stay_in_their_lane():
