@@ -486,7 +486,8 @@ NOTES = [
     "the database over threads in BLAS blocks (one query on 2 threads: 17 ms, on one thread's loop: 10). "
     "(2) A lane alone uses all threads only for batches of 16 or more: under passive OpenMP waiting a second "
     "thread slowed small batches (e5-small, one query: 30 ms on one thread, 50 on two; 32 queries: 291 and "
-    "259). Together: `clir serve` at 1 client 25.7 req/s against 17.7 in the previous run. (3) Lane threads "
+    "259). Together: `clir serve` at 1 client 24-26 req/s in this session's runs against 17.7 in the previous "
+    "session's. (3) Lane threads "
     "run at nice +10: the event loop no longer queues for a core behind two busy lanes (A/B at 32 clients, "
     "three 10 s slices each: 117 / 125 / 124 against 107 / 118 / 119 req/s).",
     "- Earlier steps: (1) two encoder lanes of one thread each (in-process, 100k index: 95 / 140 / 168 q/s at "
