@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -178,6 +179,56 @@ def test_lanes_take_even_shares(monkeypatch):
     # one left waits for the next free lane
     later = [(0.0, "a"), (0.1, "b"), (0.12, "c"), (0.14, "d"), (0.16, "e")]
     assert _batches_of(later, lanes=2, seconds=1.0, monkeypatch=monkeypatch) == [["a"], list("bcd"), ["e"]]
+
+
+def test_a_lone_lane_spreads_over_all_threads_only_for_large_batches():
+    """Threads (2, 1): a lane alone takes both threads for a batch of ALONE_MIN_BATCH queries (a
+    /search/batch slice) but one for a single query, where a second thread costs more than it shares."""
+    import torch
+
+    from clir.serve import batching
+
+    seen: list[tuple[int, int]] = []
+
+    class _Counting(_SlowEncoder):
+        def replica(self):
+            return _Counting(self.seconds, self.log)
+
+        def encode_queries(self, texts, lang="en", **kw):
+            seen.append((len(texts), torch.get_num_threads()))
+            return super().encode_queries(texts, lang, **kw)
+
+    batcher = batching.MicroBatcher(_Counting(0.0, []), lanes=2, threads=(2, 1))
+
+    async def go():
+        job = batching.Job(_Searcher(), "q", 1, "en")
+        await batcher.submit(job)  # both lanes idle: alone
+        await batcher.run_now([job] * batching.ALONE_MIN_BATCH)
+        await batcher.stop()
+
+    asyncio.run(go())
+    batcher.close()
+    assert seen == [(1, 1), (batching.ALONE_MIN_BATCH, 2)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread on Linux only")
+def test_lanes_run_below_the_event_loop_priority():
+    import os
+    import threading
+
+    from clir.serve import batching
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    batcher = batching.MicroBatcher(_SlowEncoder(0.0, []), lanes=2)
+    try:
+        lanes = [pool.submit(nice).result() for pool in batcher._pools]
+    finally:
+        batcher.close()
+    assert lanes == [min(19, before + batching.LANE_NICE)] * 2
+    assert nice() == before  # the caller (the event loop's thread) keeps its priority
 
 
 def test_lane_threads_stay_in_their_lane():

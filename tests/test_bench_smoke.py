@@ -107,6 +107,14 @@ def test_faiss_scaling_small():
     assert kinds["HNSW32"]["recall"]["efSearch=128"] > 0.8
 
 
+def test_flat_search_paths_return_the_same_neighbours(capsys):
+    from eval.bench.flat_search import main as flat_search
+
+    assert flat_search(["--size", "3000", "--dim", "16", "--rounds", "1", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "Same neighbours on every path: yes" in out and "| 1 | 32 |" in out
+
+
 def test_gpu_flops_model():
     from eval.bench.gpu_encode import flops_per_token, peak_tflops
 
@@ -126,3 +134,22 @@ def test_gpu_flops_model():
             return [("embeddings.word", torch.zeros(100, 8)), ("layer.w", torch.zeros(8, 8))]
 
     assert flops_per_token(Model(), 16) == 2 * 64 + 4 * 2 * 16 * 8
+
+
+def test_the_batcher_in_process_answers_every_client(tiny_bert, tiny_collection, tmp_path):
+    """serve_ceiling's ``batcher`` command: clir serve's micro-batcher in a closed loop, no HTTP."""
+    from clir.index import IndexArgs, build_index
+    from clir.search import Searcher
+    from eval.bench.serve_ceiling import closed_loop
+    from eval.bench.serve_load import merge_batcher
+
+    index = build_index(
+        IndexArgs(collection=str(tiny_collection), model=str(tiny_bert), out=str(tmp_path / "ix"))
+    ).path
+    searcher = Searcher(index)
+    runs = [closed_loop(searcher, ["die katze", "the weather", "ein hund im park"], 4, 0.5) for _ in range(2)]
+    for r in runs:
+        assert r["queries"] == len(r["latencies_ms"]) > 4 and all(x > 0 for x in r["latencies_ms"])
+        assert 1 <= r["batch_mean"] <= 4  # four clients: never more than four queries waiting
+    merged = merge_batcher(runs)
+    assert merged["p50_ms"] <= merged["p99_ms"] and merged["qps"] > 0

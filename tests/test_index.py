@@ -224,6 +224,67 @@ def test_ivf_pq_index_trains_and_searches(tiny_bert, tiny_collection, tmp_path):
     )
 
 
+def test_flat_search_is_exact_on_both_faiss_paths():
+    """Searches of fewer than FLAT_SEQ_QUERIES queries take FAISS's per-query loop, larger ones BLAS, and
+    one query under two threads runs on one thread: every path returns the exact top-k."""
+    import faiss
+
+    from clir.index.faiss_index import FLAT_SEQ_QUERIES, search_threads, use_blas_for_flat
+
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((20_000, 48)).astype(np.float32)  # large enough for FAISS's split over threads
+    queries = rng.standard_normal((2 * FLAT_SEQ_QUERIES, 48)).astype(np.float32)
+    index = faiss.IndexFlatIP(48)
+    index.add(db)
+    use_blas_for_flat(48)
+    exact = queries @ db.T
+    before = faiss.omp_get_max_threads()
+    try:
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            for n in (1, FLAT_SEQ_QUERIES - 1, FLAT_SEQ_QUERIES, len(queries)):
+                with search_threads(n):
+                    scores, rows = index.search(queries[:n], 10)
+                want = np.sort(exact[:n], axis=1)[:, ::-1][:, :10]
+                assert np.allclose(scores, want, atol=1e-4), (threads, n)
+                assert np.allclose(np.take_along_axis(exact[:n], rows, 1), scores, atol=1e-4)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_search_threads_drops_to_one_thread_only_for_few_queries_on_few_threads():
+    import threading
+
+    import faiss
+
+    from clir.index.faiss_index import FEW_THREADS, search_threads
+
+    def in_another_thread(key: str) -> None:
+        other = threading.Thread(target=lambda: seen.update({key: faiss.omp_get_max_threads()}))
+        other.start()
+        other.join()
+
+    before = faiss.omp_get_max_threads()
+    seen: dict[str, int] = {}
+    in_another_thread("fresh")
+    try:
+        faiss.omp_set_num_threads(2)
+        with search_threads(1):
+            seen["1 query, 2 threads"] = faiss.omp_get_max_threads()
+            in_another_thread("other")  # OpenMP's count is per thread: a second server lane keeps its own
+        seen["after"] = faiss.omp_get_max_threads()
+        with search_threads(2):
+            seen["2 queries, 2 threads"] = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(FEW_THREADS + 1)
+        with search_threads(1):
+            seen["1 query, many threads"] = faiss.omp_get_max_threads()
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert seen["1 query, 2 threads"] == 1 and seen["after"] == 2 and seen["2 queries, 2 threads"] == 2
+    assert seen["1 query, many threads"] == FEW_THREADS + 1
+    assert seen["other"] == seen["fresh"]
+
+
 def test_irds_offline_message(tmp_path, monkeypatch):
     monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds-home"))
     import ir_datasets.util

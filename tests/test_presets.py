@@ -12,7 +12,7 @@ import pytest
 from clir.cli.main import main
 from clir.errors import ClirError
 from clir.index import presets
-from clir.index.faiss_index import FLAT_BLAS_THRESHOLD
+from clir.index.faiss_index import FLAT_SEQ_QUERIES
 from clir.search import Searcher
 
 FP32 = ["--pooling", "mean", "--normalize", "--precision", "fp32"]
@@ -114,7 +114,8 @@ def test_cli_preset_recorded_and_honoured(tiny_bert, tiny_collection, tmp_path, 
     faiss.cvar.distance_compute_blas_threshold = 128_000  # FAISS 1.15's own value
     s = Searcher(out)
     assert isinstance(s.index, presets.RefinedIndex)
-    assert faiss.cvar.distance_compute_blas_threshold == FLAT_BLAS_THRESHOLD  # set when an index is opened
+    # set when an index is opened; FAISS compares queries x dimension with it
+    assert faiss.cvar.distance_compute_blas_threshold == FLAT_SEQ_QUERIES * s.index.d
     assert faiss.extract_index_ivf(s.index.base).nprobe == 1  # from the manifest
     ref = Searcher(flat, encoder=s.encoder)
     for q in ("die katze sitzt auf der matte", "the weather is nice today"):

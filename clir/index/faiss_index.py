@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -146,19 +147,45 @@ def _skip_polysemous_training(index) -> None:
 DEFAULT_NPROBE = 32
 
 
-#: Queries per call from which exhaustive (Flat) search goes through BLAS. FAISS 1.15 ships 128,000, which
-#: keeps every realistic batch on its per-query SIMD loop: on 100k x 384 vectors (2-core CPU) BLAS was 2.9x
-#: faster at 32 queries and 5x at 256, with the same neighbours (eval/bench/RESULTS.md, "REST serving").
-#: 20 was FAISS's own default before; below it the per-query loop wins.
-FLAT_BLAS_THRESHOLD = 20
+#: Flat searches of fewer queries than this scan the vectors once per query (FAISS's SIMD loop); larger ones
+#: go through BLAS, whose GEMM costs a near-fixed ~35 ms on 100k x 384 vectors (one thread) from 1 to 8
+#: queries against the loop's 8.7 / 17.7 / 27.5 / 37.1 ms at 1-4 (eval/bench/RESULTS.md, "REST serving").
+#: FAISS compares queries x dimension with its threshold (1.15 ships 128,000: the loop up to 333 queries at
+#: 384-d, 8x slower than BLAS at 330), so the setting is this times the index's dimension.
+FLAT_SEQ_QUERIES = 4
+
+#: Up to this many OpenMP threads, a search of fewer queries than threads runs on one thread. FAISS then
+#: splits an exhaustive scan over the database in BLAS blocks, each paying the GEMM's fixed cost: one query
+#: over 100k x 384 took 20 ms on 2 threads against 8.7 ms for one thread's loop. With more threads the
+#: split's cost divides further, so it is left to FAISS there.
+FEW_THREADS = 4
 
 
-def use_blas_for_flat(threshold: int = FLAT_BLAS_THRESHOLD) -> None:
-    """Route exhaustive searches of ``threshold`` or more queries through BLAS (a process-wide FAISS
-    setting; called when an index is opened for search, not at import)."""
+def use_blas_for_flat(dim: int) -> None:
+    """Route exhaustive searches of :data:`FLAT_SEQ_QUERIES` or more ``dim``-dimensional queries through
+    BLAS. FAISS keeps this threshold process-wide: called when an index is opened for search (not at
+    import), the last one opened sets it, which moves speed only."""
     import faiss
 
-    faiss.cvar.distance_compute_blas_threshold = threshold
+    faiss.cvar.distance_compute_blas_threshold = FLAT_SEQ_QUERIES * dim
+
+
+@contextlib.contextmanager
+def search_threads(n_queries: int) -> Iterator[None]:
+    """One FAISS thread for a search of fewer queries than the calling thread's few OpenMP threads
+    (:data:`FEW_THREADS`), put back afterwards. OpenMP keeps the count per thread, so concurrent searches
+    (the server's lanes) do not see each other's."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    if not n_queries < threads <= FEW_THREADS:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def set_search_params(index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:

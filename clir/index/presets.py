@@ -118,15 +118,14 @@ class RefinedIndex:
 
 def open_index(folder: Path, manifest: dict[str, Any]):
     """The FAISS index of an index folder, opened for search: wrapped in :class:`RefinedIndex` when its
-    manifest says so, with Flat searches of many queries routed through BLAS."""
+    manifest says so, with Flat searches of several queries routed through BLAS."""
     import faiss
 
     from clir.index import store
     from clir.index.faiss_index import use_blas_for_flat
 
-    use_blas_for_flat()
-
     index = faiss.read_index(str(folder / store.INDEX_FILE))
+    use_blas_for_flat(index.d)
     search = manifest.get("search") or {}
     if search.get("refine"):
         return RefinedIndex.open(index, folder, search)

@@ -158,10 +158,13 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from clir.index.faiss_index import search_threads
+
         k = max(1, min(int(k), self.num_rows))
         # no lock: FAISS searches are thread-safe, and search parameters are only set in __init__ (the
         # server's lanes search one index at the same time)
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        with search_threads(len(vectors)):
+            return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), best first, ``-1`` rows where fewer results. On a split index in a document mode

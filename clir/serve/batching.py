@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -47,6 +49,18 @@ class Result:
 #: (MicroBatcher._gather)
 GATHER_GAP = 0.003
 GATHER_MAX = 0.020
+
+#: A lane running alone spreads over all threads only for batches of this many queries or more. Under
+#: passive OpenMP waiting (which serving needs), a second thread's wake-ups cost more than it takes over on
+#: smaller ones (e5-small, 2 cores, ms for one / 8 / 16 / 32 queries on one thread: 30 / 107 / 174 / 291,
+#: on two: 50 / 116 / 173 / 259).
+ALONE_MIN_BATCH = 16
+
+#: How much lower a lane thread's scheduling priority is than the rest of the process (Linux nice, which is
+#: per thread). Lanes do bulk encoding; the event loop's work is short and waits on it (reading requests,
+#: answering them), and at equal priority it queued for a core behind two busy lanes. At 32 clients, 10
+#: gave +6% req/s (eval/bench/RESULTS.md, "REST serving").
+LANE_NICE = 10
 
 
 class Overloaded(ClirError):
@@ -119,10 +133,10 @@ class MicroBatcher:
     """Groups concurrent queries into :func:`run_jobs` calls on a few encoder lanes.
 
     A lane is an encoder replica (:meth:`DualEncoder.replica`, weights shared) with its own worker thread. It
-    runs on its share of the CPU threads while another lane is busy, on all of them when it is alone (one
-    client gets the whole machine). Two lanes of one thread each beat one lane of two threads on small
-    batches, and one lane's FAISS search overlaps the other's encoding (eval/bench/RESULTS.md, "REST
-    serving"). Every lane computes the same vector for a query.
+    runs on its share of the CPU threads while another lane is busy or its batch is small, on all of them
+    when it is alone with a large batch (:data:`ALONE_MIN_BATCH`). Two lanes of one thread each beat one
+    lane of two threads on small batches, and one lane's FAISS search overlaps the other's encoding
+    (eval/bench/RESULTS.md, "REST serving"). Every lane computes the same vector for a query.
 
     While the lanes are busy, queries wait; a lane that comes free takes them (up to ``max_batch``, and at
     most an even share with the other lanes' running batches), so batches grow with load by themselves.
@@ -146,7 +160,10 @@ class MicroBatcher:
         # (all, share): OpenMP threads of a lane running alone, and beside others; None leaves torch's
         # default. Set in the lane's own thread: OpenMP thread counts are per calling thread.
         self.threads = threads
-        self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"clir-lane{i}") for i in range(lanes)]
+        self._pools = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"clir-lane{i}", initializer=_lower_priority)
+            for i in range(lanes)
+        ]
         self.pending = 0
         self.batches = 0
         self.batched_queries = 0
@@ -301,7 +318,7 @@ class MicroBatcher:
         """:func:`run_jobs` for ``jobs`` on ``lane`` (taken from the free ones) in its thread."""
         if alone is None:
             assert self._free is not None  # the lane came from it
-            alone = self._free.qsize() == len(self.lanes) - 1
+            alone = self._free.qsize() == len(self.lanes) - 1 and len(jobs) >= ALONE_MIN_BATCH
         n = None if self.threads is None else (self.threads[0 if alone else 1], self.threads[0])
         return await asyncio.get_running_loop().run_in_executor(
             self._pools[lane], partial(_run_jobs_on, n, self.lanes[lane], jobs, self.max_batch)
@@ -320,6 +337,18 @@ def _run_jobs_on(
         _set_thread_count(*threads)
         _lane_threads.n = threads[0]
     return run_jobs(encoder, jobs, batch_size=batch_size)
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's priority by :data:`LANE_NICE` (the OpenMP threads it starts inherit it).
+    Only on Linux: elsewhere ``setpriority`` would lower the whole process."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LANE_NICE)
+    except OSError as e:  # a sandbox may forbid it: lanes then run at the process's priority
+        log.debug("could not lower the lane thread's priority: %s", e)
 
 
 def _set_thread_count(n: int, default: int) -> None:

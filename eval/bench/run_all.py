@@ -27,6 +27,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("index_build", [], ["--rounds", "1", "--factory", "Flat"]),
     ("search", [], ["--queries", "20", "--latency-queries", "5", "--rounds", "1", "--no-pyserini-encoder"]),
     ("faiss_scaling", [], ["--sizes", "10000", "--queries", "100"]),
+    ("flat_search", [], ["--size", "20000", "--rounds", "1"]),
     ("int8", [], ["--per-lang", "2", "--rounds", "1", "--no-quality"]),
     ("mlm_train", [], ["--rounds", "1", "--batch-size", "4"]),
     (

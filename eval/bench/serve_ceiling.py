@@ -8,6 +8,9 @@ does (``Searcher``), then answers commands on stdin:
   `clir search --query` runs), keeping ids and scores;
 - ``ceiling S``: ``Searcher.batch_search`` (k=10, with text, batches of 64) over the queries, again and
   again for S seconds: the queries/s the same machine reaches with no HTTP in between.
+- ``batcher C S``: `clir serve`'s micro-batcher and lanes (as `clir serve` plans them) in this process,
+  C clients each submitting its next query as soon as the last is answered, for S seconds: the latency
+  the batching itself gives, with no HTTP in between.
 
 It is a separate process, like the servers, so it gets no head start from the benchmark's own warm caches
 and runs under the same OpenMP settings; serve_load runs its slices in turn with the servers'."""
@@ -42,6 +45,54 @@ def ceiling(searcher, queries: list[str], seconds: float, batch: int = 64) -> di
     return {"queries": done, "seconds": elapsed, "qps": done / elapsed}
 
 
+def closed_loop(searcher, queries: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """``batcher C S`` above: queries answered, seconds, latencies (ms) and queries per encoder batch."""
+    import asyncio
+
+    from clir.serve.batching import Job, MicroBatcher
+    from clir.serve.config import ServeSettings
+    from clir.serve.state import lane_plan
+
+    settings = ServeSettings()
+    lanes, threads = lane_plan(settings.lanes, searcher.encoder.device.type)
+    batcher = MicroBatcher(
+        searcher.encoder,
+        max_batch=settings.max_batch_size,
+        window_ms=settings.batch_window_ms,
+        max_pending=settings.max_pending,
+        lanes=lanes,
+        threads=threads,
+    )
+    latencies: list[float] = []
+
+    async def client(offset: int, until: float) -> None:
+        i = offset
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            await batcher.submit(Job(searcher, queries[i % len(queries)], 10, "en"))
+            latencies.append((time.perf_counter() - t) * 1000)
+            i += clients
+
+    async def run() -> float:
+        await batcher.warm_up([Job(searcher, queries[0], 10, "en")])
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, t0 + seconds) for c in range(clients)))
+        elapsed = time.perf_counter() - t0
+        await batcher.stop()
+        return elapsed
+
+    try:
+        elapsed = asyncio.run(run())
+    finally:
+        batcher.close()
+    return {
+        "queries": len(latencies),
+        "seconds": elapsed,
+        "latencies_ms": [round(x, 2) for x in latencies],
+        "batch_mean": batcher.batched_queries / max(1, batcher.batches),
+    }
+
+
 def compare(served: dict[str, dict], ref: dict[str, dict]) -> dict[str, Any]:
     """Top-10 identity and the largest score difference of served answers against the reference."""
     same = 0
@@ -66,7 +117,8 @@ def compare(served: dict[str, dict], ref: dict[str, dict]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve commands from stdin, one JSON line of answer each: ``ceiling SECONDS``, ``reference N``."""
+    """Serve commands from stdin, one JSON line of answer each: ``ceiling SECONDS``, ``batcher CLIENTS
+    SECONDS``, ``reference N``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("index", type=Path)
     p.add_argument("queries", type=Path, help="JSON list of query texts")
@@ -85,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd, _, arg = line.strip().partition(" ")
         if cmd == "ceiling":
             res = pool.submit(ceiling, searcher, queries, float(arg)).result()
+        elif cmd == "batcher":
+            clients, seconds = arg.split()
+            res = pool.submit(closed_loop, searcher, queries, int(clients), float(seconds)).result()
         elif cmd == "reference":
             res = pool.submit(reference, searcher, queries[: int(arg)]).result()
         else:

@@ -458,7 +458,8 @@ def queries_of(collection: Path) -> list[str]:
 NOTES = [
     "- `clir serve`: default settings: micro-batching on, two encoder lanes (`--lanes`, "
     "`clir.serve.batching.MicroBatcher`): replicas of the encoder sharing its weights, each with its own "
-    "worker thread, running one thread each while the other is busy and all threads when alone; a lane that "
+    "worker thread (at a lower priority than the event loop), running one thread each while the other is busy "
+    "or its batch is small, and all threads when alone with 16 queries or more; a lane that "
     "comes free while the other works waits for arrivals to pause (3 ms, at most 20 ms) so that it does not "
     "take one query alone, and takes at most an even share of the waiting and running queries. Within a "
     "micro-batch, one encoder call per padded width (token counts rounded up to a multiple of 8, "
@@ -476,26 +477,30 @@ NOTES = [
     "FAISS file whose QueryEncoder is clir's encoder from the index manifest (same weights, settings, bf16), "
     "called in a worker thread as in clir (torch's OpenMP was much slower on the main thread when the machine "
     "was oversubscribed).",
-    "- What made the difference this time (lanes; in-process, e5-small on 2 cores, k=10 over the 100k index, "
-    "queries/s of `run_jobs` loops): one lane of 2 OpenMP threads reaches 62 / 92 / 131 q/s at batches of "
-    "16 / 32 / 64, two lanes of 1 thread each 95 / 140 / 168 q/s at 8 / 16 / 32 per lane (two lanes of 2 "
-    "threads: 67-75 / 103-105). On small batches a second OpenMP thread adds wake-ups more than it shares "
-    "work, and two independent batches keep both cores busy, one lane's FAISS scan beside the other's "
-    "encoding. Vectors are bit-identical across lanes and thread counts (max difference 0.0). Without the "
-    "gathering wait, at 32 clients lanes took batches alternating 14-17 and 1-2 queries (mean 7.8): a lane "
-    "came free just as the clients it had answered sent their next queries, and took the first alone; with it, "
-    "13 and 19 (mean 11.3). Lanes then settled into unequal shares (8 and 18 at 32 clients, a small batch "
-    "costing 20 ms a query against 15.5): taking at most an even share gave 65 against 56 req/s at 8 clients "
-    "and 114 against 91 at 32 (three 10 s slices each, taken in turn). The second lane costs ~40 MiB (VmRSS "
-    "1,516 against 1,474 MiB after warm-up: its modules; the weights, their bf16 copies and the tokenizer are "
-    "shared; a copied tokenizer was 280 MiB).",
-    "- Earlier steps: (1) batches of one padded width: under bf16 a vector's rounding depends on the width it "
-    "was padded to, not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in "
-    "batches), so answers equal the CLI's exactly (before: 154/171 at 32 clients, 90%), at 3-4 encoder calls "
-    "per micro-batch; (2) FAISS Flat through BLAS from 20 queries a call "
-    "(`clir.index.faiss_index.use_blas_for_flat`; FAISS 1.15's threshold is 128,000): a micro-batch's search "
-    "over 100k vectors went from 121 to ~40 ms at 32 queries.",
-    "- Load generator: aiohttp since this run. httpx's async client took 0.18 of the 2 cores at 32 clients "
+    "- What made the difference this time: (1) FAISS Flat search of small batches (eval/bench/flat_search.py, "
+    "section *Flat search of small batches*). FAISS compares queries x dimension, not queries, with "
+    "`distance_compute_blas_threshold`; clir had set it to 20, so every search, one query included, took "
+    "BLAS, whose GEMM costs ~35 ms over 100k x 384 vectors whatever the batch up to 8 queries, against ~10 ms "
+    "for FAISS's per-query loop at one query. Now the loop below 4 queries (`FLAT_SEQ_QUERIES` x dimension) "
+    "and one FAISS thread when a call has fewer queries than its few (<= 4) threads, where FAISS would split "
+    "the database over threads in BLAS blocks (one query on 2 threads: 17 ms, on one thread's loop: 10). "
+    "(2) A lane alone uses all threads only for batches of 16 or more: under passive OpenMP waiting a second "
+    "thread slowed small batches (e5-small, one query: 30 ms on one thread, 50 on two; 32 queries: 291 and "
+    "259). Together: `clir serve` at 1 client 24-26 req/s in this session's runs against 17.7 in the previous "
+    "session's. (3) Lane threads "
+    "run at nice +10: the event loop no longer queues for a core behind two busy lanes (A/B at 32 clients, "
+    "three 10 s slices each: 117 / 125 / 124 against 107 / 118 / 119 req/s).",
+    "- Earlier steps: (1) two encoder lanes of one thread each (in-process, 100k index: 95 / 140 / 168 q/s at "
+    "8 / 16 / 32 queries a lane, against 62 / 92 / 131 for one lane of 2 threads at 16 / 32 / 64), a free lane "
+    "waiting for arrivals to pause while the other works (before: batches alternating 14-17 and 1-2 at 32 "
+    "clients), and even shares (before: lanes settled at 8 and 18 queries; 114 against 91 req/s at 32 "
+    "clients); the second lane costs ~40 MiB; vectors are bit-identical across lanes and thread counts. "
+    "(2) Batches of one padded width: under bf16 a vector's rounding depends on the width it was padded to, "
+    "not measurably on its batch neighbours (max difference 0.0 over 128 e5 queries alone vs in batches), so "
+    "answers equal the CLI's exactly (before: 154/171 at 32 clients, 90%), at 3-4 encoder calls per "
+    "micro-batch. (3) FAISS Flat through BLAS for micro-batches (FAISS's own threshold keeps up to 333 "
+    "queries at 384-d on its per-query loop): a 32-query search over 100k vectors went from 121 to ~40 ms.",
+    "- Load generator: aiohttp since the previous run. httpx's async client took 0.18 of the 2 cores at 32 clients "
     "(aiohttp: 0.03, the *client cores* column), CPU the server then lacked and the in-process ceiling never "
     "had to share.",
     "- Fairness: contenders take turns in slices (duration / rounds seconds each, warm-up before each), so "
@@ -514,6 +519,18 @@ NOTES = [
     "`get_document` reopens the Lucene document index (`LuceneSearcher.from_prebuilt_index`), ten opens per "
     "query. It takes no query language (adapter routing) and no per-request encoder choice.",
 ]
+
+
+def merge_batcher(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Slices of serve_ceiling's ``batcher`` command as one: q/s, latency percentiles, queries a batch."""
+    lat = np.array([x for r in runs for x in r["latencies_ms"]])
+    done = sum(r["queries"] for r in runs)
+    return {
+        "qps": done / sum(r["seconds"] for r in runs),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "batch_mean": sum(r["batch_mean"] * r["queries"] for r in runs) / max(1, done),
+    }
 
 
 def _cores(r: dict[str, Any], key: str) -> str:
@@ -547,13 +564,17 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
         "shuffled. The servers run side by side and take turns per level. *Ceiling*: `Searcher.batch_search` "
         "(k=10, with text, batches of 64) over the same queries and index in its own process, in slices taken "
         "in turn with the servers' (eval/bench/serve_ceiling.py); *of ceiling* = req/s over the ceiling of the "
-        "same level. *Top-10 = CLI*: queries whose first answer during the load equals `clir search --query` "
+        "same level. *Batcher in-process*: `clir serve`'s micro-batcher and lanes in that process, the level's "
+        "clients as coroutines in a closed loop, no HTTP (a slice each round): what the batching itself gives. *Top-10 = CLI*: queries whose first answer during the load equals `clir search --query` "
         f"(each of the first {meta.get('reference', 0)} queries searched alone in the ceiling process), and the "
         "largest score difference over the documents both lists hold. *Cores*: CPU seconds per second while "
         "measured, of the server process and of the benchmark process that runs the clients (2 cores here).",
         "",
-        common.table(["level", "in-process ceiling q/s", "slices"],
-                     [[c, v["qps"], ", ".join(f"{x:g}" for x in v["slice_qps"])] for c, v in sorted(ceilings.items())])
+        common.table(["level", "in-process ceiling q/s", "slices", "batcher in-process q/s", "p50 ms", "p99 ms",
+                      "queries a batch"],
+                     [[c, v["qps"], ", ".join(f"{x:g}" for x in v["slice_qps"]),
+                       *((b["qps"], b["p50_ms"], b["p99_ms"], b["batch_mean"]) if (b := v.get("batcher")) else ["-"] * 4)]
+                      for c, v in sorted(ceilings.items())])
         if ceilings else "",
         "",
         common.table(["server", "clients", "req/s", "of ceiling", "p50 ms", "p95 ms", "p99 ms", "ok", "errors",
@@ -660,17 +681,20 @@ def main(argv: list[str] | None = None) -> int:
             # ...), so the load of other jobs on the machine spreads evenly over the contenders; the in-process
             # ceiling takes a slice of the same length before each round
             parts: dict[str, list[dict]] = {s.name: [] for s in servers}
-            ceiling_runs = []
+            ceiling_runs, batcher_runs = [], []
             for r in range(args.rounds):
                 ceiling_runs.append(ceil.ask(f"ceiling {args.duration / args.rounds}"))
+                batcher_runs.append(ceil.ask(f"batcher {clients} {args.duration / args.rounds}"))
                 for s in servers if r % 2 == 0 else list(reversed(servers)):
                     parts[s.name].append(
                         measure(s, queries, clients, args.duration / args.rounds, args.warmup)
                     )
             done = sum(c["queries"] for c in ceiling_runs)
             ceilings[clients] = {"qps": done / sum(c["seconds"] for c in ceiling_runs),
-                                 "slice_qps": [round(c["qps"], 1) for c in ceiling_runs]}  # fmt: skip
-            log.info("in-process ceiling %2d clients: %.1f q/s", clients, ceilings[clients]["qps"])
+                                 "slice_qps": [round(c["qps"], 1) for c in ceiling_runs],
+                                 "batcher": merge_batcher(batcher_runs)}  # fmt: skip
+            log.info("in-process ceiling %2d clients: %.1f q/s; clir's batcher in-process: %s", clients,
+                     ceilings[clients]["qps"], ceilings[clients]["batcher"])  # fmt: skip
             for name, runs in parts.items():
                 results[name][clients] = merge(runs)
                 answers = {q: a for run in runs for q, a in run["answers"].items()}
