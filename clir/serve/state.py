@@ -57,18 +57,7 @@ class ServeState:
         self.batchers: dict[int, MicroBatcher] = {}
         for s in searchers.values():
             if settings.micro_batching and id(s.encoder) not in self.batchers:
-                lanes, threads = lane_plan(settings.lanes, s.encoder.device.type)
-                self.batchers[id(s.encoder)] = MicroBatcher(
-                    s.encoder,
-                    max_batch=settings.max_batch_size,
-                    window_ms=settings.batch_window_ms,
-                    max_pending=settings.max_pending,
-                    lanes=lanes,
-                    threads=threads,
-                )
-                log.info(
-                    "encoder %s: %d lane(s), threads (alone, shared) %s", s.encoder.source, lanes, threads
-                )
+                self.batchers[id(s.encoder)] = batcher_for(s.encoder, settings)
 
     def get(self, name: str | None) -> tuple[str, Any]:
         name = name or self.default
@@ -99,6 +88,21 @@ class ServeState:
         for b in self.batchers.values():
             await b.stop()
             b.close()
+
+
+def batcher_for(encoder: Any, settings: ServeSettings) -> MicroBatcher:
+    """The micro-batcher `clir serve` runs for ``encoder``: lanes from :func:`lane_plan`, limits from
+    ``settings``."""
+    lanes, threads = lane_plan(settings.lanes, encoder.device.type)
+    log.info("encoder %s: %d lane(s), threads (alone, shared) %s", encoder.source, lanes, threads)
+    return MicroBatcher(
+        encoder,
+        max_batch=settings.max_batch_size,
+        window_ms=settings.batch_window_ms,
+        max_pending=settings.max_pending,
+        lanes=lanes,
+        threads=threads,
+    )
 
 
 def lane_plan(lanes: int | None, device_type: str) -> tuple[int, tuple[int, int] | None]:

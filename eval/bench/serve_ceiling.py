@@ -49,20 +49,11 @@ def closed_loop(searcher, queries: list[str], clients: int, seconds: float) -> d
     """``batcher C S`` above: queries answered, seconds, latencies (ms) and queries per encoder batch."""
     import asyncio
 
-    from clir.serve.batching import Job, MicroBatcher
+    from clir.serve.batching import Job
     from clir.serve.config import ServeSettings
-    from clir.serve.state import lane_plan
+    from clir.serve.state import batcher_for
 
-    settings = ServeSettings()
-    lanes, threads = lane_plan(settings.lanes, searcher.encoder.device.type)
-    batcher = MicroBatcher(
-        searcher.encoder,
-        max_batch=settings.max_batch_size,
-        window_ms=settings.batch_window_ms,
-        max_pending=settings.max_pending,
-        lanes=lanes,
-        threads=threads,
-    )
+    batcher = batcher_for(searcher.encoder, ServeSettings())
     latencies: list[float] = []
 
     async def client(offset: int, until: float) -> None:
