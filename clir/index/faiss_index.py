@@ -149,15 +149,15 @@ DEFAULT_NPROBE = 32
 
 #: Flat searches of fewer queries than this scan the vectors once per query (FAISS's SIMD loop); larger ones
 #: go through BLAS, whose GEMM costs a near-fixed ~35 ms on 100k x 384 vectors (one thread) from 1 to 8
-#: queries against the loop's 8.7 / 17.7 / 27.5 / 37.1 ms at 1-4 (eval/bench/RESULTS.md, "REST serving").
-#: FAISS compares queries x dimension with its threshold (1.15 ships 128,000: the loop up to 333 queries at
-#: 384-d, 8x slower than BLAS at 330), so the setting is this times the index's dimension.
+#: queries against the loop's 10 / 18 / 28 / 35-39 ms at 1-4 (eval/bench/RESULTS.md, "Flat search of small
+#: batches"). FAISS compares queries x dimension with its threshold (1.15 ships 128,000: the loop up to 333
+#: queries at 384-d, 8x slower than BLAS at 330), so the setting is this times the index's dimension.
 FLAT_SEQ_QUERIES = 4
 
 #: Up to this many OpenMP threads, a search of fewer queries than threads runs on one thread. FAISS then
 #: splits an exhaustive scan over the database in BLAS blocks, each paying the GEMM's fixed cost: one query
-#: over 100k x 384 took 20 ms on 2 threads against 8.7 ms for one thread's loop. With more threads the
-#: split's cost divides further, so it is left to FAISS there.
+#: over 100k x 384 took 17 ms on 2 threads against 10 ms for one thread's loop (same section). With more
+#: threads the split's cost divides further, so it is left to FAISS there.
 FEW_THREADS = 4
 
 

@@ -52,8 +52,8 @@ GATHER_MAX = 0.020
 
 #: A lane running alone spreads over all threads only for batches of this many queries or more. Under
 #: passive OpenMP waiting (which serving needs), a second thread's wake-ups cost more than it takes over on
-#: smaller ones (e5-small, 2 cores, ms for one / 8 / 16 / 32 queries on one thread: 30 / 107 / 174 / 291,
-#: on two: 50 / 116 / 173 / 259).
+#: smaller ones (one-off A/B, e5-small, 2 cores, ms for one / 8 / 16 / 32 queries on one thread: 30 / 107 /
+#: 174 / 291, on two: 50 / 116 / 173 / 259).
 ALONE_MIN_BATCH = 16
 
 #: How much lower a lane thread's scheduling priority is than the rest of the process (Linux nice, which is
