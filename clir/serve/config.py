@@ -53,14 +53,14 @@ class ServeSettings:
             "max_batch_queries",
             "max_batch_chars",
             "max_batch_size",
+            "lanes",
             "max_pending",
         ):
-            if getattr(self, name) < (0 if name == "port" else 1):
-                raise ClirError(f"serve setting {name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "port" else 1):  # lanes None: chosen per device
+                raise ClirError(f"serve setting {name} must be positive, got {value}")
         if not 0 <= self.port <= 65535:
             raise ClirError(f"port {self.port} is outside 0..65535")
-        if self.lanes is not None and self.lanes < 1:
-            raise ClirError(f"serve setting lanes must be positive, got {self.lanes}")
         if self.batch_window_ms < 0:
             raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
 

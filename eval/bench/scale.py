@@ -173,9 +173,8 @@ def exact(vectors: Path, queries: np.ndarray, k: int = 10, step: int = 500_000) 
 
     from clir.index.faiss_index import use_blas_for_flat
 
-    use_blas_for_flat(
-        queries.shape[1]
-    )  # the setting clir's searches run with (1,000 queries: BLAS either way)
+    # the setting clir's searches run with (1,000 queries: BLAS either way)
+    use_blas_for_flat(queries.shape[1])
     vecs = np.load(vectors, mmap_mode="r")
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_r = np.full((len(queries), k), -1, dtype=np.int64)

@@ -77,7 +77,9 @@ def closed_loop(searcher, queries: list[str], clients: int, seconds: float) -> d
     finally:
         batcher.close()
     return {
+        "clients": clients,
         "queries": len(latencies),
+        "errors": [],  # a failed search raises here: no error rows to count
         "seconds": elapsed,
         "latencies_ms": [round(x, 2) for x in latencies],
         "batch_mean": batcher.batched_queries / max(1, batcher.batches),

@@ -522,14 +522,14 @@ NOTES = [
 
 
 def merge_batcher(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Slices of serve_ceiling's ``batcher`` command as one: q/s, latency percentiles, queries a batch."""
-    lat = np.array([x for r in runs for x in r["latencies_ms"]])
-    done = sum(r["queries"] for r in runs)
+    """Slices of serve_ceiling's ``batcher`` command as one (:func:`merge`'s rate and percentiles): q/s,
+    latency percentiles, queries a batch."""
+    row = merge(runs)
     return {
-        "qps": done / sum(r["seconds"] for r in runs),
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "batch_mean": sum(r["batch_mean"] * r["queries"] for r in runs) / max(1, done),
+        "qps": row["rps"],
+        "p50_ms": row["p50_ms"],
+        "p99_ms": row["p99_ms"],
+        "batch_mean": sum(r["batch_mean"] * r["queries"] for r in runs) / max(1, row["ok"]),
     }
 
 
