@@ -135,12 +135,12 @@ class _Searcher:
 
 
 def _batches_of(
-    arrivals: list[tuple[float, str]], lanes: int, seconds: float, monkeypatch
+    arrivals: list[tuple[float, str]], lanes: int, seconds: float, monkeypatch, gap: float = 0.2
 ) -> list[list[str]]:
     """Submit each query at its time (s); the batches the encoder saw, in order."""
     from clir.serve import batching
 
-    monkeypatch.setattr(batching, "GATHER_GAP", 0.2)  # wide margins: timing on a busy machine varies
+    monkeypatch.setattr(batching, "GATHER_GAP", gap)  # wide margins: timing on a busy machine varies
     monkeypatch.setattr(batching, "GATHER_MAX", 2.0)
     log: list[list[str]] = []
     batcher = batching.MicroBatcher(_SlowEncoder(seconds, log), lanes=lanes)
@@ -167,6 +167,15 @@ def test_a_free_lane_gathers_arrivals_while_another_is_busy(monkeypatch):
     assert _batches_of(arrivals, lanes=1, seconds=1.0, monkeypatch=monkeypatch) == [["a"], ["b", "c"]]
     lone = [(0.0, "a"), (0.6, "b")]  # b comes after a's batch is done: both lanes idle, no wait
     assert _batches_of(lone, lanes=2, seconds=0.05, monkeypatch=monkeypatch) == [["a"], ["b"]]
+
+
+def test_a_free_lane_waits_past_a_pause_for_as_many_queries_as_the_busy_lane_holds(monkeypatch):
+    """Lane 1 runs b and c; lane 0 comes free and d arrives, then e after a pause longer than GATHER_GAP
+    (while lane 1 still works): lane 0 waits for a second query, as many as lane 1 holds, instead of
+    leaving e to wait a whole batch."""
+    arrivals = [(0.0, "a"), (0.6, "b"), (0.6, "c"), (1.1, "d"), (1.3, "e")]
+    got = _batches_of(arrivals, lanes=2, seconds=1.0, monkeypatch=monkeypatch, gap=0.05)
+    assert got == [["a"], ["b", "c"], ["d", "e"]]
 
 
 def test_lanes_take_even_shares(monkeypatch):

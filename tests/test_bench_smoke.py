@@ -153,3 +153,24 @@ def test_the_batcher_in_process_answers_every_client(tiny_bert, tiny_collection,
         assert 1 <= r["batch_mean"] <= 4  # four clients: never more than four queries waiting
     merged = merge_batcher(runs)
     assert merged["p50_ms"] <= merged["p99_ms"] and merged["qps"] > 0
+
+
+def test_serve_load_reports_the_machines_steal_over_its_slices():
+    """Steal and idle come from summed /proc/stat tick deltas; a slice without them leaves them out."""
+    from eval.bench import common
+    from eval.bench.serve_load import merge
+
+    def run(ticks):
+        return {"clients": 2, "latencies_ms": [10.0, 20.0], "errors": [], "seconds": 1.0, "ticks": ticks}
+
+    # user, nice, system, idle, iowait, irq, softirq, steal
+    a, b = [50, 0, 10, 20, 0, 0, 0, 20], [70, 0, 0, 0, 0, 0, 0, 30]
+    row = merge([run(a), run(b)])
+    assert row["steal"] == pytest.approx(50 / 200) and row["idle"] == pytest.approx(20 / 200)
+    assert "steal" not in merge([run(a), run(None)])
+    before = common.cpu_ticks()
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    sum(i * i for i in range(200_000))  # some CPU time passes
+    shares = common.cpu_shares(common.ticks_between(before, common.cpu_ticks()))
+    assert not shares or 0 <= shares["steal"] <= 1 and 0 <= shares["idle"] <= 1

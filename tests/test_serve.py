@@ -609,3 +609,26 @@ def test_client_that_leaves_mid_body_is_logged_499_not_500(client, caplog):
     access = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"]
     assert len(access) == 1 and '"POST /search" 499' in access[0], access
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_clir_serve_exempts_its_startup_objects_from_full_gc_passes(tiny_index, monkeypatch):
+    """`clir serve` freezes what loading made before it serves (a full GC pass over it stalled every
+    request ~300 ms); an app made with create_app alone, as embedders do, leaves the host's GC as it is."""
+    import gc
+
+    import uvicorn
+
+    from clir.cli.main import main
+    from clir.serve import create_app
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what run() would set, restored afterwards
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(frozen=gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        create_app({"tiny": tiny_index})
+        assert gc.get_freeze_count() == 0
+        assert main(["serve", "--index", f"tiny={tiny_index}", "--port", "0"]) == 0
+    finally:
+        gc.unfreeze()
+    assert seen["frozen"] > 0

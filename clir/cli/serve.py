@@ -157,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run("clir.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
         return 0
     from clir.serve import create_app
+    from clir.serve.state import freeze_startup_objects
 
     app = create_app(indexes, settings)
+    freeze_startup_objects()  # here, not in create_app: an app embedded in another program leaves its GC be
     uvicorn.run(app, **common)
     return 0

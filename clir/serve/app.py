@@ -22,7 +22,7 @@ from clir.serve.config import ServeSettings
 from clir.serve.guard import DOCS_ASSETS, Guard
 from clir.serve.page import add_page_routes
 from clir.serve.routes import add_error_handlers, add_index_routes, add_probe_routes, add_search_routes
-from clir.serve.state import ServeState, load_searchers
+from clir.serve.state import ServeState, freeze_startup_objects, load_searchers
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def app_from_env() -> Any:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return create_app(
+    app = create_app(
         {n: str(Path(p)) for n, p in data["indexes"].items()}, from_dict(ServeSettings, data["settings"])
     )
+    freeze_startup_objects()
+    return app

@@ -45,9 +45,9 @@ class Result:
     truncated: bool  # the query was longer than the encoder's limit
 
 
-#: seconds a free lane waits for a pause in arrivals, and at most, while another lane is busy
-#: (MicroBatcher._gather)
-GATHER_GAP = 0.003
+#: seconds a free lane waits for a pause in arrivals once it has as many queries as the busiest lane, and
+#: at most, while another lane is busy (MicroBatcher._gather)
+GATHER_GAP = 0.008
 GATHER_MAX = 0.020
 
 #: A lane running alone spreads over all threads only for batches of this many queries or more. Under
@@ -271,16 +271,22 @@ class MicroBatcher:
             return False
 
     async def _gather(self) -> None:
-        """Wait until arrivals pause for GATHER_GAP, at most GATHER_MAX (or a full batch waits).
+        """Wait, at most GATHER_MAX, until as many queries wait as the busiest other lane holds, then on
+        until arrivals pause for GATHER_GAP (or a full batch waits).
 
         Called when another lane is busy, so waiting costs no throughput. Under closed-loop load a lane
-        comes free just as the clients it answered send their next queries, a few ms apart: without this it
-        would take the first of them alone (a one-query forward costs nearly what ten do) and leave the rest
-        to wait a whole batch (measured: batches alternating 15 and 1-2 queries at 32 clients)."""
+        comes free just as the clients it answered send their next queries, spread over the ms the event
+        loop takes to answer them all. Taking the first of them alone (a one-query forward costs nearly what
+        ten do) left the rest to wait a whole batch (batches alternating 15 and 1-2 queries at 32 clients);
+        stopping at the first pause in arrivals still cut some batches short when the process or the
+        machine stalled for a few ms, and the clients cut off waited a batch more: the latency tail. The
+        busiest lane's count is how many clients one batch answers at this load."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GATHER_MAX
+        target = min(self.max_batch, max(1, *self._running))
         while len(self._waiting) < self.max_batch:
-            wait = min(GATHER_GAP, deadline - loop.time())
+            left = deadline - loop.time()
+            wait = left if len(self._waiting) < target else min(GATHER_GAP, left)
             if wait <= 0 or not await self._arrival(wait):
                 return
 

@@ -115,3 +115,15 @@ def lane_plan(lanes: int | None, device_type: str) -> tuple[int, tuple[int, int]
     if lanes is None:
         lanes = 1 if device_type != "cpu" else min(2, total)
     return lanes, ((total, max(1, total // lanes)) if lanes > 1 else None)
+
+
+def freeze_startup_objects() -> None:
+    """Exempt what start-up made (torch, transformers, FastAPI, the indexes: ~470,000 objects with one e5
+    index, living as long as the server) from the cyclic garbage collector's full passes. Each full pass
+    walked them all holding the GIL, ~300 ms here, every ~20 s under load: every request in flight stalled,
+    the p99 of serving at 32 clients (eval/bench/RESULTS.md, "REST serving"). Later objects are still
+    collected."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

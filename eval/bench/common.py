@@ -79,6 +79,39 @@ def load_avg() -> str:
         return "n/a"
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far, in clock ticks over all cores: user, nice, system, idle, iowait, irq,
+    softirq, steal (Linux /proc/stat; None elsewhere). Two readings give :func:`cpu_shares` between them."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def ticks_between(before: list[int] | None, after: list[int] | None) -> list[int] | None:
+    """The CPU ticks spent between two :func:`cpu_ticks` readings, per kind (None where unknown)."""
+    if not before or not after or len(before) != len(after):
+        return None
+    return [b - a for a, b in zip(before, after, strict=True)]
+
+
+def cpu_shares(ticks: list[int] | None) -> dict[str, float]:
+    """Steal (time the hypervisor gave this machine's virtual CPUs to others) and idle, as fractions of the
+    CPU time in ``ticks`` (:func:`ticks_between`, summed over slices as they come); {} where unknown. On a
+    shared VM, steal takes cores from under a benchmark without showing in any process's CPU time: it tells
+    a slow slice from a slow server."""
+    total = sum(ticks) if ticks and len(ticks) >= 8 else 0
+    return {"steal": ticks[7] / total, "idle": ticks[3] / total} if ticks and total > 0 else {}
+
+
+def add_ticks(parts: Sequence[list[int] | None]) -> list[int] | None:
+    """Tick counts of several slices summed (None when any is unknown)."""
+    if not parts or any(p is None for p in parts):
+        return None
+    return [sum(col) for col in zip(*parts, strict=True)]  # type: ignore[misc]
+
+
 def machine() -> dict[str, Any]:
     import torch
 

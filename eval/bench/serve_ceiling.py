@@ -119,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from clir.search import Searcher
+    from clir.serve.state import freeze_startup_objects
 
     queries = json.loads(args.queries.read_text(encoding="utf-8"))
     searcher = Searcher(args.index)
     # a worker thread, as the server's batches run (torch's OpenMP is slower on the main thread when the
     # machine is oversubscribed: see serve_load's Pyserini notes)
     pool = ThreadPoolExecutor(1)
+    pool.submit(searcher.search, queries[0], 10).result()
+    freeze_startup_objects()  # as `clir serve` does once warm: no full GC pass over the libraries mid-slice
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")

@@ -347,6 +347,7 @@ async def _load(
     t_measure = t_start + warmup
     t_end = t_measure + duration
     cpu: dict[str, float] = {}
+    ticks0: list[list[int] | None] = []
 
     async def worker(c: aiohttp.ClientSession) -> None:
         nonlocal counter
@@ -356,6 +357,7 @@ async def _load(
                 return
             if t0 >= t_measure and not cpu:  # the first measured request starts the CPU clocks
                 cpu.update(server=_cpu_seconds(server.proc.pid), client=_own_cpu_seconds(), t=t0)
+                ticks0.append(common.cpu_ticks())
             q = queries[counter % len(queries)]
             counter += 1
             try:
@@ -394,6 +396,8 @@ async def _load(
         "server_cpu_s": _cpu_seconds(server.proc.pid) - cpu["server"] if cpu else 0.0,
         "client_cpu_s": _own_cpu_seconds() - cpu["client"] if cpu else 0.0,
         "clock_s": t_done - cpu.get("t", t_done),  # the wall time those CPU clocks ran
+        # the machine's CPU ticks while measured: its steal and idle (common.cpu_shares)
+        "ticks": common.ticks_between(ticks0[0], common.cpu_ticks()) if ticks0 else None,
     }
 
 
@@ -430,13 +434,14 @@ def merge(runs: list[dict]) -> dict[str, Any]:
         "p95_ms": float(pct[1]),
         "p99_ms": float(pct[2]),
         "slice_rps": [round(len(r["latencies_ms"]) / r["seconds"], 2) for r in runs],
+        **common.cpu_shares(common.add_ticks([r.get("ticks") for r in runs])),  # steal, idle
     }
 
 
 def summary(r: dict[str, Any]) -> str:
     return (
         f"{r['rps']:6.1f} req/s  p50 {r['p50_ms']:7.1f}  p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f} ms  "
-        f"errors {r['errors']}  (slices: {r['slice_rps']} req/s)"
+        f"errors {r['errors']}  (slices: {r['slice_rps']} req/s; steal {_pct(r.get('steal'))})"
     )
 
 
@@ -460,12 +465,12 @@ NOTES = [
     "`clir.serve.batching.MicroBatcher`): replicas of the encoder sharing its weights, each with its own "
     "worker thread (at a lower priority than the event loop), running one thread each while the other is busy "
     "or its batch is small, and all threads when alone with 16 queries or more; a lane that "
-    "comes free while the other works waits for arrivals to pause (3 ms, at most 20 ms) so that it does not "
-    "take one query alone, and takes at most an even share of the waiting and running queries. Within a "
+    "comes free while the other works waits (at most 20 ms) for as many queries as the busy lane holds, then "
+    "for arrivals to pause for 8 ms, so that it does not take one query alone or cut clients off, and takes at most an even share of the waiting and running queries. Within a "
     "micro-batch, one encoder call per padded width (token counts rounded up to a multiple of 8, "
     "`clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search --query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
     "micro-batching`: each request encodes and searches on its own (`--no-micro-batching`; the encoder lock "
-    "serialises encoding).",
+    "serialises encoding). Every `clir serve` freezes its start-up objects out of the GC's full passes.",
     "- Pyserini: its REST app (`pyserini.server.rest.app:app`: routes, validation, `SearchController.search` "
     "and document fetch), run by uvicorn on 127.0.0.1, with our index registered under an alias. Pyserini 1.6.0 "
     "cannot do that by itself: its server only knows prebuilt index names, builds query encoders from a name "
@@ -477,19 +482,28 @@ NOTES = [
     "FAISS file whose QueryEncoder is clir's encoder from the index manifest (same weights, settings, bf16), "
     "called in a worker thread as in clir (torch's OpenMP was much slower on the main thread when the machine "
     "was oversubscribed).",
-    "- What made the difference this time: (1) FAISS Flat search of small batches (eval/bench/flat_search.py, "
-    "section *Flat search of small batches*). FAISS compares queries x dimension, not queries, with "
+    "- What made the difference this time: (1) `clir serve` freezes what start-up made (`gc.freeze()` once "
+    "the indexes are loaded: ~470,000 objects from torch, transformers, FastAPI and the index). Every full "
+    "pass of Python's cyclic GC walked them all holding the GIL, ~300 ms, every ~20 s at 32 clients, and "
+    "stalled every request in flight: a GC callback timed the passes at 301-315 ms, at the moments all 32 "
+    "clients' latencies jumped to ~550 ms together. Frozen, a full pass takes ~1 ms, and the longest time a "
+    "request spent outside its route fell from 332 to 24 ms (one 40 s run each, xquad-r/de). The in-process "
+    "ceiling's process freezes likewise. (2) A lane that comes free while another works waits, at most 20 ms, "
+    "for as many queries as the busy lane holds (the clients one batch answers at this load), then for an "
+    "8 ms pause in arrivals (before: only a 3 ms pause, which a stall of a few ms ended early, leaving the "
+    "clients cut off to wait a whole batch more). A/B on xquad-r/de at 32 clients, 10 s slices in turn on a "
+    "quiet machine: 3 ms pause 148 / 161 / 152 / 147 req/s, p99 383 / 302 / 440 / 360 ms; 8 ms 161 / 160 / "
+    "158 / 163 req/s, p99 289 / 468 / 268 / 265 ms. (3) httptools and uvloop (uvicorn picks them up when "
+    "installed): the HTTP path alone (this app and index, answers cached, no encoder) costs 0.45 CPU-ms a "
+    "request against 0.72 with h11 on asyncio (1,728 against 1,144 req/s on one core).",
+    "- The session before: (1) FAISS Flat search of small batches (eval/bench/flat_search.py, "
+    "section *Flat search of small batches*): FAISS compares queries x dimension, not queries, with "
     "`distance_compute_blas_threshold`; clir had set it to 20, so every search, one query included, took "
-    "BLAS, whose GEMM costs ~35 ms over 100k x 384 vectors whatever the batch up to 8 queries, against ~10 ms "
-    "for FAISS's per-query loop at one query. Now the loop below 4 queries (`FLAT_SEQ_QUERIES` x dimension) "
-    "and one FAISS thread when a call has fewer queries than its few (<= 4) threads, where FAISS would split "
-    "the database over threads in BLAS blocks (one query on 2 threads: 17 ms, on one thread's loop: 10). "
-    "(2) A lane alone uses all threads only for batches of 16 or more: under passive OpenMP waiting a second "
-    "thread slowed small batches (e5-small, one query: 30 ms on one thread, 50 on two; 32 queries: 291 and "
-    "259). Together: `clir serve` at 1 client 24-26 req/s in this session's runs against 17.7 in the previous "
-    "session's. (3) Lane threads "
-    "run at nice +10: the event loop no longer queues for a core behind two busy lanes (A/B at 32 clients, "
-    "three 10 s slices each: 117 / 125 / 124 against 107 / 118 / 119 req/s).",
+    "BLAS (~35 ms over 100k x 384 vectors for up to 8 queries, against ~10 ms for FAISS's per-query loop "
+    "at one query); now the loop below 4 queries, on one thread when a call has fewer queries than its few "
+    "threads. (2) A lane alone uses all threads only for batches of 16 or more (one query: 30 ms on one "
+    "thread, 50 on two). Together: 1 client 24-26 req/s against 17.7. (3) Lane threads run at nice +10, so "
+    "the event loop does not queue for a core behind two busy lanes (+6-8% at 32 clients).",
     "- Earlier steps: (1) two encoder lanes of one thread each (in-process, 100k index: 95 / 140 / 168 q/s at "
     "8 / 16 / 32 queries a lane, against 62 / 92 / 131 for one lane of 2 threads at 16 / 32 / 64), a free lane "
     "waiting for arrivals to pause while the other works (before: batches alternating 14-17 and 1-2 at 32 "
@@ -523,14 +537,26 @@ NOTES = [
 
 def merge_batcher(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Slices of serve_ceiling's ``batcher`` command as one (:func:`merge`'s rate and percentiles): q/s,
-    latency percentiles, queries a batch."""
+    latency percentiles, queries a batch, and the machine's steal while they ran."""
     row = merge(runs)
     return {
         "qps": row["rps"],
         "p50_ms": row["p50_ms"],
         "p99_ms": row["p99_ms"],
         "batch_mean": sum(r["batch_mean"] * r["queries"] for r in runs) / max(1, row["ok"]),
+        **({"steal": row["steal"]} if "steal" in row else {}),
     }
+
+
+def _ticked(ask: Any, command: str) -> dict[str, Any]:
+    """``ask(command)``'s answer with the machine's CPU ticks spent while it ran (``ticks``)."""
+    before = common.cpu_ticks()
+    out = ask(command)
+    return {**out, "ticks": common.ticks_between(before, common.cpu_ticks())}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
 
 
 def _cores(r: dict[str, Any], key: str) -> str:
@@ -551,6 +577,7 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
                 st = stability.get(name, {}).get(c)
                 rows.append([name, c, r["rps"], f"{r['rps'] / ceil:.0%}" if ceil else "-", r["p50_ms"], r["p95_ms"],
                              r["p99_ms"], r["ok"], r["errors"], _cores(r, "server_cores"), _cores(r, "client_cores"),
+                             _pct(r.get("steal")),
                              f"{st['top10_identical']}/{st['queries']}" if st and st["queries"] else "-",
                              f"{st['max_score_diff']:.1e}" if st and st["queries"] else "-"])  # fmt: skip
     out = [
@@ -568,17 +595,20 @@ def report(results: dict[str, dict[int, dict]], meta: dict[str, Any], load_befor
         "clients as coroutines in a closed loop, no HTTP (a slice each round): what the batching itself gives. *Top-10 = CLI*: queries whose first answer during the load equals `clir search --query` "
         f"(each of the first {meta.get('reference', 0)} queries searched alone in the ceiling process), and the "
         "largest score difference over the documents both lists hold. *Cores*: CPU seconds per second while "
-        "measured, of the server process and of the benchmark process that runs the clients (2 cores here).",
+        "measured, of the server process and of the benchmark process that runs the clients (2 cores here). "
+        "*Steal*: the share of the machine's CPU time its hypervisor gave to other guests while measured "
+        "(/proc/stat): cores a slice lost without any process here using them.",
         "",
-        common.table(["level", "in-process ceiling q/s", "slices", "batcher in-process q/s", "p50 ms", "p99 ms",
-                      "queries a batch"],
-                     [[c, v["qps"], ", ".join(f"{x:g}" for x in v["slice_qps"]),
-                       *((b["qps"], b["p50_ms"], b["p99_ms"], b["batch_mean"]) if (b := v.get("batcher")) else ["-"] * 4)]
+        common.table(["level", "in-process ceiling q/s", "slices", "steal", "batcher in-process q/s", "p50 ms",
+                      "p99 ms", "queries a batch", "steal"],
+                     [[c, v["qps"], ", ".join(f"{x:g}" for x in v["slice_qps"]), _pct(v.get("steal")),
+                       *((b["qps"], b["p50_ms"], b["p99_ms"], b["batch_mean"], _pct(b.get("steal")))
+                         if (b := v.get("batcher")) else ["-"] * 5)]
                       for c, v in sorted(ceilings.items())])
         if ceilings else "",
         "",
         common.table(["server", "clients", "req/s", "of ceiling", "p50 ms", "p95 ms", "p99 ms", "ok", "errors",
-                      "server cores", "client cores", "top-10 = CLI", "max score diff"], rows),
+                      "server cores", "client cores", "steal", "top-10 = CLI", "max score diff"], rows),
         "",
     ]  # fmt: skip
     base = "clir serve"
@@ -683,8 +713,8 @@ def main(argv: list[str] | None = None) -> int:
             parts: dict[str, list[dict]] = {s.name: [] for s in servers}
             ceiling_runs, batcher_runs = [], []
             for r in range(args.rounds):
-                ceiling_runs.append(ceil.ask(f"ceiling {args.duration / args.rounds}"))
-                batcher_runs.append(ceil.ask(f"batcher {clients} {args.duration / args.rounds}"))
+                ceiling_runs.append(_ticked(ceil.ask, f"ceiling {args.duration / args.rounds}"))
+                batcher_runs.append(_ticked(ceil.ask, f"batcher {clients} {args.duration / args.rounds}"))
                 for s in servers if r % 2 == 0 else list(reversed(servers)):
                     parts[s.name].append(
                         measure(s, queries, clients, args.duration / args.rounds, args.warmup)
@@ -692,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             done = sum(c["queries"] for c in ceiling_runs)
             ceilings[clients] = {"qps": done / sum(c["seconds"] for c in ceiling_runs),
                                  "slice_qps": [round(c["qps"], 1) for c in ceiling_runs],
+                                 **common.cpu_shares(common.add_ticks([c["ticks"] for c in ceiling_runs])),
                                  "batcher": merge_batcher(batcher_runs)}  # fmt: skip
             log.info("in-process ceiling %2d clients: %.1f q/s; clir's batcher in-process: %s", clients,
                      ceilings[clients]["qps"], ceilings[clients]["batcher"])  # fmt: skip
