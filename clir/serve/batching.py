@@ -45,8 +45,8 @@ class Result:
     truncated: bool  # the query was longer than the encoder's limit
 
 
-#: seconds a free lane waits for a pause in arrivals once it has as many queries as the busiest lane, and
-#: at most, while another lane is busy (MicroBatcher._gather)
+#: While another lane is busy, a free lane waits at most GATHER_MAX seconds in all; once as many queries
+#: wait as the busiest lane holds, it stops at the first GATHER_GAP pause in arrivals (MicroBatcher._gather)
 GATHER_GAP = 0.008
 GATHER_MAX = 0.020
 

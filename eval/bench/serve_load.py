@@ -346,8 +346,7 @@ async def _load(
     t_start = time.perf_counter()
     t_measure = t_start + warmup
     t_end = t_measure + duration
-    cpu: dict[str, float] = {}
-    ticks0: list[list[int] | None] = []
+    cpu: dict[str, Any] = {}
 
     async def worker(c: aiohttp.ClientSession) -> None:
         nonlocal counter
@@ -356,8 +355,12 @@ async def _load(
             if t0 >= t_end:
                 return
             if t0 >= t_measure and not cpu:  # the first measured request starts the CPU clocks
-                cpu.update(server=_cpu_seconds(server.proc.pid), client=_own_cpu_seconds(), t=t0)
-                ticks0.append(common.cpu_ticks())
+                cpu.update(
+                    server=_cpu_seconds(server.proc.pid),
+                    client=_own_cpu_seconds(),
+                    t=t0,
+                    ticks=common.cpu_ticks(),
+                )
             q = queries[counter % len(queries)]
             counter += 1
             try:
@@ -397,7 +400,7 @@ async def _load(
         "client_cpu_s": _own_cpu_seconds() - cpu["client"] if cpu else 0.0,
         "clock_s": t_done - cpu.get("t", t_done),  # the wall time those CPU clocks ran
         # the machine's CPU ticks while measured: its steal and idle (common.cpu_shares)
-        "ticks": common.ticks_between(ticks0[0], common.cpu_ticks()) if ticks0 else None,
+        "ticks": common.ticks_between(cpu.get("ticks"), common.cpu_ticks()),
     }
 
 
