@@ -34,10 +34,10 @@ from clir.model.resolve import merge_settings, resolve_model
 log = logging.getLogger(__name__)
 
 
-#: Batches are padded to a multiple of this many tokens and never mix two such widths. Under bf16 autocast
-#: a vector's rounding depends on the padded width it was computed at (masked padding changes the matrix
-#: shapes, up to 8e-4 per component on e5-small), but not measurably on the batch's other rows; so a text
-#: encodes to the same vector alone (`clir search --query`), in a batched run or in a server micro-batch.
+#: When a model cannot be packed (:mod:`clir.model.packing`), batches are padded to a multiple of this many
+#: tokens and never mix two such widths. Under bf16 autocast a vector's rounding depends on the padded width
+#: it was computed at (up to 8e-4 per component on e5-small), but not measurably on the batch's other rows;
+#: so a text encodes to the same vector alone (`clir search --query`), in a batched run or a server batch.
 PAD_MULTIPLE = 8
 
 
@@ -72,6 +72,8 @@ class DualEncoder:
         self._fingerprint: dict[str, Any] | None = None
         # bf16/fp16 copies of Linear weights for encode(), kept between calls (see _cast_params)
         self._cast_cache: dict[tuple[int, Any], dict[str, tuple[Any, int, int, Any]]] = {}
+        # whether a model, under an adapter setup, encodes packed (see _packs); the probe runs once per key
+        self._packs: dict[tuple[int, str], bool] = {}
         if self.device.type == "cpu":
             # Denormal floats in padded BERT batches cost up to 4x on x86 CPUs; flushing them is harmless.
             torch.set_flush_denormal(True)
@@ -192,10 +194,14 @@ class DualEncoder:
             twin._lang_loaded = set(self._lang_loaded)
             # the bf16/fp16 weight copies are shared too: the cache's entries hold the same parameters
             twin._cast_cache = {}
+            twin._packs = {}
             for old, new in zip(self.models(), twin.models(), strict=True):
                 for (model_id, dtype), params in self._cast_cache.items():
                     if model_id == id(old):
                         twin._cast_cache[(id(new), dtype)] = dict(params)
+                twin._packs.update(
+                    {(id(new), setup): ok for (m, setup), ok in self._packs.items() if m == id(old)}
+                )
         return twin
 
     def loaded_languages(self) -> list[str]:
@@ -266,14 +272,17 @@ class DualEncoder:
 
     def pool(self, hidden, mask):
         """Pool token states into one vector per text (and L2-normalise if configured)."""
-        import torch
-
         if self.config.pooling == "cls":
             out = hidden[:, 0]
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        out = out.float()
+        return self._finish(out)
+
+    def _finish(self, pooled):
+        import torch
+
+        out = pooled.float()
         if self.config.normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         return out
@@ -328,10 +337,12 @@ class DualEncoder:
         batch_size: int = 32,
         show_progress: bool | None = None,
     ) -> np.ndarray:
-        """Encode ``texts``: length-sorted batches of one padded width each (:func:`padded_width`; order
-        restored), inference mode, autocast."""
+        """Encode ``texts`` in length-sorted batches (order restored), inference mode, autocast. A batch is one
+        packed row (:mod:`clir.model.packing`) where the model allows it, else padded to one width
+        (:func:`padded_width`); either way a text gets the same vector whatever it is batched with."""
         import torch
 
+        from clir.model import packing
         from clir.progress import progress
 
         texts = list(texts)
@@ -339,15 +350,8 @@ class DualEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         enc = self.tokenize(texts, side, padding=False)
         ids = enc["input_ids"]
-        limit = self.max_length(side)
-        width = [padded_width(len(t), limit) for t in ids]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up at once
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        batches: list[list[int]] = []
-        for _, same_width in itertools.groupby(order, key=width.__getitem__):
-            run = list(same_width)
-            batches += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
         bar = None
         if show_progress or (show_progress is None and len(texts) >= 10 * batch_size):
             bar = progress(total=len(texts), desc=f"encode {side}s", unit="text")
@@ -355,23 +359,77 @@ class DualEncoder:
             model = self._activate(side, lang)
             dtype = self._autocast_dtype()
             cast = self._cast_params(model, dtype) if dtype is not None else {}
+            packed = self._packs_texts(model, side)
+            if packed:
+                batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            else:
+                batches = self._width_batches(order, [len(t) for t in ids], side, batch_size)
             for b in batches:
-                padded = self._pad([{k: enc[k][i] for k in keys} for i in b], width[b[0]])
-                if cast:
-                    # tie_weights=False: the copies are Linear weights (a tied one, like an MLM decoder's,
-                    # is swapped where autocast would cast it); skipping the search for ties saves ~1.4 ms
-                    out_b = torch.func.functional_call(
-                        model, cast, args=(), kwargs=padded, strict=False, tie_weights=False
-                    )
+                if packed:
+                    inputs, lengths = packing.pack(model, [ids[i] for i in b], self.device)
+                    hidden = packing.hidden_packed(model, inputs, lengths, cast)
+                    vecs = self._finish(packing.pool_packed(hidden, lengths, self.config.pooling))
                 else:
-                    out_b = model(**padded)
-                hidden = out_b.last_hidden_state
-                out[b] = self.pool(hidden, padded["attention_mask"]).cpu().numpy()
+                    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+                    padded = self._pad(
+                        [{k: enc[k][i] for k in keys} for i in b],
+                        padded_width(len(ids[b[0]]), self.max_length(side)),
+                    )
+                    vecs = self.pool(self._forward_padded(model, padded, cast), padded["attention_mask"])
+                out[b] = vecs.cpu().numpy()
                 if bar is not None:
                     bar.update(len(b))
         if bar is not None:
             bar.close()
         return out
+
+    def _width_batches(
+        self, order: list[int], n_tokens: list[int], side: Side, batch_size: int
+    ) -> list[list[int]]:
+        """``order`` cut into batches of at most ``batch_size`` texts of one padded width each."""
+        limit = self.max_length(side)
+        batches: list[list[int]] = []
+        for _, same_width in itertools.groupby(order, key=lambda i: padded_width(n_tokens[i], limit)):
+            run = list(same_width)
+            batches += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
+        return batches
+
+    @staticmethod
+    def _forward_padded(model, padded: dict[str, Any], cast: dict[str, Any]):
+        import torch
+
+        if cast:
+            # tie_weights=False: see clir.model.packing.hidden_packed
+            out = torch.func.functional_call(
+                model, cast, args=(), kwargs=padded, strict=False, tie_weights=False
+            )
+        else:
+            out = model(**padded)
+        return out.last_hidden_state
+
+    def _packs_texts(self, model, side: Side) -> bool:
+        """Whether ``model``, under its active adapters, encodes packed: probed once per model and setup
+        (:func:`clir.model.packing.packs_like_padding`); the answer is logged."""
+        from clir.model import packing
+
+        setup = "" if self.config.adapter_mode == "full" else str(model.active_adapters)
+        key = (id(model), setup)
+        if key not in self._packs:
+            prefix = self.config.query_prefix if side == "query" else self.config.passage_prefix
+            with self._tokenizer_lock:
+                ids = packing.probe_ids(self.tokenizer, prefix)
+            ok = packing.packs_like_padding(model, ids, self.tokenizer.pad_token_id or 0, self.device)
+            self._packs[key] = ok
+            log.log(
+                logging.DEBUG if ok else logging.INFO,
+                "%s%s: %s",
+                type(model).__name__,
+                f" ({setup})" if setup else "",
+                "packed encoding"
+                if ok
+                else "packed encoding does not match padded here; encoding padded batches",
+            )
+        return self._packs[key]
 
     def encode_queries(self, texts: Sequence[str], lang: str | None = "en", **kw: Any) -> np.ndarray:
         return self.encode(texts, "query", lang, **kw)

@@ -73,8 +73,9 @@ def encode_grouped(
     """Query vectors, one encoder call per language, plus each query's (tokens kept, truncated?). A failure
     is returned in the slots of the queries it concerns.
 
-    The encoder batches by padded width (:func:`clir.model.encoder.padded_width`), so each vector is the
-    one the query gets alone (`clir search --query`), bit for bit, whatever else shares the micro-batch."""
+    The encoder packs a language's queries into one forward (:mod:`clir.model.packing`), so each vector is
+    the one the query gets alone (`clir search --query`) whatever else shares the micro-batch (within bf16
+    rounding on CPUs whose matrix kernels depend on the batch's shape)."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
     with encoder.exclusive():

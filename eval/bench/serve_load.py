@@ -470,8 +470,8 @@ NOTES = [
     "or its batch is small, and all threads when alone with 16 queries or more; a lane that "
     "comes free while the other works waits (at most 20 ms) for as many queries as the busy lane holds, then "
     "for arrivals to pause for 8 ms, so that it does not take one query alone or cut clients off, and takes at most an even share of the waiting and running queries. Within a "
-    "micro-batch, one encoder call per padded width (token counts rounded up to a multiple of 8, "
-    "`clir.model.encoder.padded_width`), so every answer is bit-identical to `clir search --query`. `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
+    "micro-batch, one packed encoder forward (`clir.model.packing`: the queries end to end in one row, "
+    "attention per query, no padding), so every answer matches `clir search --query` (exactness columns). `one lane`: `--lanes 1`, the previous default (one encoder on all threads). `no "
     "micro-batching`: each request encodes and searches on its own (`--no-micro-batching`; the encoder lock "
     "serialises encoding). Every `clir serve` freezes its start-up objects out of the GC's full passes.",
     "- Pyserini: its REST app (`pyserini.server.rest.app:app`: routes, validation, `SearchController.search` "
