@@ -1,6 +1,6 @@
 """Batched encoding and the REST server's micro-batching: texts of any lengths share one packed forward
-(clir.model.packing), so answers under concurrent mixed-length traffic equal `clir search --query` (within
-bf16 rounding where the CPU's matrix kernels depend on the batch's shape)."""
+(clir.model.packing), with query-side products in row blocks where the CPU's kernels round by row count
+(clir.model.rowblocks), so answers under concurrent mixed-length traffic equal `clir search --query`."""
 
 from __future__ import annotations
 
@@ -94,6 +94,81 @@ def test_bf16_vectors_do_not_depend_on_their_batch(tiny_bert):
     assert np.abs(other - batched[shuffled]).max() < 2e-3
     fp32 = load_encoder(str(tiny_bert), {"pooling": "mean", "normalize": True, "precision": "fp32"})
     assert np.abs(fp32.encode_queries(queries) - batched).max() > 0  # bf16 really ran
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 64), (1536, 384)])
+def test_row_blocks_make_batched_products_equal_lone_ones(shape):
+    """Whatever row_block answers for a shape holds on fresh data: with its block (0: none), every row of a
+    batched product equals the row's product alone, bit for bit, at any offset."""
+    import torch
+    import torch.nn.functional as F
+
+    from clir.model.rowblocks import BLOCKS, row_block
+
+    k, n = shape
+    dtype = torch.bfloat16
+    block = row_block(k, n, dtype, torch.device("cpu"))
+    assert block in (0, None, *BLOCKS)
+    if block is None:
+        pytest.skip(f"no row block makes {k} x {n} products row-independent on this CPU")
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(n, k, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
+    x = torch.randn(300, k, generator=g).to(dtype)
+    alone = torch.cat([F.linear(x[i : i + 1], w, b) for i in range(len(x))])
+    for offset in (0, 5):
+        rows = x[offset:]
+        batched = torch.cat([F.linear(p, w, b) for p in rows.split(block or len(rows))])
+        assert torch.equal(batched, alone[offset:])
+
+
+def test_blocked_linear_runs_blocks_of_at_most_the_given_rows(monkeypatch):
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    from clir.model import packing
+
+    x, w, b = torch.randn(1, 10, 8), torch.randn(5, 8), torch.randn(5)
+    calls: list[int] = []
+
+    def linear(x, w, b):
+        calls.append(x.shape[-2])
+        return F.linear(x, w, b)
+
+    monkeypatch.setattr(packing, "F", types.SimpleNamespace(linear=linear))
+    out = packing.blocked_linear(x, w, b, 4)
+    assert calls == [4, 4, 2]
+    assert torch.allclose(out, F.linear(x, w, b), atol=1e-6)
+    calls.clear()
+    packing.blocked_linear(x, w, b, None)
+    assert calls == [10]
+
+
+def test_packed_query_batches_use_the_row_blocks(tiny_bert, monkeypatch):
+    """Row blocks set for the model's products reach every product of a packed query batch, which still
+    equals the padded fp32 encoding; a lone query that fits every block skips the mode."""
+    import torch
+
+    from clir.model import load_encoder, packing
+
+    enc = load_encoder(str(tiny_bert), {"pooling": "mean", "normalize": True, "precision": "fp32"})
+    model = enc.query_model
+    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    enc._blocks[(id(model), None)] = dict.fromkeys(shapes, 4)
+    seen: list[int | None] = []
+    real = packing.blocked_linear
+    monkeypatch.setattr(packing, "blocked_linear", lambda x, w, b, n: seen.append(n) or real(x, w, b, n))
+    enc._packs_texts(model, "query")  # the probe runs first, outside the count
+    vecs = enc.encode_queries(MIXED)
+    assert seen and set(seen) == {4}
+    with torch.no_grad():
+        ref = enc.forward(enc.tokenize(MIXED, "query"), "query", "en").numpy()
+    assert np.abs(vecs - ref).max() < 1e-5
+    seen.clear()
+    enc._blocks[(id(model), None)] = dict.fromkeys(shapes, 64)
+    enc.encode_queries(["cat"])
+    assert seen == []  # fits every block: no mode, no per-operation dispatch
 
 
 def test_a_model_whose_attention_cannot_be_split_encodes_padded(tiny_bert):

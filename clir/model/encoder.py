@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 #: When a model cannot be packed (:mod:`clir.model.packing`), batches are padded to a multiple of this many
 #: tokens and never mix two such widths. Under bf16 autocast a vector's rounding depends on the padded width
-#: it was computed at (up to 8e-4 per component on e5-small), but not measurably on the batch's other rows;
-#: so a text encodes to the same vector alone (`clir search --query`), in a batched run or a server batch.
+#: it was computed at (up to 8e-4 per component on e5-small), and on AVX512-BF16 not measurably on the
+#: batch's other rows (on AMX it does: up to 7.6e-4, which packing's row blocks avoid).
 PAD_MULTIPLE = 8
 
 
@@ -74,6 +74,8 @@ class DualEncoder:
         self._cast_cache: dict[tuple[int, Any], dict[str, tuple[Any, int, int, Any]]] = {}
         # whether a model, under an adapter setup, encodes packed (see _packs); the probe runs once per key
         self._packs: dict[tuple[int, str], bool] = {}
+        # row blocks for query-side products, per model and dtype (see _query_blocks)
+        self._blocks: dict[tuple[int, Any], dict[tuple[int, int], int]] = {}
         if self.device.type == "cpu":
             # Denormal floats in padded BERT batches cost up to 4x on x86 CPUs; flushing them is harmless.
             torch.set_flush_denormal(True)
@@ -194,7 +196,7 @@ class DualEncoder:
             twin._lang_loaded = set(self._lang_loaded)
             # the bf16/fp16 weight copies are shared too: the cache's entries hold the same parameters
             twin._cast_cache = {}
-            twin._packs = {}
+            twin._packs, twin._blocks = {}, {}
             for old, new in zip(self.models(), twin.models(), strict=True):
                 for (model_id, dtype), params in self._cast_cache.items():
                     if model_id == id(old):
@@ -202,6 +204,7 @@ class DualEncoder:
                 twin._packs.update(
                     {(id(new), setup): ok for (m, setup), ok in self._packs.items() if m == id(old)}
                 )
+                twin._blocks.update({(id(new), d): b for (m, d), b in self._blocks.items() if m == id(old)})
         return twin
 
     def loaded_languages(self) -> list[str]:
@@ -339,7 +342,8 @@ class DualEncoder:
     ) -> np.ndarray:
         """Encode ``texts`` in length-sorted batches (order restored), inference mode, autocast. A batch is one
         packed row (:mod:`clir.model.packing`) where the model allows it, else padded to one width
-        (:func:`padded_width`); either way a text gets the same vector whatever it is batched with."""
+        (:func:`padded_width`). A query gets the same vector whatever it is batched with (packed, with row
+        blocks where the CPU needs them: :meth:`_query_blocks`); a passage within bf16 rounding."""
         import torch
 
         from clir.model import packing
@@ -360,6 +364,7 @@ class DualEncoder:
             dtype = self._autocast_dtype()
             cast = self._cast_params(model, dtype) if dtype is not None else {}
             packed = self._packs_texts(model, side)
+            blocks = self._query_blocks(model, dtype) if packed and side == "query" else None
             if packed:
                 batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             else:
@@ -367,7 +372,7 @@ class DualEncoder:
             for b in batches:
                 if packed:
                     inputs, lengths = packing.pack(model, [ids[i] for i in b], self.device)
-                    hidden = packing.hidden_packed(model, inputs, lengths, cast)
+                    hidden = packing.hidden_packed(model, inputs, lengths, cast, blocks)
                     vecs = self._finish(packing.pool_packed(hidden, lengths, self.config.pooling))
                 else:
                     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
@@ -406,6 +411,23 @@ class DualEncoder:
         else:
             out = model(**padded)
         return out.last_hidden_state
+
+    def _query_blocks(self, model, dtype) -> dict[tuple[int, int], int]:
+        """Row blocks for the query side's products on a CPU (:mod:`clir.model.rowblocks`), so a query
+        gets the same vector alone (`clir search --query`) as in any server batch. Passages go without:
+        they are encoded once into an index, and blocks would slow building (~2.6x on the products that
+        need them)."""
+        import torch
+
+        from clir.model.rowblocks import model_row_blocks
+
+        if self.device.type != "cpu":  # GPU kernels are not measured: encode as they come
+            return {}
+        key = (id(model), dtype)
+        if key not in self._blocks:
+            self._blocks[key] = model_row_blocks(model, dtype or torch.float32, self.device)
+            log.debug("row blocks for query products: %s", self._blocks[key])
+        return self._blocks[key]
 
     def _packs_texts(self, model, side: Side) -> bool:
         """Whether ``model``, under its active adapters, encodes packed: probed once per model and setup

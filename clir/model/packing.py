@@ -5,7 +5,9 @@ Why: a padded batch spends compute on padding and, under bf16 autocast, rounds e
 each padded width, so batches could only hold texts of one width (a server micro-batch of 16 mixed-length
 queries took several forwards). Packed, a text's tokens go through the same row-wise operations (embeddings,
 linear layers, layer norms) whatever shares the row, and attention runs per text
-(:class:`SegmentedAttention`): a text encodes to the same vector alone or in any pack.
+(:class:`SegmentedAttention`): a text encodes to the same vector alone or in any pack, provided the linear
+layers' kernels do not round by the number of rows they get (AMX bf16 kernels do: row blocks,
+:mod:`clir.model.rowblocks`).
 
 It needs a model whose attention calls ``torch.nn.functional.scaled_dot_product_attention`` with no mask
 (the ``sdpa`` implementation of BERT-family models, adapters included) and that takes explicit position ids.
@@ -32,10 +34,12 @@ class NotPackable(RuntimeError):
 class SegmentedAttention(TorchFunctionMode):
     """Within the block, ``scaled_dot_product_attention`` over a packed row attends within each text only:
     each run of equal-length texts becomes one (texts, heads, length, dim) call, as a padded batch of that
-    width would be, minus the padding."""
+    width would be, minus the padding. ``blocks``: (in, out features) -> rows per product, for Linear
+    weights whose products round by their row count (:mod:`clir.model.rowblocks`)."""
 
-    def __init__(self, lengths: Sequence[int]) -> None:
+    def __init__(self, lengths: Sequence[int], blocks: dict[tuple[int, int], int] | None = None) -> None:
         super().__init__()
+        self.blocks = blocks or {}
         self.total = sum(lengths)
         self.runs: list[tuple[int, int, int]] = []  # (first token, length, texts)
         start = 0
@@ -51,7 +55,12 @@ class SegmentedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return self._attend(*args, **kwargs)
+        if func is F.linear and self.blocks:
+            return self._linear(*args, **kwargs)
         return func(*args, **kwargs)
+
+    def _linear(self, x, weight, bias=None):
+        return blocked_linear(x, weight, bias, self.blocks.get((weight.shape[-1], weight.shape[0])))
 
     def _attend(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
         if attn_mask is not None or is_causal:
@@ -72,6 +81,13 @@ class SegmentedAttention(TorchFunctionMode):
         return torch.cat(out, dim=1).unsqueeze(0)
 
 
+def blocked_linear(x, weight, bias, rows: int | None):
+    """``F.linear`` over at most ``rows`` rows (the second-last dimension) at a time (None or 0: at once)."""
+    if not rows or x.shape[-2] <= rows:
+        return F.linear(x, weight, bias)
+    return torch.cat([F.linear(part, weight, bias) for part in x.split(rows, dim=-2)], dim=-2)
+
+
 def pack(model: Any, ids: Sequence[Sequence[int]], device: Any) -> tuple[dict[str, Any], list[int]]:
     """Model inputs for ``ids`` (token ids of each text) in one row, and each text's length. Positions restart
     at every text (RoBERTa-style models count them from ``padding_idx + 1``); token types are explicit zeros,
@@ -89,10 +105,17 @@ def pack(model: Any, ids: Sequence[Sequence[int]], device: Any) -> tuple[dict[st
     return inputs, lengths
 
 
-def hidden_packed(model: Any, inputs: dict[str, Any], lengths: Sequence[int], params: dict[str, Any]):
+def hidden_packed(
+    model: Any,
+    inputs: dict[str, Any],
+    lengths: Sequence[int],
+    params: dict[str, Any],
+    blocks: dict[tuple[int, int], int] | None = None,
+):
     """The last hidden states of a packed row. ``params``: weights to run with instead of the model's own
-    (low-precision copies; empty for none). A lone text needs no segmenting: skipping the mode saves its
-    per-operation dispatch (~5 ms a forward on e5-small) and gives the same vector."""
+    (low-precision copies; empty for none); ``blocks``: see :class:`SegmentedAttention`. A lone text that
+    fits every block needs no mode: skipping it saves its per-operation dispatch (~5 ms a forward on
+    e5-small) and gives the same vector."""
 
     def run():
         if params:
@@ -103,9 +126,9 @@ def hidden_packed(model: Any, inputs: dict[str, Any], lengths: Sequence[int], pa
             )
         return model(**inputs)
 
-    if len(lengths) == 1:
+    if len(lengths) == 1 and all(lengths[0] <= n for n in (blocks or {}).values()):
         return run().last_hidden_state
-    with SegmentedAttention(lengths):
+    with SegmentedAttention(lengths, blocks):
         return run().last_hidden_state
 
 

@@ -74,8 +74,8 @@ def encode_grouped(
     is returned in the slots of the queries it concerns.
 
     The encoder packs a language's queries into one forward (:mod:`clir.model.packing`), so each vector is
-    the one the query gets alone (`clir search --query`) whatever else shares the micro-batch (within bf16
-    rounding on CPUs whose matrix kernels depend on the batch's shape)."""
+    the one the query gets alone (`clir search --query`) whatever else shares the micro-batch, bit for bit
+    where :mod:`clir.model.rowblocks` finds row blocks for the model's products."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
     with encoder.exclusive():
