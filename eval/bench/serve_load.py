@@ -676,7 +676,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["clir", "clir-one-lane", "clir-unbatched", "pyserini"],
     )
     p.add_argument("--reference", type=int, default=300, help="queries compared with `clir search --query`")
-    p.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print the section instead of writing RESULTS.md (its numbers: eval/results/serve_load-draft.json)",
+    )
     p.add_argument("--acceptance", action="store_true", help="the issue's acceptance check on xquad-r/de")
     p.add_argument("--pyserini-server", nargs=2, metavar=("INDEX", "DOCS"), help=argparse.SUPPRESS)
     p.add_argument("--from-json", type=Path, help="re-render the section from a saved serve_load.json")
@@ -771,11 +775,15 @@ def main(argv: list[str] | None = None) -> int:
             "n_real": n_real, "n_queries": len(queries), "notes": notes,
             "conditions": common.conditions(load_before), "ceilings": ceilings, "stability": stability,
             "reference": args.reference}  # fmt: skip
-    common.save_json("serve_load", {"meta": meta, "results": results, "load_before": load_before})
+    data = {"meta": meta, "results": results, "load_before": load_before}
     text = report(results, meta, load_before)
-    if args.no_write:
+    if args.no_write:  # RESULTS.md's section and its JSON stay as they were; the numbers go to eval/results
+        draft = common.REPO / "eval" / "results" / "serve_load-draft.json"
+        draft.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        log.info("wrote %s", draft)
         print(text)
     else:
+        common.save_json("serve_load", data)
         common.write_section(SECTION, text)
         log.info("wrote %s", common.RESULTS)
     return 0
