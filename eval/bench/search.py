@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     body = "\n".join(
         [
-            f"Index: xquad-r/de ({searcher.num_docs:,} passages, multilingual-e5-small, Flat inner product), the "
-            "same folder opened by both. Query encoder: clir's `DualEncoder` for both (Pyserini through a "
+            f"Index: xquad-r/de ({searcher.num_docs:,} documents, {searcher.num_rows:,} passages, "
+            "multilingual-e5-small, Flat inner product), the same folder opened by both; where a document was "
+            "split into passages, clir ranks the document by its best passage (MaxP) and Pyserini ranks the "
+            "passages, so their top-10s can differ where a second passage ranks. Query encoder: clir's `DualEncoder` for both (Pyserini through a "
             "`QueryEncoder` wrapper, which it calls per query), plus Pyserini's own `AutoQueryEncoder` on the "
             "same model folder for reference. English xquad-r queries; FAISS threads = "
             f"{threads}. *clir is Nx faster* = the other's time over clir's.",

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         line += (
             f"; single-query p50 {lat['clir Searcher.search']:.1f} ms vs {lat[wl]:.1f} ms (same encoder)"
             + (f" and {lat[auto]:.1f} ms (AutoQueryEncoder)" if auto in lat else "")
-            + f"; MRR@100 equal ({se['mrr']['clir Searcher.batch_search']:.4f})."
+            + f"; MRR@100 {se['mrr']['clir Searcher.batch_search']:.4f} vs {se['mrr'][wrapped]:.4f}."
         )
         lines.append(line)
         cpu = {k: sum(v) / len(v) for k, v in se["cpu_ms"].items()}
