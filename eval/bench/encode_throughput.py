@@ -42,7 +42,8 @@ def build_sentence_transformer(model_dir: str, max_length: int):
         raise ClirError("the encoding benchmark's peer is missing: pip install 'clir[bench]'") from None
 
     word = models.Transformer(model_dir, max_seq_length=max_length)
-    dim = getattr(word, "get_embedding_dimension", word.get_word_embedding_dimension)()
+    # the newer name where it exists: the old one warns when looked up
+    dim = (getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension)()
     pool = models.Pooling(dim, pooling_mode="mean")
     return SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
 
