@@ -151,10 +151,11 @@ def test_packed_query_batches_use_the_row_blocks(tiny_bert, monkeypatch):
     import torch
 
     from clir.model import load_encoder, packing
+    from clir.model.rowblocks import linear_shapes
 
     enc = load_encoder(str(tiny_bert), {"pooling": "mean", "normalize": True, "precision": "fp32"})
     model = enc.query_model
-    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    shapes = linear_shapes(model)
     enc._blocks[(id(model), None)] = dict.fromkeys(shapes, 4)
     seen: list[int | None] = []
     real = packing.blocked_linear

@@ -332,7 +332,7 @@ def test_micro_batches_match_single_queries(e5_small):
     import torch
 
     from clir.model import load_encoder
-    from clir.model.rowblocks import row_block
+    from clir.model.rowblocks import linear_shapes, row_block
     from clir.serve.batching import encode_grouped
 
     enc = load_encoder(e5_small, {"pooling": "mean", "normalize": True, "query_prefix": "query: "})
@@ -340,10 +340,7 @@ def test_micro_batches_match_single_queries(e5_small):
     vecs, counts = encode_grouped(enc, queries, ["en"] * len(queries))
     assert len({c[0] for c in counts}) < len(queries)  # some groups really hold several queries
     dtype = enc._autocast_dtype() or torch.float32
-    shapes = {
-        (m.in_features, m.out_features) for m in enc.query_model.modules() if isinstance(m, torch.nn.Linear)
-    }
-    exact = all(row_block(*s, dtype, enc.device) is not None for s in shapes)
+    exact = all(row_block(*s, dtype, enc.device) is not None for s in linear_shapes(enc.query_model))
     for q, v in zip(queries, vecs, strict=True):
         alone = enc.encode_queries([q])[0]
         assert np.array_equal(v, alone) if exact else np.abs(v - alone).max() < 1e-3

@@ -28,7 +28,7 @@ from clir.model import adapters as adapter_rules
 from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
 from clir.model.fingerprint import fingerprint
 from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
-from clir.model.precision import autocast_dtype, cast_linear_params
+from clir.model.precision import autocast_dtype, cast_linear_params, forward_with
 from clir.model.resolve import merge_settings, resolve_model
 
 log = logging.getLogger(__name__)
@@ -354,6 +354,7 @@ class DualEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         enc = self.tokenize(texts, side, padding=False)
         ids = enc["input_ids"]
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up at once
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bar = None
@@ -375,12 +376,12 @@ class DualEncoder:
                     hidden = packing.hidden_packed(model, inputs, lengths, cast, blocks)
                     vecs = self._finish(packing.pool_packed(hidden, lengths, self.config.pooling))
                 else:
-                    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
                     padded = self._pad(
                         [{k: enc[k][i] for k in keys} for i in b],
                         padded_width(len(ids[b[0]]), self.max_length(side)),
                     )
-                    vecs = self.pool(self._forward_padded(model, padded, cast), padded["attention_mask"])
+                    hidden = forward_with(model, cast, padded).last_hidden_state
+                    vecs = self.pool(hidden, padded["attention_mask"])
                 out[b] = vecs.cpu().numpy()
                 if bar is not None:
                     bar.update(len(b))
@@ -398,19 +399,6 @@ class DualEncoder:
             run = list(same_width)
             batches += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
         return batches
-
-    @staticmethod
-    def _forward_padded(model, padded: dict[str, Any], cast: dict[str, Any]):
-        import torch
-
-        if cast:
-            # tie_weights=False: see clir.model.packing.hidden_packed
-            out = torch.func.functional_call(
-                model, cast, args=(), kwargs=padded, strict=False, tie_weights=False
-            )
-        else:
-            out = model(**padded)
-        return out.last_hidden_state
 
     def _query_blocks(self, model, dtype) -> dict[tuple[int, int], int]:
         """Row blocks for the query side's products on a CPU (:mod:`clir.model.rowblocks`), so a query

@@ -117,19 +117,12 @@ def hidden_packed(
     fits every block needs no mode: skipping it saves its per-operation dispatch (~5 ms a forward on
     e5-small) and gives the same vector."""
 
-    def run():
-        if params:
-            # tie_weights=False: the copies are Linear weights (a tied one, like an MLM decoder's, is swapped
-            # where autocast would cast it); skipping the search for ties saves ~1.4 ms a call
-            return torch.func.functional_call(
-                model, params, args=(), kwargs=inputs, strict=False, tie_weights=False
-            )
-        return model(**inputs)
+    from clir.model.precision import forward_with
 
     if len(lengths) == 1 and all(lengths[0] <= n for n in (blocks or {}).values()):
-        return run().last_hidden_state
+        return forward_with(model, params, inputs).last_hidden_state
     with SegmentedAttention(lengths, blocks):
-        return run().last_hidden_state
+        return forward_with(model, params, inputs).last_hidden_state
 
 
 def pool_packed(hidden, lengths: Sequence[int], pooling: str):

@@ -68,3 +68,15 @@ def cast_linear_params(
             new[name] = hit
     cache[key] = new  # rebuilt each call: copies of removed modules are dropped
     return {name: hit[3] for name, hit in new.items()}
+
+
+def forward_with(model: Any, params: dict[str, Any], inputs: dict[str, Any]) -> Any:
+    """``model(**inputs)`` with ``params`` (copies from :func:`cast_linear_params`) in place of its own
+    weights; empty ``params``: the model as it is."""
+    import torch
+
+    if not params:
+        return model(**inputs)
+    # tie_weights=False: the copies are Linear weights (a tied one, like an MLM decoder's, is swapped where
+    # autocast would cast it); skipping the search for ties saves ~1.4 ms a call
+    return torch.func.functional_call(model, params, args=(), kwargs=inputs, strict=False, tie_weights=False)

@@ -63,10 +63,16 @@ def row_block(in_features: int, out_features: int, dtype: Any, device: Any) -> i
     return found
 
 
-def model_row_blocks(model: Any, dtype: Any, device: Any) -> dict[tuple[int, int], int]:
-    """(in_features, out_features) -> block size for each Linear shape of ``model`` that needs blocks."""
+def linear_shapes(model: Any) -> list[tuple[int, int]]:
+    """(in_features, out_features) of every Linear layer of ``model``, each shape once."""
     import torch
 
-    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    blocks = {s: row_block(*s, dtype, device) for s in sorted(shapes)}
+    return sorted(
+        {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    )
+
+
+def model_row_blocks(model: Any, dtype: Any, device: Any) -> dict[tuple[int, int], int]:
+    """(in_features, out_features) -> block size for each Linear shape of ``model`` that needs blocks."""
+    blocks = {s: row_block(*s, dtype, device) for s in linear_shapes(model)}
     return {s: n for s, n in blocks.items() if n}

@@ -216,9 +216,9 @@ def load_json(name: str) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def save_json(name: str, data: Any) -> Path:
+def save_json(name: str, data: Any, folder: Path = BENCH_DIR / "results") -> Path:
     """Raw numbers next to RESULTS.md (``eval/bench/results/<name>.json``) for anyone re-plotting."""
-    out = BENCH_DIR / "results" / f"{name}.json"
+    out = folder / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return out

@@ -778,8 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"meta": meta, "results": results, "load_before": load_before}
     text = report(results, meta, load_before)
     if args.no_write:  # RESULTS.md's section and its JSON stay as they were; the numbers go to eval/results
-        draft = common.REPO / "eval" / "results" / "serve_load-draft.json"
-        draft.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        draft = common.save_json("serve_load-draft", data, common.REPO / "eval" / "results")
         log.info("wrote %s", draft)
         print(text)
     else:
