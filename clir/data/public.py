@@ -143,11 +143,11 @@ def tatoeba_file(lang: str, side: str) -> HomeDownload:
 
 # ---------------------------------------------------------------------- XQuAD-R
 def _answer_sentence(breaks: list[list[int]], start: int) -> int:
-    """Index of the sentence holding an answer: the first whose [begin, end] span (end inclusive) contains its
-    start, the rule the reference collections were made with (an answer starting exactly at a boundary goes
-    to the earlier sentence: 30 zh questions and 1 hi)."""
+    """Index of the sentence holding an answer: the one whose span contains its start. XQuAD-R's
+    ``sentence_breaks`` are end-exclusive (``[begin, end)``, ``end`` is the next sentence's begin), so an answer
+    starting exactly at a boundary belongs to the later sentence (29 zh questions and 1 hi turn on this)."""
     for j, (b, e) in enumerate(breaks):
-        if b <= start <= e:
+        if b <= start < e:
             return j
     raise ValueError(f"answer start {start} is outside every sentence")
 
