@@ -442,6 +442,7 @@ def test_language_adapter_built_on_demand(tiny_bert, tiny_collection, tmp_path, 
         f"""
 name: la
 collections: [{{source: {tiny_collection}, name: tiny}}]
+mlm_head: {{out: {tmp_path / "head"}, backbone: {tiny_bert}, texts: [de={tiny_collection}], max_steps: 2}}
 adapters:
   - {{lang: de, out: {la}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4"]}}
 models:
@@ -456,7 +457,10 @@ metrics: [mrr@100]
     )
     out = tmp_path / "out"
     assert main(["experiment", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
-    assert f"clir train-language-adapter --lang de --text {tiny_collection}" in capsys.readouterr().out
+    plan = capsys.readouterr().out
+    assert f"shared MLM head: clir train-mlm-head --backbone {tiny_bert}" in plan
+    assert f"clir train-language-adapter --lang de --text {tiny_collection}" in plan
+    assert f"--head {(tmp_path / 'head').resolve()}" in plan
     code = main(["experiment", "--config", str(cfg), "--out", str(out)])
     assert code == 0
     assert (la / "adapter_config.json").is_file()

@@ -101,6 +101,7 @@ def test_builds_run_in_parallel_workers(tiny_bert, tiny_collection, tmp_path):
         f"""
 name: par
 collections: [{{source: {tiny_collection}, name: tiny}}]
+mlm_head: {{out: {tmp_path / "head"}, backbone: {tiny_bert}, texts: [de={tiny_collection}], max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
 adapters:
   - {{lang: de, out: {la["de"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
   - {{lang: fr, out: {la["fr"]}, text: {tiny_collection}, backbone: {tiny_bert}, max_steps: 2, args: [--batch-size, "4", --dev-fraction, "0.3", --threads, "1"]}}
@@ -118,7 +119,10 @@ build_workers: 2
     assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
     for lang, folder in la.items():
         info = json.loads((folder / "clir_language_adapter.json").read_text())
-        assert info["lang"] == lang and info["baseline"]["phase"] == "head-only"
+        assert info["lang"] == lang and info["head"] == str((tmp_path / "head").resolve())
+        head = json.loads((tmp_path / "head" / "clir_mlm_head.json").read_text())
+        assert info["head_sha256"] == head["head_sha256"]  # every adapter trained against the one head
+        assert info["dev_loss_no_adapter"] > 0 and info["dev_loss_unigram"] > 0
     manifest = json.loads(
         (tmp_path / "out" / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text()
     )

@@ -21,6 +21,7 @@ VERBS: list[tuple[str, str]] = [
     ("evaluate", "clir.cli.evaluate"),
     ("experiment", "clir.cli.experiment"),
     ("train", "clir.cli.train"),
+    ("train-mlm-head", "clir.cli.train_mlm_head"),
     ("train-language-adapter", "clir.cli.train_language_adapter"),
     ("serve", "clir.cli.serve"),
     ("models", "clir.cli.models"),

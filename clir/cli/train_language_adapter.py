@@ -9,21 +9,58 @@ from clir.cli.common import positive_int
 
 HELP = "train a language adapter (MAD-X) by masked language modelling on monolingual text"
 DESCRIPTION = """Train a language adapter for any language: masked language modelling on monolingual text
-with the backbone frozen (a backbone without an MLM head gets a fresh one tied to its word embeddings).
+with the backbone and its one MLM head frozen, only the adapter trained (MAD-X: bottleneck adapters with
+reduction factor 2 and an invertible adapter, whose inverse is applied before the head's decoder).
 The output folder (adapter_config.json + weights) is a language source for madx models:
 `language_adapters: {de: DIR}`.
 
-  clir train-language-adapter --lang de --text ../shared/data/collections/tatoeba/deu \\
-      --backbone multilingual-e5-small --out adapters/e5-de --max-steps 500
+  clir train-mlm-head --backbone multilingual-e5-small --text en=en.txt --text de=de.txt --out heads/e5
+  clir train-language-adapter --lang de --text de.txt --backbone multilingual-e5-small --head heads/e5 \\
+      --out adapters/e5-de --max-steps 1000
   clir train-language-adapter --lang it --text irds:neumarco/it --backbone bert-base-multilingual-cased \\
       --out adapters/mbert-it
 
-A dev slice (--dev-fraction, by a seeded hash of each text) is held out; the adapter's dev MLM loss is
-reported beside a head-only baseline trained on the same budget (--no-baseline skips it): with a fresh head,
-the adapter is trained only when its dev loss is clearly below the baseline's. Checkpoints go to OUT.partial;
---resume continues an interrupted run.
+Every language adapter of a backbone trains against the same frozen head: the backbone's own pretrained
+one, or, for a backbone without one (multilingual-e5-small), the head `clir train-mlm-head` made (--head).
+A dev slice (--dev-fraction, by a hash of each text seeded with --dev-seed) is held out; the adapter's dev
+MLM loss is reported beside the frozen head without the adapter and a unigram table of the training text.
+Checkpoints go to OUT.partial; --resume continues an interrupted run.
 
 --text: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder (its docs) or irds:<id>."""
+
+
+def add_dev_arguments(p: argparse.ArgumentParser) -> None:
+    """The held-out slice: the same for the shared head and every adapter of a backbone."""
+    p.add_argument(
+        "--dev-fraction", type=float, default=0.05, help="share of the text held out (default 0.05)"
+    )
+    p.add_argument("--dev-seed", type=int, default=0, help="seeds which texts are held out (default 0)")
+    p.add_argument("--dev-max", type=positive_int, default=500, help="at most this many dev texts")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, every: int) -> None:
+    p.add_argument("--max-steps", type=positive_int, default=steps)
+    p.add_argument("--batch-size", type=positive_int, default=batch)
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
+    p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--packed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each batch packed, without padding, where the model's attention allows (default on)",
+    )
+    p.add_argument("--checkpoint-every", type=positive_int, default=every, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT.partial")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (default: torch's); fix it to repeat a CPU run bit for bit on other machines",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_dev_arguments(p)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone", required=True, help="Hugging Face folder or hub id, or a registered model name"
     )
+    p.add_argument(
+        "--head",
+        help="the shared MLM head folder (`clir train-mlm-head`); default: the backbone's pretrained head",
+    )
     p.add_argument("--out", required=True, help="adapter folder to write")
-    p.add_argument("--max-steps", type=positive_int, default=1000)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
+    add_run_arguments(p, steps=1000, batch=16, lr=1e-4, every=50)
     p.add_argument(
         "--invertible",
         action=argparse.BooleanOptionalAction,
@@ -49,34 +87,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reduction-factor", type=float, default=2, help="bottleneck reduction factor (default 2)"
     )
     p.add_argument("--non-linearity", default="relu")
-    p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="adapter initialisation, masks and text order")
     p.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU"
+        "--save-dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="dtype of the saved weights (fp16: half the size; the dev loss is scored on the rounded weights)",
     )
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument(
-        "--dev-fraction",
-        type=float,
-        default=0.05,
-        help="share of the text held out (seeded hash of each text) to report dev MLM loss (default 0.05)",
-    )
-    p.add_argument("--dev-max", type=positive_int, default=500, help="at most this many dev texts")
-    p.add_argument(
-        "--baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train the MLM head alone (no adapter) on the same budget and report its dev loss: the "
-        "adapter is trained when its dev loss is below that (default on)",
-    )
-    p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT.partial")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="CPU threads (default: torch's); fix it to repeat a CPU run bit for bit on other machines",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def dev_settings(args: argparse.Namespace):
+    from clir.train.mlm import DevSettings
+
+    dev = DevSettings(fraction=args.dev_fraction, seed=args.dev_seed, limit=args.dev_max)
+    dev.check()
+    return dev
 
 
 def adapter_args(args: argparse.Namespace):
@@ -90,6 +115,7 @@ def adapter_args(args: argparse.Namespace):
         lang=args.lang,
         text=args.text,
         backbone=args.backbone,
+        head=args.head,
         out=args.out,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
@@ -103,12 +129,12 @@ def adapter_args(args: argparse.Namespace):
         precision=args.precision,
         device=args.device,
         overwrite=args.overwrite,
-        dev_fraction=args.dev_fraction,
-        dev_max=args.dev_max,
-        baseline=args.baseline,
+        dev=dev_settings(args),
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         threads=args.threads,
+        packed=args.packed,
+        save_dtype=args.save_dtype,
     )
 
 
@@ -122,14 +148,13 @@ def run(args: argparse.Namespace) -> int:
                 "out": str(res.out),
                 "lang": args.lang,
                 "steps": res.steps,
+                "head_sha256": res.head_sha256,
                 "first_loss": round(res.first_loss, 4),
                 "last_loss": round(res.last_loss, 4),
-                "fresh_head": res.fresh_head,
                 "dev_texts": res.dev_texts,
                 "dev_loss": round(res.dev_loss, 4),
-                "head_only_dev_loss": None
-                if res.baseline_dev_loss is None
-                else round(res.baseline_dev_loss, 4),
+                "dev_loss_no_adapter": round(res.dev_loss_no_adapter, 4),
+                "dev_loss_unigram": round(res.dev_loss_unigram, 4),
                 "texts_per_s": round(res.texts_per_s, 1),
                 "seconds": round(res.seconds, 1),
             }

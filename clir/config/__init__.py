@@ -8,6 +8,7 @@ from clir.config.eval import (
     CollectionSpec,
     EvalConfig,
     FusionConfig,
+    MlmHeadSpec,
     ModelSpec,
     SignificanceConfig,
 )
@@ -17,6 +18,7 @@ from clir.config.train import CheckpointConfig, DataConfig, OptimConfig, TrainCo
 __all__ = [
     "AdapterArch",
     "AdapterBuildSpec",
+    "MlmHeadSpec",
     "Bm25Config",
     "BuildSpec",
     "CheckpointConfig",

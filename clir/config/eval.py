@@ -144,6 +144,19 @@ class AdapterBuildSpec:
 
 
 @dataclass
+class MlmHeadSpec:
+    """The shared MLM head made on demand (``clir train-mlm-head --text L=T ... --backbone B --out O``) when
+    ``out`` is missing; every adapter build of the grid then trains against it (``--head O``)."""
+
+    out: str
+    backbone: str
+    #: ``lang=source`` per language, as ``clir train-mlm-head --text`` takes them
+    texts: list[str]
+    max_steps: int | None = None
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SignificanceConfig:
     #: the row every other row is tested against: ``MODEL`` or ``MODEL/q-ROUTE_d-ROUTE`` (madx rows),
     #: or ``bm25``; default: the first model's first row
@@ -215,6 +228,8 @@ class EvalConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     #: language adapters built on demand (``clir train-language-adapter``)
     adapters: list[AdapterBuildSpec] = field(default_factory=list)
+    #: the MLM head the adapters share, built on demand (``clir train-mlm-head``); None: the backbone's own
+    mlm_head: MlmHeadSpec | None = None
     #: where grid indexes live (default: OUT/indexes); one folder per collection x model x doc routing
     index_root: str | None = None
     #: output folder when --out is not given (default: eval/results/NAME)

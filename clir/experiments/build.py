@@ -29,11 +29,17 @@ class _ArgParser(argparse.ArgumentParser):
 def parse_build(cmd: list[str]) -> argparse.Namespace:
     """The flags of a build command, parsed by its verb (``train`` or ``train-language-adapter``)."""
     verb, argv = cmd[0], cmd[1:]
-    from clir.cli import train, train_language_adapter
+    from clir.cli import train, train_language_adapter, train_mlm_head
 
-    verbs = {"train": train.add_arguments, "train-language-adapter": train_language_adapter.add_arguments}
-    if verb not in verbs:  # the config schema allows only these two
-        raise ClirError(f"cannot build with `clir {verb}`: use train or train-language-adapter")
+    verbs = {
+        "train": train.add_arguments,
+        "train-language-adapter": train_language_adapter.add_arguments,
+        "train-mlm-head": train_mlm_head.add_arguments,
+    }
+    if verb not in verbs:  # the config schema allows only these
+        raise ClirError(
+            f"cannot build with `clir {verb}`: use train, train-mlm-head or train-language-adapter"
+        )
     p = _ArgParser(prog=verb, add_help=False)
     verbs[verb](p)
     ns = p.parse_args(argv)
@@ -64,6 +70,12 @@ def build(cmd: list[str], what: str) -> None:
                 device=ns.device,
             )
             log.info("built %s: %d steps in %.1f s", what, res.step, res.seconds)
+        elif cmd[0] == "train-mlm-head":
+            from clir.cli.train_mlm_head import head_args
+            from clir.train.head_training import train_mlm_head
+
+            info = train_mlm_head(head_args(ns))
+            log.info("built %s: %d steps in %.1f s", what, info["steps"], info["seconds"])
         else:
             from clir.cli.train_language_adapter import adapter_args
             from clir.train import train_language_adapter
@@ -93,9 +105,14 @@ def run_builds(plan: Plan) -> None:
             for lang, outp, cmd in plan.adapter_builds
             if not outp.is_dir()
         ]
+    head = (
+        [(plan.head_build[1], f"shared MLM head ({plan.head_build[0]})")]
+        if adapters and plan.head_build
+        else []
+    )
     first = adapters + [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if not m.madx]
     then = [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if m.madx]  # on the adapters
-    _run_all([first, then], plan.config.build_workers)  # type: ignore[list-item]
+    _run_all([head, first, then], plan.config.build_workers)  # type: ignore[list-item]
     for m in models:
         if not m.exists():
             raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")  # type: ignore[arg-type]

@@ -227,6 +227,8 @@ class Plan:
     baseline: str
     irds_missing: dict[str, list[tuple[str, Path, list[str]]]]
     adapter_builds: list[tuple[str, Path, list[str]]]
+    #: (folder, command) of the shared MLM head the adapter builds train against, when it must be built
+    head_build: tuple[Path, list[str]] | None = None
     bm25_unavailable: str | None = None
 
     @property

@@ -45,6 +45,7 @@ def _adapter_builds(
     built_adapters: dict[str, Path] = {}
     adapter_builds = []
     irds_missing_text: dict[str, list[tuple[str, Path, list[str]]]] = {}
+    head = cfg.mlm_head
     for a in cfg.adapters:
         outp = Path(a.out).expanduser().resolve()
         built_adapters[a.lang] = outp
@@ -52,6 +53,8 @@ def _adapter_builds(
             cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
             if a.max_steps:
                 cmd += ["--max-steps", str(a.max_steps)]
+            if head is not None and "--head" not in a.args:
+                cmd += ["--head", str(Path(head.out).expanduser().resolve())]
             resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
             adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
             if a.text.startswith("irds:"):
@@ -59,6 +62,23 @@ def _adapter_builds(
                 if missing:
                     irds_missing_text[a.text[len("irds:") :]] = missing
     return built_adapters, adapter_builds, irds_missing_text
+
+
+def _head_build(cfg: EvalConfig, adapter_builds: list) -> tuple[Path, list[str]] | None:
+    """The ``train-mlm-head`` build the adapter builds need first, if its folder is missing."""
+    head = cfg.mlm_head
+    if head is None:
+        return None
+    outp = Path(head.out).expanduser().resolve()
+    if outp.is_dir() or not adapter_builds:
+        return None
+    cmd = ["train-mlm-head", "--backbone", head.backbone, "--out", str(outp)]
+    for text in head.texts:
+        cmd += ["--text", text]
+    if head.max_steps:
+        cmd += ["--max-steps", str(head.max_steps)]
+    resume = ["--resume"] if not {"--resume", "--overwrite"} & set(head.args) else []
+    return outp, [*cmd, *resume, *head.args]
 
 
 def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
@@ -108,7 +128,11 @@ def plan_grid(
         raise ClirError(f"collections: duplicate name(s) {', '.join(dup)}: give each a distinct `name`")
     built_adapters, adapter_builds, irds_missing_text = _adapter_builds(cfg)
     models = [grid_model(m, cfg, collections, built_adapters) for m in cfg.models]
-    for cmd in [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]:
+    head_build = _head_build(cfg, adapter_builds)
+    heads = [head_build[1]] if head_build else []
+    for cmd in (
+        heads + [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]
+    ):
         parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
 
     rows = _rows(cfg, collections, models)
@@ -139,6 +163,7 @@ def plan_grid(
         baseline=baseline,
         irds_missing=irds_missing,
         adapter_builds=adapter_builds,
+        head_build=head_build,
         bm25_unavailable=bm25_reason,
     )
 
@@ -167,7 +192,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {m.name:<24} {m.source}  mode={m.mode}  [{state}]  routings: {routes}")
         for n in m.notes:
             lines.append(f"      note: {n}")
-    builds = [(f"language adapter {lang}", cmd) for lang, _o, cmd in plan.adapter_builds]
+    builds = [("shared MLM head", plan.head_build[1])] if plan.head_build else []
+    builds += [(f"language adapter {lang}", cmd) for lang, _o, cmd in plan.adapter_builds]
     builds += [(f"model {m.name}", m.build_cmd) for m in plan.models if m.build_cmd]
     lines += ["", f"builds ({len(builds)}):"]
     for what, cmd in builds:

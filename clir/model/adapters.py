@@ -14,6 +14,22 @@ from clir.errors import ClirError
 
 Side = Literal["query", "passage"]
 
+#: the metadata file a language adapter folder made by ``clir train-language-adapter`` holds
+LANGUAGE_ADAPTER_INFO = "clir_language_adapter.json"
+
+
+def adapter_head_sha(folder: str | Path) -> str | None:
+    """The ``head_sha256`` a language adapter was trained against (None: unknown, e.g. an AdapterHub id)."""
+    import json
+
+    info = Path(folder).expanduser() / LANGUAGE_ADAPTER_INFO
+    try:
+        data = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    sha = data.get("head_sha256") if isinstance(data, dict) else None
+    return sha if isinstance(sha, str) else None
+
 
 def task_adapter_names(config: ModelConfig) -> list[str]:
     if config.adapter_mode == "full":

@@ -85,6 +85,7 @@ class DualEncoder:
         self.query_model = load_backbone(sources.query)
         self.passage_model = self.query_model if sources.passage is None else load_backbone(sources.passage)
         self._lang_loaded: set[str] = set()
+        self._lang_heads: dict[str, str] = {}  # language -> head_sha256 its adapter was trained against
         self._position_limit: int | None = None
         self._check_lengths()
         if config.adapter_mode != "full":
@@ -143,6 +144,7 @@ class DualEncoder:
                 # a fresh, untrained language adapter (for MLM training or ablations)
                 model.add_adapter(lang, config=self.config.language_adapter.to_adapters_config())
             else:
+                self._check_head(lang, source)
                 try:
                     model.load_adapter(source, load_as=lang, set_active=False)
                 except Exception as e:  # the adapters/hub stack raises many types; all mean "could not load"
@@ -150,6 +152,21 @@ class DualEncoder:
             model.to(self.device)
             self._lang_loaded.add(lang)
             self._fingerprint = None
+
+    def _check_head(self, lang: str, source: str) -> None:
+        """Language adapters stack or swap under one task adapter only when they were trained against the
+        same frozen MLM head (MAD-X's common anchor): refuse two whose recorded ``head_sha256`` differ."""
+        sha = adapter_rules.adapter_head_sha(source)
+        if sha is None:  # not recorded (AdapterHub adapters: trained against the backbone's pretrained head)
+            return
+        for other, other_sha in self._lang_heads.items():
+            if other_sha != sha:
+                raise ClirError(
+                    f"the language adapters for {other!r} and {lang!r} ({source}) were trained against different "
+                    f"MLM heads (head_sha256 {other_sha[:12]}... vs {sha[:12]}...): they share no output space, so "
+                    "one task adapter cannot use both; train them with one `--head` (clir train-mlm-head)"
+                )
+        self._lang_heads[lang] = sha
 
     @contextlib.contextmanager
     def routed(self, query: Route | None = None, doc: Route | None = None) -> Iterator[DualEncoder]:
@@ -194,6 +211,7 @@ class DualEncoder:
                 else copy.deepcopy(self.passage_model, dict(shared))
             )
             twin._lang_loaded = set(self._lang_loaded)
+            twin._lang_heads = dict(self._lang_heads)
             # the bf16/fp16 weight copies are shared too: the cache's entries hold the same parameters
             twin._cast_cache = {}
             twin._packs, twin._blocks = {}, {}

@@ -14,7 +14,7 @@ from typing import Any
 from clir.atomic import swap_into_place
 from clir.config import ModelConfig, to_dict
 from clir.errors import ClirError
-from clir.model.adapters import task_adapter_names
+from clir.model.adapters import LANGUAGE_ADAPTER_INFO, task_adapter_names
 from clir.model.resolve import MODEL_FILE, local_path
 
 
@@ -109,7 +109,12 @@ def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = 
                 lang_to_copy.add(lang)
         for lang in sorted(lang_to_copy):
             encoder.load_language_adapter(lang)
-            encoder.query_model.save_adapter(str(tmp / "adapters" / f"lang_{lang}"), lang)
+            dest = tmp / "adapters" / f"lang_{lang}"
+            encoder.query_model.save_adapter(str(dest), lang)
+            # its metadata (head_sha256, dev losses) goes with it: the copy is checked like the original
+            info = Path(encoder.language_adapter_source(lang)).expanduser() / LANGUAGE_ADAPTER_INFO
+            if info.is_file():
+                shutil.copyfile(info, dest / LANGUAGE_ADAPTER_INFO)
             data["language_adapters"][lang] = f"adapters/lang_{lang}"
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     swap_into_place(tmp, out)

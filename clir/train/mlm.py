@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clir.errors import ClirError
+
+log = logging.getLogger(__name__)
 
 
 class TextSource:
@@ -81,6 +86,115 @@ class DevSplit:
         return (t for t in texts if not self.is_dev(t))
 
 
+@dataclass(frozen=True)
+class DevSettings:
+    """The held-out slice every MLM run of a backbone shares: the shared head and each language adapter hold
+    out the same texts and score the same masked tokens, whatever their own training seed."""
+
+    fraction: float = 0.05
+    seed: int = 0
+    limit: int = 500
+
+    def split(self) -> DevSplit:
+        return DevSplit(self.fraction, self.seed, self.limit)
+
+    def check(self) -> None:
+        if not 0 < self.fraction < 0.5:
+            raise ClirError("--dev-fraction must be in (0, 0.5)")
+        if self.limit < 1:
+            raise ClirError("--dev-max must be >= 1")
+
+
+#: dev batches have one size for every run, so that the same texts get the same masks
+DEV_BATCH = 32
+
+
+def prepare_dev(tokenizer, source: TextSource, dev: DevSettings, max_length: int, probability: float):
+    """(masked dev batches, dev texts) of ``source``."""
+    texts = dev.split().dev(source.records())
+    if not texts:
+        raise ClirError(
+            f"--text {source.name}: no text falls in the dev slice (--dev-fraction {dev.fraction}): give more "
+            "text or a larger --dev-fraction"
+        )
+    batches = dev_batches(
+        tokenizer,
+        texts,
+        max_length=max_length,
+        probability=probability,
+        seed=dev.seed + 1,
+        batch_size=DEV_BATCH,
+    )
+    return batches, texts
+
+
+def resolve_backbone(spec: str) -> str:
+    """A folder, a registered model name (``clir models list``) or a hub id -> what from_pretrained takes."""
+    from clir.model.resolve import resolve_model
+
+    ref = resolve_model(spec, what=f"--backbone {spec}").require_local()
+    if ref.kind in ("clir", "config"):
+        raise ClirError(f"--backbone {spec}: a clir model, not a backbone (its backbone is {ref.backbone})")
+    return ref.backbone
+
+
+def load_tokenizer(backbone: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+    except (OSError, ValueError) as e:
+        raise ClirError(f"could not load the tokenizer of {backbone!r}: {e}") from None
+    if tokenizer.mask_token is None:
+        raise ClirError(f"the tokenizer of {backbone!r} has no mask token: it cannot do masked LM")
+    return tokenizer
+
+
+def pick_device(device: str | None):
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def packs(model, tokenizer, device) -> bool:
+    """Whether ``model`` can run MLM batches packed (the encoder's probe: packed == padded in fp32)."""
+    from clir.model.packing import packs_like_padding, probe_ids
+
+    ok = packs_like_padding(model.base_model, probe_ids(tokenizer, ""), tokenizer.pad_token_id, device)
+    if not ok:
+        log.info("the model's attention cannot be split per text: MLM batches run padded")
+    return ok
+
+
+def prepare_work(out: Path, record: dict[str, Any], *, resume: bool, overwrite: bool) -> Path:
+    """The ``OUT.partial`` work folder of a run: fresh, or kept for ``resume`` when it belongs to the same
+    run (``record``: the settings a resumed run must share)."""
+    import json
+    import shutil
+
+    work = out.with_name(out.name + ".partial")
+    saved = work / "run.json"
+    if work.exists() and resume and saved.is_file():
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        if before != json.loads(json.dumps(record)):
+            raise ClirError(
+                f"{work} was written by a run with other settings: drop --resume (or pass --overwrite) to "
+                "start over"
+            )
+        log.info("resuming from %s", work)
+        return work
+    if work.exists():
+        if not resume and not overwrite and any(work.rglob("step-*")):
+            raise ClirError(f"{work} holds checkpoints of an unfinished run: pass --resume to continue it")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    saved.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return work
+
+
 def mask_tokens(batch: dict[str, Any], tokenizer, probability: float, generator) -> tuple[Any, Any]:
     """BERT's masking (``probability`` of the real tokens: 80% [MASK], 10% random, 10% kept), drawn from
     ``generator`` so that dev masks are fixed and training masks resume exactly. Returns (input_ids, labels)."""
@@ -137,23 +251,45 @@ def dev_batches(
     return out
 
 
-def masked_loss(model, head, input_ids, attention_mask, labels, *, encoder_grad: bool = True):
-    """Mean cross entropy over the masked tokens, with logits computed only there (the 250k-word output
-    layer of XLM-R vocabularies dominates otherwise). Returns (sum of token losses, number of tokens)."""
+def _packed_hidden(model, input_ids, attention_mask, labels):
+    """(last hidden states, labels) of a padded batch run packed: the texts end to end in one row, no padding
+    (:mod:`clir.model.packing`), so no compute is spent on padding; the states equal the padded run's up to
+    float rounding. Rows are packed shortest first, so that equal lengths share one attention call."""
+    import torch
+
+    from clir.model.packing import hidden_packed, pack
+
+    lengths = attention_mask.sum(1).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ids = [input_ids[i, : lengths[i]].tolist() for i in order]
+    inputs, _ = pack(model.base_model, ids, input_ids.device)
+    hidden = hidden_packed(model.base_model, inputs, [lengths[i] for i in order], {})[0]
+    return hidden, torch.cat([labels[i, : lengths[i]] for i in order])
+
+
+def masked_loss(
+    model, head, input_ids, attention_mask, labels, *, encoder_grad: bool = True, packed: bool = False
+):
+    """Cross entropy over the masked tokens, with logits computed only there (the 250k-word output layer of
+    XLM-R vocabularies dominates otherwise). ``packed``: run the encoder packed (:func:`_packed_hidden`).
+    Returns (sum of token losses, number of tokens)."""
     import contextlib
 
     import torch
 
     ctx = contextlib.nullcontext() if encoder_grad else torch.no_grad()
     with ctx:
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if packed:
+            hidden, labels = _packed_hidden(model, input_ids, attention_mask, labels)
+        else:
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     sel = labels != -100
     logits = head(hidden[sel])
     loss = torch.nn.functional.cross_entropy(logits.float(), labels[sel], reduction="sum")
     return loss, int(sel.sum())
 
 
-def dev_loss(model, head, batches: list[DevBatch], device) -> float:
+def dev_loss(model, head, batches: list[DevBatch], device, *, packed: bool = False) -> float:
     """Mean MLM loss per masked dev token (the model is left in eval mode)."""
     import torch
 
@@ -162,8 +298,59 @@ def dev_loss(model, head, batches: list[DevBatch], device) -> float:
     with torch.no_grad():
         for b in batches:
             loss, n = masked_loss(
-                model, head, b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device)
+                model,
+                head,
+                b.input_ids.to(device),
+                b.attention_mask.to(device),
+                b.labels.to(device),
+                packed=packed,
             )
             total += float(loss)
             count += n
     return total / max(count, 1)
+
+
+#: additive smoothing constants tried for the unigram reference (the best one on the dev tokens is kept)
+UNIGRAM_SMOOTHING = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+
+
+def unigram_counts(tokenizer, texts: Iterable[str], *, max_length: int) -> Counter[int]:
+    """Token counts of ``texts`` as the model sees them: special tokens left out, truncated to ``max_length``."""
+    counts: Counter[int] = Counter()
+    special = set(tokenizer.all_special_ids)
+    for chunk in _chunks(texts, 256):
+        for ids in tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]:
+            counts.update(i for i in ids if i not in special)
+    return counts
+
+
+def _chunks(texts: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def unigram_loss(
+    tokenizer, train_texts: Iterable[str], batches: list[DevBatch], *, max_length: int
+) -> tuple[float, float]:
+    """The context-free reference: a unigram table of the training texts' tokens scored on the masked dev
+    tokens, with additive smoothing. Returns (mean loss per masked dev token, smoothing constant). The
+    constant is the one of :data:`UNIGRAM_SMOOTHING` that scores best on those same tokens, so the reference
+    is as strong as a unigram table can be: a language model is worth its name only below it."""
+    counts = unigram_counts(tokenizer, train_texts, max_length=max_length)
+    total, vocab = sum(counts.values()), len(tokenizer)
+    dev = [int(t) for b in batches for t in b.labels[b.labels != -100].tolist()]
+    if not dev:
+        raise ClirError("no masked dev token to score the unigram reference on")
+    best = (math.inf, UNIGRAM_SMOOTHING[0])
+    for k in UNIGRAM_SMOOTHING:
+        denom = math.log(total + k * vocab)
+        loss = sum(denom - math.log(counts.get(t, 0) + k) for t in dev) / len(dev)
+        best = min(best, (loss, k))
+    return best
+
+
+def round_robin(streams: list[Iterator[str]]) -> Iterator[str]:
+    """One text of each stream in turn (the shared MLM head sees every language equally often)."""
+    for texts in zip(*streams, strict=False):
+        yield from texts

@@ -1,0 +1,190 @@
+"""``clir train-mlm-head``: the one MLM head a backbone without a pretrained head gets (see
+:mod:`clir.train.mlm_head`), trained with the backbone frozen and no adapter on the pooled text of every
+language its adapters will be trained on (one text of each language in turn). Each language's dev slice is
+held out by the same rule the adapters use, so no adapter's dev loss is scored on text the head saw."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clir.atomic import swap_into_place
+from clir.errors import ClirError
+from clir.train import mlm
+from clir.train.mlm_head import attach_inverse, head_module, load_mlm, save_head
+from clir.train.mlm_loop import LoopSettings, train_mlm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MlmHeadArgs:
+    #: ``lang=source`` (or a bare source) per language: text files, docs files, collection folders, irds ids
+    texts: list[str]
+    backbone: str
+    out: str
+    max_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    seed: int = 0
+    dev: mlm.DevSettings = field(default_factory=mlm.DevSettings)
+    checkpoint_every: int = 100
+    log_every: int = 20
+    bf16: bool = False
+    packed: bool = True
+    device: str | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+
+def _sources(texts: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for spec in texts:
+        lang, sep, src = spec.partition("=")
+        out.append((lang, src) if sep and lang and "/" not in lang else (Path(spec).stem, spec))
+    if not out:
+        raise ClirError("--text: give at least one text source")
+    return out
+
+
+#: additive smoothing of the unigram table the output bias starts from
+BIAS_SMOOTHING = 0.1
+
+
+def _unigram_bias(model, tokenizer, texts: list[Iterator[str]], max_length: int) -> None:
+    """Start the output bias at the log unigram distribution of the pooled training text (a fresh bias of
+    zeros is a uniform 250k-word distribution: Adam moves each entry ~lr a step, so it would take thousands
+    of steps to reach the unigram level before any context could help)."""
+    import math
+
+    import torch
+
+    from clir.train.mlm import unigram_counts
+
+    counts = unigram_counts(tokenizer, (t for stream in texts for t in stream), max_length=max_length)
+    bias = model.get_output_embeddings().bias
+    if bias is None:
+        return
+    # and the transform's output starts at zero, so the head starts exactly at the unigram table: a random
+    # transform adds logits of a few nats' spread across 250k words, which costs more than the table gains
+    for m in head_module(model).modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            with torch.no_grad():
+                m.weight.zero_()
+                m.bias.zero_()
+    table = torch.full_like(bias, BIAS_SMOOTHING)
+    for token, c in counts.items():
+        table[token] += c
+    with torch.no_grad():
+        bias.copy_(table.log() - math.log(float(table.sum())))
+
+
+def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> dict[str, Any]:
+    """Train the shared head and write its folder; returns its info (``head_sha256``, per-language dev
+    losses of the head and of the unigram reference)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
+    backbone = mlm.resolve_backbone(args.backbone)
+    tokenizer = mlm.load_tokenizer(backbone)
+    device = mlm.pick_device(args.device)
+    langs = [(lang, mlm.TextSource(src)) for lang, src in _sources(args.texts)]
+    dev = {
+        lang: mlm.prepare_dev(tokenizer, src, args.dev, args.max_length, args.mlm_probability)
+        for lang, src in langs
+    }
+    settings = LoopSettings(
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        max_length=args.max_length,
+        mlm_probability=args.mlm_probability,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        bf16=args.bf16,
+        packed=args.packed,
+    )
+    record = {
+        "backbone": backbone,
+        "texts": args.texts,
+        "settings": settings.__dict__,
+        "dev": args.dev.__dict__,
+    }
+    work = mlm.prepare_work(out, record, resume=args.resume, overwrite=args.overwrite)
+
+    torch.manual_seed(args.seed)
+    model, _ = load_mlm(backbone, fresh_ok=True)
+    attach_inverse(model)
+    head = head_module(model)
+    tied = model.get_input_embeddings().weight
+    for p in head.parameters():
+        p.requires_grad_(p is not tied)
+    split = args.dev.split()
+    _unigram_bias(model, tokenizer, [split.train(src.records()) for _, src in langs], args.max_length)
+    model.to(device)
+    packed = settings.packed and mlm.packs(model, tokenizer, device)
+    settings = LoopSettings(**{**settings.__dict__, "packed": packed})
+
+    def texts() -> Iterator[str]:
+        streams = [split.train(mlm.texts_forever(src, block=10000, seed=args.seed)) for _, src in langs]
+        return mlm.round_robin(streams)
+
+    run = train_mlm(
+        model,
+        head,
+        tokenizer,
+        texts,
+        settings,
+        work / "run",
+        device,
+        desc="mlm head",
+        show_progress=show_progress,
+    )
+    per_lang = {}
+    for lang, src in langs:
+        batches, dev_texts = dev[lang]
+        unigram, k = mlm.unigram_loss(
+            tokenizer, split.train(src.records()), batches, max_length=args.max_length
+        )
+        per_lang[lang] = {
+            "dev_texts": len(dev_texts),
+            "dev_loss": round(mlm.dev_loss(model, head, batches, device, packed=packed), 5),
+            "dev_loss_unigram": round(unigram, 5),
+            "unigram_smoothing": k,
+        }
+        log.info("head dev loss %s: %s", lang, per_lang[lang])
+    info = {
+        "backbone": backbone,
+        "texts": dict(_sources(args.texts)),
+        "seed": args.seed,
+        "steps": run["steps"],
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "dev_split": args.dev.__dict__,
+        "languages": per_lang,
+        "seconds": run["seconds"],
+        "packed": packed,
+        "loss": run["loss"],
+    }
+    weights = work / "weights"
+    save_head(model, weights, info)
+    swap_into_place(weights, out)
+    info = json.loads((out / "clir_mlm_head.json").read_text(encoding="utf-8"))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return info

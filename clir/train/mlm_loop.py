@@ -1,0 +1,179 @@
+"""The checkpointed masked-LM training loop that the shared MLM head (``clir train-mlm-head``) and the
+language adapters (``clir train-language-adapter``) both run: seeded masks, AdamW with linear warm-up and
+decay, atomic data-only checkpoints and an exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clir.train import mlm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    max_steps: int
+    batch_size: int
+    lr: float
+    warmup_ratio: float
+    max_length: int
+    mlm_probability: float
+    seed: int
+    checkpoint_every: int
+    log_every: int
+    #: bf16 autocast for the training forward (dev losses are always fp32)
+    bf16: bool = False
+    #: encode each batch packed (no padding), where the model's attention allows it
+    packed: bool = False
+
+
+@dataclass
+class MlmRun:
+    """The optimiser, schedule, mask RNG, step and loss history of a run: what its checkpoints hold."""
+
+    named: list[tuple[str, Any]]
+    optimizer: Any
+    scheduler: Any
+    gen: Any  # the torch.Generator that draws the MLM masks
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interval: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, s: LoopSettings, named: list[tuple[str, Any]], folder: Path) -> MlmRun:
+        """A fresh run, or the one the last checkpoint in ``folder`` holds."""
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        from clir.train.checkpoint import list_checkpoints
+
+        optimizer = torch.optim.AdamW([p for _, p in named], lr=s.lr, weight_decay=0.0)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * s.max_steps), s.max_steps)
+        run = cls(named, optimizer, scheduler, torch.Generator().manual_seed(s.seed))
+        ckpts = list_checkpoints(folder)
+        if ckpts:
+            run._restore(ckpts[-1])
+        return run
+
+    def _restore(self, ckpt: Path) -> None:
+        import torch
+
+        from clir.train.checkpoint import load_checkpoint, set_rng_state
+
+        saved = load_checkpoint(ckpt)
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(saved["model"][n])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.gen.set_state(saved["rng"]["mask"])
+        set_rng_state(saved["rng"]["global"])
+        self.step, self.history = int(saved["step"]), list(saved["history"])
+        self.seconds = float(saved["seconds"])
+        self.interval = [float(x) for x in saved["interval"]]
+        log.info("resumed at step %d from %s", self.step, ckpt)
+
+    def save(self, s: LoopSettings, folder: Path, seconds: float) -> None:
+        from clir.train.checkpoint import rng_state, save_checkpoint
+
+        state = {
+            "step": self.step,
+            "data": {"texts": self.step * s.batch_size},
+            "model": {n: p.detach().cpu().clone() for n, p in self.named},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"mask": self.gen.get_state(), "global": rng_state()},  # dropout draws from the global one
+            "history": self.history,
+            "interval": self.interval,
+            "seconds": seconds,
+        }
+        save_checkpoint(folder, self.step, state, keep=1)
+
+
+def train_mlm(
+    model,
+    head,
+    tokenizer,
+    texts: Callable[[], Iterator[str]],
+    s: LoopSettings,
+    folder: Path,
+    device,
+    *,
+    desc: str,
+    show_progress: bool | None,
+) -> dict[str, Any]:
+    """Train the parameters of ``model`` that require grad by masked LM on ``texts()`` (an endless stream),
+    resuming from ``folder``'s last checkpoint. Returns the run's record: steps, seconds, speed, loss curve."""
+    from clir.progress import progress
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    run = MlmRun.start(s, named, folder)
+    stream = itertools.islice(texts(), run.step * s.batch_size, None)
+    bar = progress(total=s.max_steps, desc=desc, unit="step") if show_progress is not False else None
+    if bar is not None and run.step:
+        bar.update(run.step)
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        while run.step < s.max_steps:
+            loss = _step(s, model, head, tokenizer, stream, device, run)
+            run.interval.append(loss)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if run.step % s.log_every == 0 or run.step == s.max_steps:
+                run.history.append(
+                    {"step": run.step, "loss": round(sum(run.interval) / len(run.interval), 5)}
+                )
+                run.interval = []
+            if run.step % s.checkpoint_every == 0 and run.step < s.max_steps:
+                run.save(s, folder, run.seconds + time.perf_counter() - t0)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = run.seconds + time.perf_counter() - t0
+    return {
+        "trainable_parameters": sum(p.numel() for _, p in named),
+        "steps": run.step,
+        "seconds": round(seconds, 1),
+        "texts_per_s": round(run.step * s.batch_size / seconds, 2) if seconds > 0 else None,
+        "loss": run.history,
+    }
+
+
+def _step(s: LoopSettings, model, head, tokenizer, texts: Iterator[str], device, run: MlmRun) -> float:
+    """One optimiser step of masked-LM loss on the next batch of texts; returns the loss."""
+    import torch
+
+    enc = mlm.tokenize(tokenizer, [next(texts) for _ in range(s.batch_size)], s.max_length)
+    ids, labels = mlm.mask_tokens(enc, tokenizer, s.mlm_probability, run.gen)
+    # the encoder needs gradients only when something inside it trains (an adapter); a head alone does not
+    encoder_grad = any(p.requires_grad for p in model.base_model.parameters())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
+    with autocast:
+        loss_sum, n = mlm.masked_loss(
+            model,
+            head,
+            ids.to(device),
+            enc["attention_mask"].to(device),
+            labels.to(device),
+            encoder_grad=encoder_grad,
+            packed=s.packed,
+        )
+    loss = loss_sum / max(n, 1)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in run.named], 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return float(loss.detach())
