@@ -48,10 +48,11 @@ def e5_small(shared_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def raw_irds_home(shared_dir, tmp_path, monkeypatch) -> Path:
     """A temporary IR_DATASETS_HOME holding ../shared/data/raw's upstream files where clir's ir_datasets
-    datasets look for their downloads (``clir/lareqa/...``, ``clir/laser/...``), linked, not copied."""
+    datasets look for their downloads (``clir/lareqa/...``, ``clir/laser/...``, ``clir/ud/...``,
+    ``clir/castorini-data/...``), linked, not copied."""
     home = tmp_path / "irds-home"
     (home / "clir").mkdir(parents=True)
-    for upstream in ("lareqa", "laser"):
+    for upstream in ("lareqa", "laser", "ud", "castorini-data"):
         (home / "clir" / upstream).symlink_to(shared_dir / "data/raw" / upstream, target_is_directory=True)
     monkeypatch.setenv("IR_DATASETS_HOME", str(home))
     return home
