@@ -400,7 +400,8 @@ def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, cap
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
-    assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
+    lareqa = "https://raw.githubusercontent.com/google-research-datasets/lareqa/9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c"
+    assert f"{lareqa}/xquad-r/en.json" in plan  # pinned to the commit whose files the checksums are of
     assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0

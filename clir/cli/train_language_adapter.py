@@ -13,7 +13,7 @@ with the backbone frozen (a backbone without an MLM head gets a fresh one tied t
 The output folder (adapter_config.json + weights) is a language source for madx models:
 `language_adapters: {de: DIR}`.
 
-  clir train-language-adapter --lang de --text ../shared/data/collections/tatoeba/deu \\
+  clir train-language-adapter --lang de --text irds:clir/ud/de \\
       --backbone multilingual-e5-small --out adapters/e5-de --max-steps 500
   clir train-language-adapter --lang it --text irds:neumarco/it --backbone bert-base-multilingual-cased \\
       --out adapters/mbert-it
