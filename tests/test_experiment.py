@@ -466,6 +466,7 @@ metrics: [mrr@100]
     code = main(["experiment", "--config", str(cfg), "--out", str(out)])
     assert code == 0
     assert (la / "adapter_config.json").is_file()
+    assert "adapter-transformers" in (la / "README.md").read_text()  # a built adapter has its model card
     report = (out / "report.md").read_text()
     assert f"de: trained by `clir train-language-adapter` on {portable_path(tiny_collection)}" in report
     manifest = json.loads((out / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text())

@@ -113,9 +113,12 @@ def adapter_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clir.model.card import write_language_adapter_card
     from clir.train import train_language_adapter
 
     res = train_language_adapter(adapter_args(args))
+    # the folder's README.md model card, from its clir_language_adapter.json (AdapterHub's layout)
+    write_language_adapter_card(res.out)
     print(
         json.dumps(
             {

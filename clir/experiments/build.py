@@ -66,9 +66,11 @@ def build(cmd: list[str], what: str) -> None:
             log.info("built %s: %d steps in %.1f s", what, res.step, res.seconds)
         else:
             from clir.cli.train_language_adapter import adapter_args
+            from clir.model.card import write_language_adapter_card
             from clir.train import train_language_adapter
 
             res_la = train_language_adapter(adapter_args(ns))
+            write_language_adapter_card(res_la.out)  # the folder's README.md model card
             log.info("built %s: %d steps in %.1f s", what, res_la.steps, res_la.seconds)
     except ClirError as e:
         raise ClirError(f"building {what} failed: {e}") from None
