@@ -268,3 +268,8 @@ def test_training_verbs_take_the_ids(raw_irds_home, tiny_bert, tmp_path, one_tor
     args = ["--lang", "fa", "--text", "irds:clir/ud/fa", "--backbone", str(tiny_bert), "--out", str(out)]
     assert main(["train-language-adapter", *args, "--max-steps", "2", "--batch-size", "4"]) == 0
     assert (out / "adapter_config.json").is_file()
+    # the model cards name the data and its licence
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert "irds:clir/wikiqa/train-triples" in card and "Microsoft Research Data License" in card
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "irds:clir/ud/fa" in card and "CC BY-SA 4.0" in card and "- fa" in card
