@@ -160,8 +160,12 @@ def test_fisher_randomisation_test_is_seeded_and_exact():
 
 def test_report_and_plots_written(grid):
     cfg, out, doc = grid
+    from clir.portable import host_paths, portable_path
+
     report = (out / "report.md").read_text()
-    assert f"clir experiment --config {cfg}" in report
+    # no host folders in what gets committed: the config is named as a report may show it
+    assert f"clir experiment --config {portable_path(cfg)}" in report
+    assert host_paths(report) == [] and host_paths((out / "metrics.json").read_text()) == []
     assert doc["config_hash"] in report
     assert "ranx" in report and "torch" in report  # library versions
     assert "### tiny" in report
@@ -396,7 +400,8 @@ def test_xquad_r_config_plans_its_grid(e5_small, raw_irds_home, monkeypatch, cap
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home.parent / "empty-home"))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
     plan = capsys.readouterr().out  # offline, nothing placed: the plan names each upstream file
-    assert "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/en.json" in plan
+    lareqa = "https://raw.githubusercontent.com/google-research-datasets/lareqa/9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c"
+    assert f"{lareqa}/xquad-r/en.json" in plan  # pinned to the commit whose files the checksums are of
     assert "/data/tatoeba/v1/tatoeba.pes-eng.pes" in plan and "downloads needed: none" not in plan
     monkeypatch.setenv("IR_DATASETS_HOME", str(raw_irds_home))
     assert main(["experiment", "--config", "configs/eval/xquad-r-e5.yaml", "--dry-run"]) == 0
@@ -434,6 +439,7 @@ def test_e5_row_of_the_xquad_r_config_reproduces_the_reference(
 
 def test_language_adapter_built_on_demand(tiny_bert, tiny_collection, tmp_path, capsys):
     from clir.cli.main import main
+    from clir.portable import portable_path
 
     la = tmp_path / "adapters" / "tiny-de"
     adapters = ", ".join(f"{lang}: new" for lang in LANGS if lang != "de")
@@ -464,8 +470,9 @@ metrics: [mrr@100]
     code = main(["experiment", "--config", str(cfg), "--out", str(out)])
     assert code == 0
     assert (la / "adapter_config.json").is_file()
+    assert "adapter-transformers" in (la / "README.md").read_text()  # a built adapter has its model card
     report = (out / "report.md").read_text()
-    assert f"de: trained by `clir train-language-adapter` on {tiny_collection}" in report
+    assert f"de: trained by `clir train-language-adapter` on {portable_path(tiny_collection)}" in report
     manifest = json.loads((out / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text())
     assert "de" in manifest["encoder"]["adapters"]
 

@@ -66,13 +66,32 @@ def test_an_interrupted_model_build_is_resumed(tiny_bert, tiny_collection, tmp_p
     assert model.build_cmd[:3] == ["train", "--config", str(train_cfg)] and "--resume" in model.build_cmd
 
 
+def test_the_paper_configs_name_only_ids_repo_paths_and_models():
+    """Reproducible anywhere: no ../shared, no CLIR_SHARED; data comes through registered ir_datasets ids."""
+    files = [REPO / "configs/eval/paper-small.yaml"] + [
+        REPO / f"configs/train/e5-small-{m}-wikiqa.yaml" for m in ARMS
+    ]
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert "../shared" not in text and "CLIR_SHARED" not in text, f
+    cfg = load_eval_config(REPO / "configs/eval/paper-small.yaml")
+    assert {a.lang: a.text for a in cfg.adapters} == {
+        x: f"irds:clir/ud/{x}" for x in ("en", "de", "ru", "zh", "fa")
+    }
+    assert all(c.source.startswith("irds:clir/") for c in cfg.collections)
+    for m in ARMS:
+        text = (REPO / f"configs/train/e5-small-{m}-wikiqa.yaml").read_text(encoding="utf-8")
+        assert "triples: irds:clir/wikiqa/train-triples" in text
+
+
 @pytest.mark.shared
-def test_paper_small_plans_every_row_and_build(shared_dir, monkeypatch):
-    monkeypatch.setenv("CLIR_SHARED", str(shared_dir))
+def test_paper_small_plans_every_row_and_build(raw_irds_home, monkeypatch):
+    monkeypatch.delenv("CLIR_SHARED", raising=False)
     monkeypatch.chdir(REPO)
     cfg = load_eval_config(REPO / "configs/eval/paper-small.yaml")
     assert cfg.significance.correction == "holm" and cfg.analysis.enabled
     plan = plan_grid(cfg, out=REPO / ".cache" / "paper-small-plan")
+    assert plan.irds_missing == {}  # every input found under IR_DATASETS_HOME, training data included
     variants = {r.variant for r in plan.rows}
     assert variants == {
         "e5",
@@ -85,7 +104,7 @@ def test_paper_small_plans_every_row_and_build(shared_dir, monkeypatch):
     names = {c.name for c in plan.collections}
     assert {"xquad-r-de", "xquad-r-ru", "xquad-r-zh", "tatoeba-pes", "xquad-r-mlir"} <= names
     assert sorted(a.lang for a in cfg.adapters) == ["de", "en", "fa", "ru", "zh"]
-    assert all(a.text.endswith(f"mono/{a.lang}.txt") for a in cfg.adapters)
+    assert all(a.text == f"irds:clir/ud/{a.lang}" for a in cfg.adapters)
 
 
 def test_builds_run_in_parallel_workers(tiny_bert, tiny_collection, tmp_path):
@@ -127,3 +146,20 @@ build_workers: 2
         (tmp_path / "out" / "indexes" / "tiny__madx__d-target" / "manifest.json").read_text()
     )
     assert {"de", "fr"} <= set(manifest["encoder"]["adapters"])
+
+
+def test_paper_small_dry_run_lists_the_training_data_it_lacks(tmp_path, monkeypatch):
+    """Offline with nothing placed: the plan names every upstream file, training text and triples included."""
+    from clir.experiments.plan import format_plan
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "empty"))
+    monkeypatch.chdir(REPO)
+    plan = plan_grid(load_eval_config(REPO / "configs/eval/paper-small.yaml"), out=tmp_path / "out")
+    assert {f"clir/ud/{x}" for x in ("en", "de", "ru", "zh", "fa")} <= set(plan.irds_missing)
+    assert "clir/wikiqa/train-triples" in plan.irds_missing  # the arms' triples, read by `clir train`
+    text = format_plan(plan)
+    home = tmp_path / "empty" / "clir"
+    assert f"{home}/castorini-data/WikiQA/train/sim.txt" in text
+    assert text.count("WikiQA/train/sim.txt (from") == 1  # one line per file, whichever parts read it
+    assert f"{home}/ud/UD_German-PUD/de_pud-ud-test.conllu" in text
+    assert "UniversalDependencies/UD_German-PUD/ff80846a/de_pud-ud-test.conllu" in text

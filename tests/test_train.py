@@ -479,11 +479,11 @@ def test_language_adapter_cli_errors(tiny_bert, tmp_path, capsys):
 
 
 @pytest.mark.shared
-def test_e5_wikiqa_config_is_all_local(e5_small, shared_dir, monkeypatch):
+def test_e5_wikiqa_config_is_all_local(e5_small, raw_irds_home, monkeypatch):
+    """The WikiQA triples come from irds:clir/wikiqa/train-triples (upstream files under IR_DATASETS_HOME)."""
     from clir.train import training_plan
 
     monkeypatch.setenv("CLIR_E5_SMALL", str(e5_small))
-    monkeypatch.setenv("CLIR_SHARED", str(shared_dir))
     cfg = load_train_config(REPO / "configs/train/e5-small-task-wikiqa.yaml")
     assert (cfg.model.pooling, cfg.model.normalize, cfg.model.query_prefix) == ("mean", True, "query: ")
     plan = training_plan(cfg, out=None)

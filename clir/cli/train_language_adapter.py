@@ -14,9 +14,10 @@ reduction factor 2 and an invertible adapter, whose inverse is applied before th
 The output folder (adapter_config.json + weights) is a language source for madx models:
 `language_adapters: {de: DIR}`.
 
-  clir train-mlm-head --backbone multilingual-e5-small --text en=en.txt --text de=de.txt --out heads/e5
-  clir train-language-adapter --lang de --text de.txt --backbone multilingual-e5-small --head heads/e5 \\
-      --out adapters/e5-de --max-steps 1000
+  clir train-mlm-head --backbone multilingual-e5-small --out heads/e5 \\
+      --text en=irds:clir/ud/en --text de=irds:clir/ud/de --text ru=irds:clir/ud/ru
+  clir train-language-adapter --lang de --text irds:clir/ud/de --backbone multilingual-e5-small \\
+      --head heads/e5 --out adapters/e5-de --max-steps 1000
   clir train-language-adapter --lang it --text irds:neumarco/it --backbone bert-base-multilingual-cased \\
       --out adapters/mbert-it
 

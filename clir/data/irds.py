@@ -20,9 +20,11 @@ PARTS = ("docs", "queries", "qrels")
 def load_dataset(ds_id: str):
     import ir_datasets
 
-    from clir.data.public import register
+    from clir.data import public, public_train
 
-    register()  # the clir/... datasets (XQuAD-R, Tatoeba), added to ir_datasets' registry on first use
+    # the clir/... datasets (XQuAD-R, Tatoeba; UD sentences, WikiQA triples), registered on first use
+    public.register()
+    public_train.register()
     try:
         return ir_datasets.load(ds_id)
     except KeyError:
@@ -76,17 +78,22 @@ def missing_files(ds_id: str, parts: tuple[str, ...] = PARTS) -> list[tuple[str,
     return [(part, p, urls) for part, p, urls in required_files(ds_id, parts) if not p.exists()]
 
 
-def offline_message(ds_id: str, missing: list[tuple[str, Path, list[str]]]) -> str:
-    home = os.environ.get("IR_DATASETS_HOME", str(Path.home() / ".ir_datasets"))
-    lines = [f"ir_datasets {ds_id!r} needs files that are not on this machine (IR_DATASETS_HOME={home}):"]
-    by_path: dict[Path, tuple[list[str], list[str]]] = {}  # one line per file, whichever parts read it
+def by_file(missing: list[tuple[str, Path, list[str]]]) -> list[tuple[str, Path, list[str]]]:
+    """(the parts that read it, joined by ", "; path; urls) once per file of ``missing``."""
+    by_path: dict[Path, tuple[list[str], list[str]]] = {}
     for part, path, urls in missing:
         parts, _ = by_path.setdefault(path, ([], urls))
         if part not in parts:
             parts.append(part)
-    for path, (parts, urls) in by_path.items():
+    return [(", ".join(parts), path, urls) for path, (parts, urls) in by_path.items()]
+
+
+def offline_message(ds_id: str, missing: list[tuple[str, Path, list[str]]]) -> str:
+    home = os.environ.get("IR_DATASETS_HOME", str(Path.home() / ".ir_datasets"))
+    lines = [f"ir_datasets {ds_id!r} needs files that are not on this machine (IR_DATASETS_HOME={home}):"]
+    for parts, path, urls in by_file(missing):  # one line per file, whichever parts read it
         src = f" (from {urls[0]})" if urls else ""
-        lines.append(f"  - {', '.join(parts)}: {path}{src}")
+        lines.append(f"  - {parts}: {path}{src}")
     lines.append("Download them on a machine with internet access and place them at those paths.")
     return "\n".join(lines)
 

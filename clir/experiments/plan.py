@@ -10,7 +10,7 @@ from clir.config import EvalConfig
 from clir.errors import ClirError
 from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
-from clir.experiments.resolve import grid_collection, grid_model
+from clir.experiments.resolve import build_triples, grid_collection, grid_model
 
 
 def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
@@ -81,6 +81,21 @@ def _head_build(cfg: EvalConfig, adapter_builds: list) -> tuple[Path, list[str]]
     return outp, [*cmd, *resume, *head.args]
 
 
+def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path, list[str]]]]:
+    """ir_datasets files the training triples of the models still to build lack (``irds:`` triples only)."""
+    from clir.data.irds import missing_files
+    from clir.data.triples import IRDS_PARTS, IRDS_PREFIX
+
+    out: dict[str, list[tuple[str, Path, list[str]]]] = {}
+    for m in models:
+        triples = build_triples(m.spec) if m.build_cmd else None
+        if triples and triples.startswith(IRDS_PREFIX) and triples[len(IRDS_PREFIX) :] not in out:
+            missing = missing_files(triples[len(IRDS_PREFIX) :], IRDS_PARTS)
+            if missing:
+                out[triples[len(IRDS_PREFIX) :]] = missing
+    return out
+
+
 def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
     """Per collection: every model x routing, then BM25 and the fusions of BM25 with each dense row."""
     rows: list[GridRow] = []
@@ -140,6 +155,7 @@ def plan_grid(
     selected = _select(rows, only)
 
     irds_missing: dict[str, list[tuple[str, Path, list[str]]]] = dict(irds_missing_text)
+    irds_missing.update(_triples_missing(models))
     for c in {r.collection.name: r.collection for r in selected}.values():
         if c.irds_id and c.irds_id not in irds_missing:
             missing = missing_files(c.irds_id)
@@ -170,6 +186,8 @@ def plan_grid(
 
 def format_plan(plan: Plan) -> str:
     """The ``--dry-run`` listing: collections, models, builds, indexes, runs, metrics and downloads."""
+    from clir.data.irds import by_file
+
     cfg = plan.config
     lines = [f"eval grid {cfg.name!r} ({plan.config_path}) -> {plan.out}", ""]
     lines.append(f"collections ({len(plan.collections)}):")
@@ -229,8 +247,8 @@ def format_plan(plan: Plan) -> str:
     ]
     downloads = []
     for ds_id, missing in plan.irds_missing.items():
-        for part, path, urls in missing:
-            downloads.append(f"ir_datasets {ds_id} {part}: {path}" + (f" (from {urls[0]})" if urls else ""))
+        for parts, path, urls in by_file(missing):  # one line per file, whichever parts read it
+            downloads.append(f"ir_datasets {ds_id} {parts}: {path}" + (f" (from {urls[0]})" if urls else ""))
     for m in plan.models:
         downloads += m.downloads
     lines.append(f"downloads needed ({len(downloads)}):" if downloads else "downloads needed: none")

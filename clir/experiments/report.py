@@ -1,6 +1,6 @@
 """The grid's outputs: ``metrics.json`` (one row per collection x model x routing), ``report.md`` (tables per
 collection with significance marks, the adapter-swap deltas, the command, config hash and versions) and
-``plots/*.png``."""
+``plots/*.png``, with portable paths (no host folders: they are committed)."""
 
 from __future__ import annotations
 
@@ -385,15 +385,17 @@ def _projection_plots(result: GridResult, folder: Path) -> list[str]:
 
 
 def write_outputs(result: GridResult) -> dict[str, Path]:
-    """Write metrics.json, plots/*.png and report.md into the grid's output folder."""
+    """Write metrics.json, plots/*.png and report.md into the grid's output folder. Paths in them are portable
+    (:mod:`clir.portable`: relative to the repository, ``../shared/...``, ids as given), as they get committed."""
     from clir.atomic import atomic_write_text
     from clir.experiments import plots
+    from clir.portable import portable, portable_text
 
     plan = result.plan
     cfg = plan.config
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
-    doc = metrics_document(result)
+    doc = portable(metrics_document(result))
     written: list[str] = []
     dense_like = result.rows
     for m in cfg.metrics:
@@ -410,7 +412,7 @@ def write_outputs(result: GridResult) -> dict[str, Path]:
     written += _projection_plots(result, out / "plots")
     doc["plots"] = written
     atomic_write_text(out / "metrics.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "report.md", render_report(result, doc))
+    atomic_write_text(out / "report.md", portable_text(render_report(result, doc)))
     return {"metrics": out / "metrics.json", "report": out / "report.md"}
 
 

@@ -130,6 +130,19 @@ def _build_settings(spec: ModelSpec) -> dict[str, Any] | None:
     return dict(train["model"]) if isinstance(train.get("model"), dict) else None
 
 
+def build_triples(spec: ModelSpec) -> str | None:
+    """The training triples (``data.triples``) a model built on demand reads, as far as its config says."""
+    if spec.build is None or not (spec.build.config and Path(spec.build.config).is_file()):
+        return None
+    try:
+        train = load_yaml(spec.build.config)
+    except ClirError:  # _build_settings has warned; the training run itself will say what is wrong
+        return None
+    data = train.get("data")
+    triples = data.get("triples") if isinstance(data, dict) else None
+    return str(triples) if triples else None
+
+
 def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
     b = spec.build
     assert b is not None

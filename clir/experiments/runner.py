@@ -317,7 +317,8 @@ def _write_resolved_config(plan: Plan) -> None:
     import yaml
 
     from clir.atomic import atomic_write_text
+    from clir.portable import portable
 
-    data = to_dict(plan.config)
+    data = portable(to_dict(plan.config))
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     atomic_write_text(plan.out / "config.resolved.yaml", f"# config hash {config_hash(plan.config)}\n{text}")

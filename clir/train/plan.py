@@ -101,7 +101,7 @@ def _data(plan: Plan, triples: str) -> None:
     from clir.data.triples import IRDS_PARTS, IRDS_PREFIX, open_triples, parse_triple
 
     if triples.startswith(IRDS_PREFIX):
-        from clir.data.irds import load_dataset, missing_files
+        from clir.data.irds import by_file, load_dataset, missing_files
 
         ds_id = triples[len(IRDS_PREFIX) :]
         try:
@@ -114,9 +114,9 @@ def _data(plan: Plan, triples: str) -> None:
             plan.problems.append(f"{triples} has no docpairs (training triples)")
         missing = missing_files(ds_id, tuple(p for p in IRDS_PARTS if getattr(ds, f"has_{p}")()))
         plan.add("triples", f"{triples} (ir_datasets docpairs, streamed)")
-        for part, path, urls in missing:
+        for parts, path, urls in by_file(missing):
             src = f" from {urls[0]}" if urls else ""
-            plan.downloads.append(f"ir_datasets {ds_id} {part}: {path}{src}")
+            plan.downloads.append(f"ir_datasets {ds_id} {parts}: {path}{src}")
         return
     p = Path(triples).expanduser()
     if not p.is_file():

@@ -16,6 +16,7 @@ from typing import Any
 from clir.atomic import atomic_write_text, swap_into_place
 from clir.config import TrainConfig, to_dict
 from clir.errors import ClirError
+from clir.model.card import write_model_folder_cards
 from clir.model.resolve import MODEL_FILE
 from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
 
@@ -126,9 +127,33 @@ def write_model(encoder: Any, out: Path, *, keep_checkpoints: bool) -> None:
     for name in (LOG_FILE, CONFIG_FILE):
         if (out / name).is_file():
             shutil.copy2(out / name, staging / name)
+    write_model_folder_cards(staging, encoder.config, training_facts(staging))
     if keep_checkpoints and (out / CKPT_DIR).is_dir():
         (out / CKPT_DIR).rename(staging / CKPT_DIR)
     swap_into_place(staging, out)
+
+
+def training_facts(folder: Path) -> dict[str, Any]:
+    """What a model card says of the run (:func:`clir.model.card.model_folder_facts`), from the folder's
+    ``train_config.yaml`` and the last record of ``train_log.jsonl``."""
+    import yaml
+
+    facts: dict[str, Any] = {}
+    try:
+        cfg = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    data, optim, resolved = (cfg.get(k) or {} for k in ("data", "optim", "resolved"))
+    facts["data"] = data.get("triples")
+    facts["steps"] = optim.get("max_steps")
+    facts["batch_size"] = resolved.get("effective_batch_size") or optim.get("batch_size")
+    facts["lr"] = resolved.get("lr")
+    try:
+        last = (folder / LOG_FILE).read_text(encoding="utf-8").strip().splitlines()[-1]
+        facts["final_train_loss"] = json.loads(last)["loss"]
+    except (OSError, IndexError, ValueError, KeyError):
+        pass
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _yaml(data: dict[str, Any]) -> str:

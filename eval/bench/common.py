@@ -119,14 +119,32 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def accelerator() -> str:
+    """The GPU torch sees (name x count), or "none": with the CPU model and cores, all a report says of the
+    machine (never its host name or folders)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            return ", ".join(f"{n} x{names.count(n)}" for n in dict.fromkeys(names))
+    except Exception:  # no torch, or a driver problem: report no accelerator rather than fail a benchmark
+        pass
+    return "none"
+
+
+def machine_summary() -> dict[str, Any]:
+    """CPU model, cores and accelerator: how committed results name the machine."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "accelerator": accelerator()}
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     from clir.model.precision import cpu_has_bf16
 
     info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
+        **machine_summary(),
         "memory_gib": round(mem_gib(), 1),
         "avx512_bf16": cpu_has_bf16(),
         "amx": cpu_has_amx(),
@@ -154,8 +172,9 @@ def machine_line() -> str:
     bf16 = "AVX512-BF16" if m["avx512_bf16"] else "no native bf16"
     if m.get("amx"):  # bf16 matrix products run on AMX tiles: ~3x AVX512-BF16 on e5-small here
         bf16 = "AMX, " + bf16
+    gpu = "" if m["accelerator"] == "none" else f", accelerator {m['accelerator']}"
     return (
-        f"{m['cpu']}, {m['cores']} cores ({bf16}), {m['memory_gib']} GiB RAM, torch threads "
+        f"{m['cpu']}, {m['cores']} cores ({bf16}){gpu}, {m['memory_gib']} GiB RAM, torch threads "
         f"{m['torch_threads']}; Python {m['python']}, {libs}"
     )
 
@@ -174,10 +193,13 @@ def conditions(load_before: str) -> str:
 def write_section(title: str, body: str, path: Path = RESULTS, *, first: bool = False) -> Path:
     """Replace (or add: at the end, or at the top with ``first``) the ``## title`` section of RESULTS.md,
     keeping every other section intact (other benchmarks, the REST section another script writes).
+    Paths in ``body`` are made portable (relative to the repository, ``../shared/...``: the file is committed).
     Written to a temp name, then renamed."""
+    from clir.portable import portable_text
+
     text = path.read_text(encoding="utf-8") if path.is_file() else HEADER
     head, sections = _split_sections(text)
-    new = f"## {title}\n\n{body.strip()}\n"
+    new = f"## {title}\n\n{portable_text(body.strip())}\n"
     for i, (name, _) in enumerate(sections):
         if name == title:
             sections[i] = (name, new)
@@ -217,10 +239,14 @@ def load_json(name: str) -> Any:
 
 
 def save_json(name: str, data: Any, folder: Path = BENCH_DIR / "results") -> Path:
-    """Raw numbers next to RESULTS.md (``eval/bench/results/<name>.json``) for anyone re-plotting."""
+    """Raw numbers next to RESULTS.md (``eval/bench/results/<name>.json``) for anyone re-plotting; paths in
+    them portable, as in RESULTS.md."""
+    from clir.portable import portable
+
     out = folder / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    doc = portable(json.loads(json.dumps(data, default=str)))
+    out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return out
 
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from clir.portable import portable
 from eval.bench import common
 
 COLLECTIONS = common.SHARED / "data" / "collections"
@@ -134,10 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / "results.json").is_file():  # keep candidates measured by earlier runs
         old = {r["library"]: r for r in json.loads((args.out / "results.json").read_text())["rows"]}
     old.update({r["library"]: r for r in rows})
-    meta = {"machine": common.cpu_model(), "load_avg_end": common.load_avg()}
-    (args.out / "results.json").write_text(
-        json.dumps({"meta": meta, "rows": list(old.values())}, indent=2) + "\n"
-    )
+    meta = {"machine": common.machine_summary(), "load_avg_end": common.load_avg()}
+    doc = portable({"meta": meta, "rows": list(old.values())})
+    (args.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clir.portable import portable
 from eval.bench import common
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 def write(out: Path, rows: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "machine": common.cpu_model(),
+        "machine": common.machine_summary(),
         "load_avg_end": common.load_avg(),
         "model": "multilingual-e5-small",
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    doc = portable({"meta": meta, "rows": rows})
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
 
 
