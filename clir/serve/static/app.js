@@ -247,8 +247,8 @@
     text += " The query is encoded the same way on both sides; the marks say how each hit moved on the right.";
     const fallback = Object.entries(pair.target.routing_fallback || {}).filter(([, n]) => n > 0);
     if (fallback.length) {
-      const names = fallback.map(([l, n]) => `${langName(l)} (${n})`).join(", ");
-      text += ` Without an adapter of their own, ${names} documents keep the ${langName(pair.source.encoder_fingerprint.source_lang)} one on both sides.`;
+      const names = fallback.map(([l, n]) => `${langName(l)} (${n} document${n === 1 ? "" : "s"})`).join(", ");
+      text += ` No adapter for ${names}: ${fallback.length === 1 && fallback[0][1] === 1 ? "it keeps" : "they keep"} the ${langName(pair.source.encoder_fingerprint.source_lang)} one on both sides.`;
     }
     return text;
   }
