@@ -269,7 +269,7 @@ def evaluate_routings(indexes: dict[str, Path], results: Path) -> None:
 def routings_table(
     scores: dict[str, dict[str, float]], names: list[str], source: str, fallback: dict[str, int]
 ) -> str:
-    """Both document routings' metrics, and their difference, as one markdown table; a line on fallbacks."""
+    """Both document routings' metrics, and their difference, as one markdown table (fallbacks in the label)."""
     metrics = list(scores["source"])
     fell = ", ".join(f"{lang}: {n}" for lang, n in sorted(fallback.items()))
     rows = [
