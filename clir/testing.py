@@ -106,6 +106,41 @@ def build_tiny_bert(
     return out
 
 
+#: the languages the paper experiment trains language adapters for (no fr: French documents fall back)
+MADX_LANGS = ("en", "de", "ru", "zh", "fa")
+
+
+def build_tiny_madx(
+    backbone: str | Path,
+    out: str | Path,
+    *,
+    langs: tuple[str, ...] = MADX_LANGS,
+    query_routing: str = "source",
+    seed: int = 0,
+) -> Path:
+    """A madx model folder on ``backbone`` (e.g. :func:`build_tiny_bert`'s): a fresh task adapter on fresh
+    language adapters for ``langs``, bundled as ``adapters/lang_<lang>`` (the layout of a trained one), fp32,
+    mean pooling, L2-normalised. Seeded, so two builds are alike."""
+    import torch
+
+    from clir.model import load_encoder
+
+    torch.manual_seed(seed)
+    enc = load_encoder(
+        str(backbone),
+        {
+            "adapter_mode": "madx",
+            "source_lang": "en",
+            "language_adapters": {lang: "new" for lang in langs},
+            "routing": {"query": query_routing, "doc": "source"},
+            "pooling": "mean",
+            "normalize": True,
+            "precision": "fp32",
+        },
+    )
+    return enc.save(out, save_lang=langs)
+
+
 def write_tiny_collection(out: str | Path, *, n_docs: int | None = None) -> Path:
     """A local collection folder (docs.jsonl, queries.tsv, qrels.txt): English queries, foreign documents.
 

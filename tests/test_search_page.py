@@ -24,6 +24,7 @@ KEY = "page-test-key-0123"
 KEY_ENV = "CLIR_PAGE_TEST_KEY"
 QUERY = "the cat sits on the mat"
 LANGS = ("en", "de", "fa", "fr", "ru", "zh")
+INDEXES = ["madx", "plain", "split", "doc-source", "doc-target"]
 WAIT_S = 60  # generous upper bound for the page to settle; the waits return as soon as it has
 
 
@@ -68,11 +69,16 @@ def test_page_and_assets_are_served_without_the_key_but_the_api_is_not(keyed_cli
 
 
 # ---------------------------------------------------------------------- fixtures: indexes, server, browser
-def _build_index(collection: Path, model: str, out: Path, passage_length: int | None = None) -> Path:
+def _build_index(
+    collection: Path, model: str, out: Path, passage_length: int | None = None, doc_routing: str | None = None
+) -> Path:
     from clir.index import IndexArgs, build_index
     from clir.index.passages import PassageSpec
 
-    args = IndexArgs(collection=str(collection), model=model, out=str(out), overrides={"precision": "fp32"})
+    overrides: dict = {"precision": "fp32"}
+    if doc_routing:
+        overrides["routing"] = {"doc": doc_routing}
+    args = IndexArgs(collection=str(collection), model=model, out=str(out), overrides=overrides)
     args.passages = PassageSpec(length=passage_length)
     build_index(args)
     return out
@@ -113,14 +119,22 @@ def madx_model(tiny_bert, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_bert, madx_model, tiny_collection, tmp_path_factory):
-    """`clir serve` with an API key over a madx index (routable) and a plain one, on a free loopback port."""
+    """`clir serve` with an API key over a madx index (routable), a plain one, a split one, and a pair of
+    indexes of one madx model whose documents went through the English adapter / their own language's (the
+    paper's adapters: no French one), on a free loopback port."""
+    from clir.testing import build_tiny_madx
+
     out = tmp_path_factory.mktemp("page-indexes")
     madx = _build_index(tiny_collection, str(madx_model), out / "madx")
     plain = _build_index(tiny_collection, str(tiny_bert), out / "plain")
     # one long document per language, in windows of 20 tokens: hits carry their best passage
     split = _build_index(_long_docs(out / "long"), str(tiny_bert), out / "split", passage_length=20)
+    paper = str(build_tiny_madx(tiny_bert, out / "paper-madx"))
+    pair = [f"{name}={_build_index(tiny_collection, paper, out / name, doc_routing=route)}"
+            for name, route in (("doc-source", "source"), ("doc-target", "target"))]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{KEY_ENV: KEY})
     cmd = [sys.executable, "-m", "clir", "serve", "--index", f"madx={madx}", "--index", f"plain={plain}", "--index", f"split={split}",
+           "--index", pair[0], "--index", pair[1],
            "--api-key-env", KEY_ENV, "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
@@ -175,7 +189,7 @@ def page(browser, server):
     browser.execute_script("sessionStorage.clear()")
     browser.get(server + "/")
     _enter_key(browser, KEY)
-    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain", "split"], "the index picker to fill")
+    _wait(browser, lambda d: _options(d, "index-a") == INDEXES, "the index picker to fill")
     return browser
 
 
@@ -266,6 +280,21 @@ def _same_as_api(shown: list[dict], api: list[dict]) -> None:
     assert [h["text"] for h in shown] == [h["text"] for h in api]
 
 
+def _check_moves(driver, a: list[dict], b: list[dict]) -> None:
+    """B's hits are marked with their movement against A (up/down by how many, same, new); A's hits that B
+    lacks are marked out; the status line counts them."""
+    rank_a = {h["doc_id"]: h["rank"] for h in a}
+    in_b = {h["doc_id"] for h in b}
+    for h in b:
+        ra = rank_a.get(h["doc_id"])
+        want = "new" if ra is None else "same" if ra == h["rank"] else (
+            f"up {ra - h['rank']}" if h["rank"] < ra else f"down {h['rank'] - ra}")  # fmt: skip
+        assert h["move"] == want, h
+    assert [h["move"] for h in a] == [None if h["doc_id"] in in_b else "out" for h in a]
+    common = len(in_b & set(rank_a))
+    assert f"{common} of {len(b)} hits in both" in _by_id(driver, "status").text
+
+
 # ---------------------------------------------------------------------- the browser tests
 def test_api_key_errors_then_search_and_document_view(browser, server):
     from selenium.webdriver.common.keys import Keys
@@ -281,7 +310,7 @@ def test_api_key_errors_then_search_and_document_view(browser, server):
     _enter_key(browser, "not-the-key")
     _wait(browser, lambda d: "wrong X-API-Key" in _message(d), "the wrong-key message")
     _enter_key(browser, KEY)
-    _wait(browser, lambda d: _options(d, "index-a") == ["madx", "plain", "split"], "the index picker to fill")
+    _wait(browser, lambda d: _options(d, "index-a") == INDEXES, "the index picker to fill")
     assert _message(browser) == ""
     # the key is kept for this tab's session only, and survives a reload
     assert browser.execute_script("return sessionStorage.getItem('clir.apiKey')") == KEY
@@ -289,7 +318,7 @@ def test_api_key_errors_then_search_and_document_view(browser, server):
     browser.refresh()
     _wait(
         browser,
-        lambda d: _options(d, "index-a") == ["madx", "plain", "split"],
+        lambda d: _options(d, "index-a") == INDEXES,
         "the index picker after a reload",
     )
 
@@ -345,16 +374,7 @@ def test_side_by_side_two_routings_shows_what_moved(page, server):
     _same_as_api(a, _api_search(server, query=QUERY, index="madx", query_lang="en"))
     _same_as_api(b, _api_search(server, query=QUERY, index="madx", query_lang="de"))
     assert [h["doc_id"] for h in a] != [h["doc_id"] for h in b], "the two routings ranked alike"
-    rank_a = {h["doc_id"]: h["rank"] for h in a}
-    in_b = {h["doc_id"] for h in b}
-    for h in b:
-        ra = rank_a.get(h["doc_id"])
-        want = "new" if ra is None else "same" if ra == h["rank"] else (
-            f"up {ra - h['rank']}" if h["rank"] < ra else f"down {h['rank'] - ra}")  # fmt: skip
-        assert h["move"] == want, h
-    assert [h["move"] for h in a] == [None if h["doc_id"] in in_b else "out" for h in a]
-    common = len(in_b & set(rank_a))
-    assert f"{common} of 10 hits in both" in _by_id(page, "status").text
+    _check_moves(page, a, b)
     # the address names the search (not the key): a reload repeats it
     assert "q=the+cat+sits" in page.current_url and "lang_b=de" in page.current_url
     assert KEY not in page.current_url
@@ -369,6 +389,50 @@ def test_side_by_side_two_routings_shows_what_moved(page, server):
     assert "no language adapters" in _by_id(page, "routing-b").text
     _search(page, QUERY)
     _same_as_api(_hits(page, "b"), _api_search(server, query=QUERY, index="plain"))
+
+
+def test_two_document_routings_side_by_side(page, server):
+    """The pair of indexes that differ only in document routing: one button shows them side by side for a
+    query, with what moved marked and one sentence saying what the columns are."""
+    assert not page.find_elements("id", "pair-note")
+    _by_id(page, "q").send_keys(QUERY)
+    before = page.execute_script("return document.getElementById('status').textContent")
+    _by_id(page, "pair").click()
+    _wait(
+        page, lambda d: d.find_element("id", "status").text not in (before, "Searching\u2026"), "the search"
+    )
+    assert _message(page) == ""
+    assert _by_id(page, "index-a").get_attribute("value") == "doc-source"
+    assert _by_id(page, "index-b").get_attribute("value") == "doc-target"
+    assert _by_id(page, "compare").is_selected() and _by_id(page, "side-b").is_displayed()
+    a, b = _hits(page, "a"), _hits(page, "b")
+    _same_as_api(a, _api_search(server, query=QUERY, index="doc-source"))
+    _same_as_api(b, _api_search(server, query=QUERY, index="doc-target"))
+    assert [h["score"] for h in a] != [h["score"] for h in b], "the two document routings scored alike"
+    _check_moves(page, a, b)
+    note = _by_id(page, "pair-note")
+    assert note.is_displayed()
+    sentence = note.text
+    assert sentence.startswith(
+        "Left: documents encoded through the English adapter; right: through each document\u2019s own language "
+        "adapter (the MAD-X swap)."
+    )
+    # the tiny collection's three French documents: the paper's adapters have no French one
+    assert sentence.endswith("No adapter for French (3 documents): they keep the English one on both sides.")
+    heads = [h.text for h in page.find_elements("css selector", ".column h2")]
+    assert heads == [
+        "A: doc-source \u00b7 documents through the English adapter",
+        "B: doc-target \u00b7 documents through each document\u2019s own language adapter",
+    ]
+    # the address names both sides: a reload shows the same comparison, sentence included
+    assert "index_b=doc-target" in page.current_url
+    page.refresh()
+    _wait(page, lambda d: len(_hits(d, "b")) == len(b), "the comparison named in the address")
+    assert _hits(page, "a") == a and _hits(page, "b") == b and _by_id(page, "pair-note").text == sentence
+    # one column, or two indexes that are no such pair: no sentence
+    _by_id(page, "compare").click()
+    _search(page, QUERY)
+    assert not page.find_elements("id", "pair-note")
 
 
 def test_keyboard_alone_on_a_narrow_screen(page, server):

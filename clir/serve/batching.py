@@ -11,6 +11,7 @@ executor (eval/bench/RESULTS.md, "REST serving")"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.config.model import Route
 from clir.errors import ClirError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class Job:
     query: str
     k: int
     lang: str
+    #: query-side language-adapter routing for this query (madx); None: the encoder's own
+    routing: Route | None = None
 
 
 @dataclass
@@ -68,33 +72,41 @@ class Overloaded(ClirError):
 
 
 def encode_grouped(
-    encoder: Any, queries: list[str], langs: list[str], *, batch_size: int = 64
+    encoder: Any,
+    queries: list[str],
+    langs: list[str],
+    *,
+    batch_size: int = 64,
+    routings: list[Route | None] | None = None,
 ) -> tuple[list[np.ndarray | BaseException], list[tuple[int, bool] | None]]:
-    """Query vectors, one encoder call per language, plus each query's (tokens kept, truncated?). A failure
-    is returned in the slots of the queries it concerns.
+    """Query vectors, one encoder call per language and query routing (``routings``, None: the encoder's
+    own), plus each query's (tokens kept, truncated?). A failure is returned in the slots of the queries it
+    concerns.
 
     The encoder packs a language's queries into one forward (:mod:`clir.model.packing`), so each vector is
     the one the query gets alone (`clir search --query`) whatever else shares the micro-batch, bit for bit
     where :mod:`clir.model.rowblocks` finds row blocks for the model's products."""
     vectors: list[np.ndarray | BaseException | None] = [None] * len(queries)
     counts: list[tuple[int, bool] | None] = [None] * len(queries)
+    routes = routings if routings is not None else [None] * len(queries)
     with encoder.exclusive():
-        by_lang: dict[str, list[int]] = defaultdict(list)
-        for i, (query, lang) in enumerate(zip(queries, langs, strict=True)):
+        by_lang: dict[tuple[str, Route | None], list[int]] = defaultdict(list)
+        for i, (query, lang, route) in enumerate(zip(queries, langs, routes, strict=True)):
             try:
                 counts[i] = encoder.count_tokens(query, "query")
             except Exception as e:  # noqa: BLE001 -- handed to the request it concerns
                 vectors[i] = e
                 continue
-            by_lang[lang].append(i)
-        for lang, idxs in by_lang.items():
+            by_lang[(lang, route)].append(i)
+        for (lang, route), idxs in by_lang.items():
             try:
-                vecs = encoder.encode_queries(
-                    [queries[i] for i in idxs],
-                    lang=lang,
-                    batch_size=batch_size,
-                    show_progress=False,
-                )
+                with encoder.routed(query=route) if route else contextlib.nullcontext():
+                    vecs = encoder.encode_queries(
+                        [queries[i] for i in idxs],
+                        lang=lang,
+                        batch_size=batch_size,
+                        show_progress=False,
+                    )
             except Exception as e:  # noqa: BLE001
                 for i in idxs:
                     vectors[i] = e
@@ -108,7 +120,11 @@ def run_jobs(encoder: Any, jobs: list[Job], *, batch_size: int = 64) -> list[Res
     """Encode (:func:`encode_grouped`) and search ``jobs``, all on ``encoder``: one FAISS call per index
     with the largest k asked. A failure is returned in the slots of the jobs it concerns."""
     vectors, counts = encode_grouped(
-        encoder, [j.query for j in jobs], [j.lang for j in jobs], batch_size=batch_size
+        encoder,
+        [j.query for j in jobs],
+        [j.lang for j in jobs],
+        batch_size=batch_size,
+        routings=[j.routing for j in jobs],
     )
     out: list[Any] = list(vectors)  # failures stay; vectors are replaced below
     by_index: dict[int, list[int]] = defaultdict(list)

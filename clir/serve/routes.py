@@ -19,8 +19,10 @@ from clir.serve.config import MAX_K
 from clir.serve.guard import API_KEY_HEADER
 from clir.serve.schemas import (
     ERRORS,
+    QUERY_ROUTING_DOC,
     BatchSearchRequest,
     BatchSearchResponse,
+    QueryRouting,
     SearchRequest,
     SearchResponse,
     error_body,
@@ -32,6 +34,8 @@ from clir.serve.state import ServeState
 KEY_DOC = Security(
     APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="when the server has a key")
 )
+
+QUERY_ROUTING_PARAM = Query(None, description=QUERY_ROUTING_DOC)
 
 
 class PayloadTooLarge(ClirError):
@@ -109,6 +113,8 @@ def _describe(name: str, s: Any, default: bool) -> dict[str, Any]:
         "dim": m.get("dim"),
         "model": (m.get("model") or {}).get("source"),
         "encoder_fingerprint": m.get("encoder"),
+        # target doc routing: documents whose language had no adapter kept the source one, per language
+        "routing_fallback": m.get("routing_fallback") or {},
         "created": m.get("created"),
     }
 
@@ -117,7 +123,9 @@ def add_search_routes(app: FastAPI, state: ServeState) -> None:
     @app.post("/search", tags=["search"], summary="search one index", response_model=SearchResponse,
               response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
     async def search_post(body: SearchRequest, _key: str | None = KEY_DOC):
-        return await _search_one(state, body.index, body.query, body.k, body.query_lang, body.return_text)
+        return await _search_one(
+            state, body.index, body.query, body.k, body.query_lang, body.return_text, body.query_routing
+        )
 
     @app.get("/search", tags=["search"], summary="search one index (query string)", response_model=SearchResponse,
              response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
@@ -126,6 +134,7 @@ def add_search_routes(app: FastAPI, state: ServeState) -> None:
         k: int = Query(10, ge=1, le=MAX_K),
         index: str | None = None,
         query_lang: str = Query("en", min_length=1, max_length=32),
+        query_routing: QueryRouting | None = QUERY_ROUTING_PARAM,
         return_text: bool = True,
         _key: str | None = KEY_DOC,
     ):
@@ -135,7 +144,9 @@ def add_search_routes(app: FastAPI, state: ServeState) -> None:
             raise RequestValidationError(
                 [{"type": "value_error", "loc": ("query", "q"), "msg": str(e)}]
             ) from None
-        return await _search_one(state, index, q, k, query_lang, return_text)
+        return await _search_one(
+            state, index, q, k, query_lang, return_text, query_routing, where=("query", "query_routing")
+        )
 
     @app.post("/search/batch", tags=["search"], summary="many queries in one call",
               response_model=BatchSearchResponse, response_model_exclude_none=True, responses=ERRORS)  # fmt: skip
@@ -143,12 +154,33 @@ def add_search_routes(app: FastAPI, state: ServeState) -> None:
         return await _search_batch(state, body)
 
 
+def _check_query_routing(
+    name: str, searcher: Any, routing: QueryRouting | None, where: tuple[str, ...]
+) -> None:
+    """A request's query routing needs language adapters to route: an index of a madx model (422 else)."""
+    mode = searcher.encoder.config.adapter_mode
+    if routing is not None and mode != "madx":
+        msg = (
+            f"index {name!r} has no language adapters to route (adapter mode {mode}): query_routing needs "
+            "an index of a madx model; leave it out here"
+        )
+        raise RequestValidationError([{"type": "value_error", "loc": where, "msg": msg}])
+
+
 async def _search_one(
-    state: ServeState, name: str | None, query: str, k: int, lang: str, return_text: bool
+    state: ServeState,
+    name: str | None,
+    query: str,
+    k: int,
+    lang: str,
+    return_text: bool,
+    routing: QueryRouting | None = None,
+    where: tuple[str, ...] = ("body", "query_routing"),
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     name, searcher = state.get(name)
-    job = Job(searcher, query, k, lang)
+    _check_query_routing(name, searcher, routing, where)
+    job = Job(searcher, query, k, lang, routing)
     batcher = state.batchers.get(id(searcher.encoder))
     if batcher is not None:
         res = await batcher.submit(job)
@@ -194,7 +226,8 @@ async def _search_batch(state: ServeState, body: BatchSearchRequest) -> dict[str
     _check_batch_limits(body, settings.max_batch_queries, settings.max_batch_chars)
     t0 = time.perf_counter()
     name, searcher = state.get(body.index)
-    jobs = [Job(searcher, q, body.k, body.query_lang) for q in body.queries]
+    _check_query_routing(name, searcher, body.query_routing, ("body", "query_routing"))
+    jobs = [Job(searcher, q, body.k, body.query_lang, body.query_routing) for q in body.queries]
     results = []
     step = settings.max_batch_size
     batcher = state.batchers.get(id(searcher.encoder))

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from clir.config.model import Route
 from clir.serve.config import MAX_K
 
 ERROR_CODES = {
@@ -48,6 +49,17 @@ def _unicode(v: str) -> str:
     return v
 
 
+#: a request's query-side language-adapter routing (madx models): see :data:`QUERY_ROUTING_DOC`
+QueryRouting = Route  # "source" | "target" | "none"
+QUERY_ROUTING_DOC = (
+    "language adapter under the task adapter for the query, on an index of a madx model (one with language "
+    "adapters): `source` (the model's source language's, English), `target` (the adapter of `query_lang`), "
+    "`none` (the task adapter alone); default: the model's own query routing. Document routing cannot be "
+    "changed per request: it is fixed by the index (`clir index --doc-routing`, in the index's manifest: "
+    "`encoder_fingerprint.routing.doc` in GET /indexes). On an index without language adapters: 422"
+)
+
+
 class SearchRequest(_Strict):
     query: str = Field(
         description="query text (longer than the encoder's limit: truncated, and `truncated` says so)"
@@ -57,6 +69,7 @@ class SearchRequest(_Strict):
     query_lang: str = Field(
         "en", min_length=1, max_length=32, description="language of the query (adapter routing)"
     )
+    query_routing: QueryRouting | None = Field(None, description=QUERY_ROUTING_DOC)
     return_text: bool = Field(True, description="include each hit's stored text")
 
     _check_query = field_validator("query")(nonblank)
@@ -68,6 +81,7 @@ class BatchSearchRequest(_Strict):
     k: int = Field(10, ge=1, le=MAX_K)
     index: str | None = None
     query_lang: str = Field("en", min_length=1, max_length=32)
+    query_routing: QueryRouting | None = Field(None, description=QUERY_ROUTING_DOC)
     return_text: bool = False
 
     @field_validator("queries")

@@ -127,8 +127,14 @@
     const names = [...indexes.keys()];
     const def = (body.indexes || []).find((i) => i.default) || body.indexes[0];
     if (def) $("index-a").value = def.name;
-    // compare against another index when the default index has no routing to vary
-    $("index-b").value = routing(def).swappable || names.length < 2 ? def.name : names.find((n) => n !== def.name);
+    // compare against another index when the default index has no routing to vary: its document-routing
+    // partner when there is one, else the next index
+    const pair = findPair();
+    const partner = pair && [pair.source.name, pair.target.name].includes(def.name)
+      ? (def.name === pair.source.name ? pair.target.name : pair.source.name)
+      : null;
+    $("index-b").value = routing(def).swappable || names.length < 2 ? def.name : partner || names.find((n) => n !== def.name);
+    $("pair").hidden = !pair;
     sideChanged("a");
     sideChanged("b", true);
     setStatus(`${names.length} index${names.length === 1 ? "" : "es"} served.`);
@@ -189,6 +195,76 @@
     if (!r.swappable) input.value = r.source;
     else if (pickOther && $("index-a").value === $("index-b").value) input.value = langs[1] || r.source;
     $(`routing-${s}`).textContent = r.text;
+  }
+
+  // ------------------------------------------------------------------ document routings side by side
+  // Two indexes of one collection by one madx model (same backbone, task adapter and source language), whose
+  // documents went through the source language's adapter in one and through their own language's in the
+  // other (`clir index --doc-routing source|target`): the MAD-X swap, seen hit by hit.
+  const LANG_NAMES = {
+    ar: "Arabic", de: "German", el: "Greek", en: "English", es: "Spanish", fa: "Persian", fr: "French",
+    hi: "Hindi", it: "Italian", ja: "Japanese", ko: "Korean", ru: "Russian", th: "Thai", tr: "Turkish",
+    vi: "Vietnamese", zh: "Chinese",
+  };
+  const langName = (code) => LANG_NAMES[code] || `\u201c${code}\u201d`;
+
+  function modelKey(entry) {
+    const fp = (entry && entry.encoder_fingerprint) || {};
+    if (fp.adapter_mode !== "madx" || !fp.routing) return null;
+    const task = Object.entries(fp.adapters || {}).filter(([name]) => name.startsWith("task")).sort();
+    return JSON.stringify([entry.collection, fp.backbone_weights, fp.source_lang, task]);
+  }
+
+  // {source, target, sourceLeft} when the two entries are such a pair, else null
+  function docRoutingPair(a, b) {
+    const key = modelKey(a);
+    if (!key || key !== modelKey(b)) return null;
+    const da = a.encoder_fingerprint.routing.doc;
+    const db = b.encoder_fingerprint.routing.doc;
+    if (da === "source" && db === "target") return { source: a, target: b, sourceLeft: true };
+    if (da === "target" && db === "source") return { source: b, target: a, sourceLeft: false };
+    return null;
+  }
+
+  function findPair() {
+    const all = [...indexes.values()];
+    for (const a of all) for (const b of all) {
+      const pair = docRoutingPair(a, b);
+      if (pair && pair.sourceLeft) return pair;
+    }
+    return null;
+  }
+
+  const throughSource = (pair) => `through the ${langName(pair.source.encoder_fingerprint.source_lang)} adapter`;
+  const THROUGH_OWN = "through each document\u2019s own language adapter";
+
+  // One sentence on what the two columns are, and which documents had no adapter of their own
+  function pairNote(pair) {
+    const src = throughSource(pair);
+    let text = pair.sourceLeft
+      ? `Left: documents encoded ${src}; right: ${THROUGH_OWN} (the MAD-X swap).`
+      : `Left: documents encoded ${THROUGH_OWN} (the MAD-X swap); right: ${src}.`;
+    text += " The query is encoded the same way on both sides; the marks say how each hit moved on the right.";
+    const fallback = Object.entries(pair.target.routing_fallback || {}).filter(([, n]) => n > 0);
+    if (fallback.length) {
+      const names = fallback.map(([l, n]) => `${langName(l)} (${n} document${n === 1 ? "" : "s"})`).join(", ");
+      text += ` No adapter for ${names}: ${fallback.length === 1 && fallback[0][1] === 1 ? "it keeps" : "they keep"} the ${langName(pair.source.encoder_fingerprint.source_lang)} one on both sides.`;
+    }
+    return text;
+  }
+
+  function showPair() {
+    const pair = findPair();
+    if (!pair) return;
+    $("index-a").value = pair.source.name;
+    $("index-b").value = pair.target.name;
+    sideChanged("a");
+    sideChanged("b");
+    $("lang-b").value = $("lang-a").value; // one query encoding on both sides
+    $("compare").checked = true;
+    $("side-b").hidden = false;
+    if ($("q").value.trim()) runSearch();
+    else $("q").focus();
   }
 
   const sideOf = (s) => ({ index: $(`index-${s}`).value || null, lang: $(`lang-${s}`).value.trim() || "en" });
@@ -260,6 +336,16 @@
     const box = $("results");
     box.textContent = "";
     box.classList.toggle("compare", answers.length === 2);
+    const pair = answers.length === 2 && sides[0].lang === sides[1].lang
+      ? docRoutingPair(indexes.get(answers[0].index), indexes.get(answers[1].index))
+      : null;
+    if (pair) {
+      const p = document.createElement("p");
+      p.className = "pair-note";
+      p.id = "pair-note";
+      p.textContent = pairNote(pair);
+      box.append(p);
+    }
     const ranksA = new Map(answers[0].hits.map((h) => [h.doc_id, h.rank]));
     const ranksB = answers[1] ? new Map(answers[1].hits.map((h) => [h.doc_id, h.rank])) : null;
     answers.forEach((ans, i) => {
@@ -269,6 +355,10 @@
       const h2 = document.createElement("h2");
       const lang = sides[i].lang;
       h2.textContent = `${answers.length === 2 ? (i ? "B: " : "A: ") : ""}${ans.index} \u00b7 query language ${lang}`;
+      if (pair) {
+        const isSource = (i === 0) === pair.sourceLeft;
+        h2.textContent = `${i ? "B" : "A"}: ${ans.index} \u00b7 documents ${isSource ? throughSource(pair) : THROUGH_OWN}`;
+      }
       col.append(h2);
       if (ans.warning) col.append(note(ans.warning));
       if (!ans.hits.length) col.append(note("No hits."));
@@ -539,6 +629,7 @@
     $("compare").addEventListener("change", () => {
       $("side-b").hidden = !$("compare").checked;
     });
+    $("pair").addEventListener("click", showPair);
     $("doc-back").addEventListener("click", (ev) => {
       ev.preventDefault();
       if (docFromPage) history.back(); // back to the results it was opened from
