@@ -362,6 +362,95 @@ def test_overload_is_503(searcher):
     assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
 
 
+# ---------------------------------------------------------------------- an index rebuilt under the server
+def _docs(collection: Path) -> dict[str, str]:
+    lines = (collection / "docs.jsonl").read_text(encoding="utf-8").splitlines()
+    return {d["doc_id"]: d["text"] for d in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def rebuilds(tiny_bert, tiny_collection, tmp_path_factory):
+    """(old index, new collection, its index, old texts, new texts): one encoder, the same doc ids, other
+    texts, fewer of them."""
+    from clir.index import IndexArgs, build_index
+
+    root = tmp_path_factory.mktemp("rebuilds")
+    new_coll = root / "new-coll"
+    new_coll.mkdir()
+    new_texts = {d: f"{t} rebuilt" for d, t in list(_docs(tiny_collection).items())[::2]}
+    (new_coll / "docs.jsonl").write_text(
+        "".join(
+            json.dumps({"doc_id": d, "text": t}, ensure_ascii=False) + "\n" for d, t in new_texts.items()
+        ),
+        encoding="utf-8",
+    )
+    for name, coll in (("old", tiny_collection), ("new", new_coll)):
+        build_index(IndexArgs(collection=str(coll), model=str(tiny_bert), out=str(root / name),
+                              overrides={"precision": "fp32", "pooling": "mean", "normalize": True}))  # fmt: skip
+    return root / "old", new_coll, root / "new", _docs(tiny_collection), new_texts
+
+
+def test_an_index_rebuilt_under_the_server_is_served_from_its_old_snapshot(
+    rebuilds, searcher, tiny_bert, tmp_path
+):
+    """`clir index --overwrite` rebuilds the folder a server serves: every answer stays the old index's,
+    ids and texts together, until the server restarts (it used to answer 500s, and old ids with new texts:
+    the doc store opened at the first request, from the new folder)."""
+    import shutil
+
+    from clir.index import IndexArgs, build_index
+    from clir.search import Searcher
+    from clir.serve import ServeSettings, create_app
+
+    old, new_coll, _, old_texts, new_texts = rebuilds  # `searcher` is `old`'s twin: the reference
+    live = tmp_path / "live"
+    shutil.copytree(old, live)
+    with TestClient(create_app({"live": live}, ServeSettings(lanes=1))) as c:
+        build_index(IndexArgs(collection=str(new_coll), model=str(tiny_bert), out=str(live), overwrite=True,
+                              overrides={"precision": "fp32", "pooling": "mean", "normalize": True}))  # fmt: skip
+        assert Searcher(live).num_docs == len(new_texts) < len(old_texts)  # the folder holds the new index
+        for q in QUERIES[:3]:
+            r = c.post("/search", json={"query": q, "k": 28})
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            _same(hits, searcher.search(q, 28))
+            assert all(h["text"] == old_texts[h["doc_id"]] for h in hits)
+        batch = c.post("/search/batch", json={"queries": QUERIES[:2], "k": 28, "return_text": True})
+        assert all(
+            h["text"] == old_texts[h["doc_id"]] for item in batch.json()["results"] for h in item["hits"]
+        )
+        doc_id = next(d for d in old_texts if d not in new_texts)
+        assert c.get(f"/indexes/live/docs/{doc_id}").json()["text"] == old_texts[doc_id]
+        assert c.get("/indexes").json()["indexes"][0]["num_docs"] == len(old_texts)
+
+
+def test_a_rebuild_landing_while_an_index_is_opened_is_opened_again(rebuilds, tmp_path, monkeypatch):
+    """The folder swapped between reading the FAISS index and the ids: the searcher notices (the folder
+    is another one) and opens everything again, all from the new build."""
+    import shutil
+
+    from clir.atomic import swap_into_place
+    from clir.index import store
+    from clir.search import Searcher
+
+    old, _, new, _, new_texts = rebuilds
+    live = tmp_path / "live"
+    shutil.copytree(old, live)
+    shutil.copytree(new, tmp_path / "live.partial")
+    real = store.read_docids
+
+    def rebuilt_meanwhile(folder):
+        if (tmp_path / "live.partial").exists():
+            swap_into_place(tmp_path / "live.partial", live)
+        return real(folder)
+
+    monkeypatch.setattr(store, "read_docids", rebuilt_meanwhile)
+    s = Searcher(live)
+    assert s.num_docs == s.index.ntotal == len(new_texts)
+    assert {d: s.docstore.get(d)["text"] for d in s.docids} == new_texts
+    assert s.manifest["num_docs"] == len(new_texts)
+
+
 # ---------------------------------------------------------------------- configuration and CLI
 def test_index_specs_and_yaml_config(tmp_path, monkeypatch):
     from clir.serve import load_serve_config, parse_index_spec
