@@ -362,6 +362,53 @@ def test_overload_is_503(searcher):
     assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
 
 
+def test_a_900k_character_query_is_cut_before_it_is_tokenised(searcher, monkeypatch):
+    """A query far over the encoder's limit is cut (by characters, then checked in tokens) before the
+    tokenizer reads it: the tokenizer never sees more than a few thousand of its 900k characters, and the
+    vector, token count and hits are those of its truncated form tokenised whole. Where a cut would drop
+    kept tokens (after a long run of spaces), the cut widens."""
+    import numpy as np
+
+    from clir.model import cut
+    from clir.serve import ServeSettings, create_app
+
+    enc = searcher.encoder
+    limit = enc.max_length("query")
+    seen: list[int] = []
+
+    class Spy:  # the tokenizer, recording how many characters each call reads
+        def __init__(self, tok):
+            self._tok = tok
+
+        def __call__(self, texts, *a, **kw):
+            seen.append(max(map(len, [texts] if isinstance(texts, str) else texts)))
+            return self._tok(texts, *a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self._tok, name)
+
+    huge = ("the river flows to the sea " * 40_000)[:900_000]
+    spaced = "cat" + " " * 100_000 + "the sea " * 2_000
+    monkeypatch.setattr(enc, "tokenizer", Spy(enc.tokenizer))
+    vectors = {q: enc.encode_queries([q]) for q in (huge, spaced)}
+    counts = {q: enc.count_tokens(q) for q in (huge, spaced)}
+    assert max(seen) > 100_000 and max(seen[:4]) < 10_000  # the huge one cut short; the spaced one widened
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1))  # after the spy: lanes share the tokenizer
+    with TestClient(app) as c:
+        seen.clear()  # the warm-up's
+        r = c.post("/search", json={"query": huge, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["truncated"] is True and body["query_tokens"] == limit
+    assert max(seen) < 10_000
+    monkeypatch.setattr(cut, "CHARS_PER_TOKEN", 10**9)  # no cut: texts are tokenised whole, as before
+    truncated = huge[:20_000]  # far more than the limit's tokens
+    for q, whole in ((huge, truncated), (spaced, spaced)):
+        assert np.array_equal(vectors[q], enc.encode_queries([whole]))
+        assert counts[q] == enc.count_tokens(whole) == (limit, True)
+    _same(body["hits"], searcher.search(truncated, 5))
+
+
 # ---------------------------------------------------------------------- an index rebuilt under the server
 def _docs(collection: Path) -> dict[str, str]:
     lines = (collection / "docs.jsonl").read_text(encoding="utf-8").splitlines()
