@@ -349,7 +349,9 @@ def test_micro_batches_match_single_queries(e5_small):
 def test_overload_is_503(searcher):
     from clir.serve import ServeSettings, create_app
 
-    app = create_app({"tiny": searcher}, ServeSettings(max_pending=1, batch_window_ms=200))
+    app = create_app(
+        {"tiny": searcher}, ServeSettings(max_pending=1, max_batch_queries=1, batch_window_ms=200)
+    )
 
     async def go():
         import httpx
@@ -358,8 +360,143 @@ def test_overload_is_503(searcher):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return await asyncio.gather(*(c.post("/search", json={"query": q}) for q in QUERIES[:4]))
 
-    statuses = sorted(r.status_code for r in asyncio.run(go()))
+    responses = asyncio.run(go())
+    statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+    assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 503)
+
+
+# ---------------------------------------------------------------------- load: turns, admission, departures
+def _batcher(app):
+    return next(iter(app.state.clir.batchers.values()))
+
+
+async def _until(condition, what: str, seconds: float = 60.0) -> None:
+    """Poll ``condition`` (generous deadline: CI is a loaded 2-core machine)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_a_single_search_does_not_wait_for_a_running_batch(searcher, monkeypatch):
+    """One lane busy with a 1,000-query batch: a single /search takes the lane after the slice that is
+    running, and is answered while the batch goes on (it used to wait for the whole batch)."""
+    import httpx
+
+    import clir.serve.batching as batching
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1, max_batch_size=16))
+    work: list[str] = []  # what each lane call ran, in order
+    real = batching.run_jobs
+
+    def spy(encoder, jobs, **kw):
+        work.append("single" if jobs[0].query == "the cat" else "batch")
+        return real(encoder, jobs, **kw)
+
+    monkeypatch.setattr(batching, "run_jobs", spy)
+    queries = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(1000)]
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            batch = asyncio.ensure_future(c.post("/search/batch", json={"queries": queries, "k": 3}))
+            await _until(lambda: work.count("batch") >= 2, "the batch to run")
+            slices_before = work.count("batch")
+            t0 = time.perf_counter()
+            single = await c.post("/search", json={"query": "the cat", "k": 3})
+            waited = time.perf_counter() - t0
+            batch_running = not batch.done()
+            return single, slices_before, waited, batch_running, await batch
+
+    single, slices_before, waited, batch_running, batch = asyncio.run(go())
+    assert single.status_code == 200 and batch.status_code == 200, (single.text, batch.text)
+    assert len(batch.json()["results"]) == 1000
+    assert batch_running and waited < 30
+    # the slice running when it came, perhaps one more that started meanwhile, then the single query
+    assert work.index("single") <= slices_before + 2, work[:10]
+    assert work[-1] == "batch"  # the batch went on afterwards
+
+
+def test_batches_count_against_max_pending(searcher, monkeypatch):
+    """A batch's queries count as pending until their slice is done: beside a running batch, a request
+    beyond max_pending gets 503 with Retry-After, and the count comes back to 0 once the batch is done."""
+    import threading
+
+    import httpx
+
+    import clir.serve.batching as batching
+    from clir.serve import ServeSettings, create_app
+
+    settings = ServeSettings(max_pending=10, max_batch_queries=10, max_batch_size=2, lanes=1)
+    app = create_app({"tiny": searcher}, settings)
+    gate = threading.Event()  # holds the lane until the refusals are seen
+    real = batching.run_jobs
+    monkeypatch.setattr(batching, "run_jobs", lambda enc, jobs, **kw: gate.wait(60) and real(enc, jobs, **kw))
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            batch = asyncio.ensure_future(c.post("/search/batch", json={"queries": (QUERIES * 2)[:10]}))
+            await _until(lambda: _batcher(app).pending == 10, "the batch to be admitted")
+            refused = [
+                await c.post("/search", json={"query": "cat"}),
+                await c.post("/search/batch", json={"queries": ["cat"]}),
+            ]
+            gate.set()
+            done = await batch
+            return refused, done, _batcher(app).pending, await c.post("/search", json={"query": "cat"})
+
+    refused, done, pending, after = asyncio.run(go())
+    for r in refused:
+        assert _error(r, 503, "unavailable") and r.headers["retry-after"] == "1"
+    assert "max_pending" in refused[1].json()["detail"]
+    assert done.status_code == 200 and pending == 0 and after.status_code == 200
+
+
+def test_a_batch_stops_when_its_client_leaves(searcher, caplog):
+    """The client of a 1,000-query batch disconnects after two slices: the batch stops after the slice
+    that is running (not 125 of them), its queries leave the pending count, and it is logged as 499."""
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1, max_batch_size=8))
+    body = json.dumps({"queries": [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(1000)]}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "path": "/search/batch", "raw_path": b"/search/batch", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5555), "server": ("testserver", 80), "scheme": "http",
+    }  # fmt: skip
+    batcher = _batcher(app)
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await _until(lambda: batcher.slices >= 2, "two slices")
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        await app(scope, receive, send)
+        await _until(lambda: batcher._lanes.idle() == 1, "the last slice to finish")
+        started = batcher.slices
+        await asyncio.sleep(0.2)
+        assert batcher.slices == started  # nothing started after the client left
+        pending = batcher.pending
+        await batcher.stop()
+        return started, pending
+
+    with caplog.at_level(logging.INFO, logger="clir.serve"):
+        started, pending = asyncio.run(go())
+    assert started <= 4 and pending == 0
+    access = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"]
+    assert len(access) == 1 and '"POST /search/batch" 499' in access[0], access
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_900k_character_query_is_cut_before_it_is_tokenised(searcher, monkeypatch):

@@ -16,6 +16,7 @@ ERROR_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     422: "invalid_request",
+    499: "client_closed_request",
     500: "internal_error",
     503: "unavailable",
 }
