@@ -304,6 +304,18 @@ def test_access_log_has_status_and_latency(client, caplog):
     assert "secret words" not in lines[-1]  # the query string is not logged
 
 
+def test_access_log_escapes_what_the_client_sent(client, caplog):
+    """A path is logged decoded: its control characters are escaped, so a %0A cannot start a forged log
+    line and a %1B cannot reach the terminal reading the log."""
+    caplog.set_level(logging.INFO, logger="clir.serve.access")
+    client.get("/indexes%0A02:00:00 INFO clir.serve.access: FORGED")
+    client.get("/indexes/tiny/docs/%1B[2J%22quoted%22")
+    forged, escape = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"][-2:]
+    assert '"GET /indexes\\n02:00:00 INFO clir.serve.access: FORGED" 404' in forged
+    assert '"GET /indexes/tiny/docs/\\x1b[2J\\"quoted\\"" 404' in escape
+    assert not any(c in line for line in (forged, escape) for c in "\n\r\x1b")
+
+
 def test_micro_batcher_groups_concurrent_queries(searcher):
     from clir.serve.batching import Job, MicroBatcher
 
@@ -806,6 +818,9 @@ BAD_REQUESTS = [
     ("unknown document", "GET", "/indexes/tiny/docs/no-such-doc", {}, 404, "no-such-doc"),
     ("unknown route", "GET", "/no/such/route", {}, 404, ""),
     ("wrong method", "DELETE", "/search", {}, 405, ""),
+    ("newline in the path (log forging)", "GET", "/indexes%0A02:00:00 INFO clir.serve.access: FORGED", {}, 404,
+     ""),
+    ("escape character in a doc id", "GET", "/indexes/tiny/docs/%1B[31mred", {}, 404, "red"),
 ]  # fmt: skip
 
 
