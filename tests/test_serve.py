@@ -686,6 +686,20 @@ def test_cli_flags_override_config(tmp_path):
         resolve(args)
 
 
+def test_the_connection_cap_fits_the_open_file_limit(monkeypatch, caplog):
+    import resource
+
+    from clir.serve import protocol
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (512, 4096))
+    assert protocol.connection_cap(None) == 512 - protocol.FILES_RESERVED  # the default, lowered to fit
+    with caplog.at_level(logging.WARNING, logger="clir.serve.protocol"):
+        assert protocol.connection_cap(2000) == 2000  # what was asked for, with a warning
+    assert "open-file limit" in caplog.text
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1 << 20, 1 << 20))
+    assert protocol.connection_cap(None) == protocol.DEFAULT_MAX_CONNECTIONS
+
+
 def test_cli_bad_index_folder_is_a_clear_error(tmp_path, capsys):
     from clir.cli.main import main
 
@@ -694,9 +708,15 @@ def test_cli_bad_index_folder_is_a_clear_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- the real server over HTTP
+#: the test server's --request-timeout and --max-connections
+REQUEST_TIMEOUT = 3
+MAX_CONNECTIONS = 40
+
+
 @pytest.fixture(scope="module")
 def server(tiny_index):
-    """`clir serve` in a subprocess on a free loopback port (uvicorn picks it: --port 0)."""
+    """`clir serve` in a subprocess on a free loopback port (uvicorn picks it: --port 0); small connection
+    limits, so that the tests reach them."""
     import httpx
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -712,6 +732,10 @@ def server(tiny_index):
             "127.0.0.1",
             "--port",
             "0",
+            "--request-timeout",
+            str(REQUEST_TIMEOUT),
+            "--max-connections",
+            str(MAX_CONNECTIONS),
         ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -781,6 +805,73 @@ def test_concurrent_clients_get_identical_results(server, tiny_index, tmp_path):
 
     problems = [p for ps in asyncio.run(go()) for p in ps]
     assert problems == []
+
+
+def _raw(url: str, data: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Send ``data`` as it is on a new connection and read until the server closes it: (status, headers,
+    body); status None when the server closed without answering."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        if data:
+            sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head:
+        return None, {}, b""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+#: (name, bytes sent, status): requests the HTTP layer refuses, or that never arrive whole
+RAW_REQUESTS = [
+    ("negative Content-Length", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Content-Length: -1\r\n\r\n{}", 400),
+    ("Content-Length beside Transfer-Encoding", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("malformed request line", b"NOT HTTP\r\n\r\n", 400),
+    ("newline in the path", b"GET /indexes%0Ax HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404),
+    ("half-sent headers", b"GET /health HTTP/1.1\r\nHost: t\r\n", 408),
+    ("half-sent body", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 100\r\n\r\n{\"query\": ", 408),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,data,status", RAW_REQUESTS, ids=[r[0] for r in RAW_REQUESTS])
+def test_protocol_errors_and_unfinished_requests_get_json(server, name, data, status):
+    """What uvicorn's parser refuses (it answers before the app) and requests that do not arrive whole
+    within --request-timeout: JSON errors like every other, and the connection closed."""
+    got, headers, body = _raw(server, data)
+    assert got == status, body
+    error = {400: "bad_request", 404: "not_found", 408: "request_timeout"}[status]
+    assert headers["content-type"] == "application/json" and json.loads(body)["error"] == error
+
+
+def test_idle_connections_are_closed_and_capped(server):
+    """A connection that sends nothing is closed after --request-timeout, without an answer; beyond
+    --max-connections open ones, a new connection gets 503 with Retry-After and is closed at once."""
+    import socket
+
+    import httpx
+
+    host, port = server.removeprefix("http://").split(":")
+    assert _raw(server, b"") == (None, {}, b"")  # closed, unanswered
+    idle = [socket.create_connection((host, int(port))) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)  # accepted (they are closed only after REQUEST_TIMEOUT)
+        status, headers, body = _raw(server, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 503 and headers["retry-after"] == "1" and "connections" in json.loads(body)["detail"]
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 60
+    while (r := httpx.get(f"{server}/health", timeout=30)).status_code != 200:  # the closed ones are freed
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------- bad requests, table-driven

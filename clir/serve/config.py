@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,6 +47,12 @@ class ServeSettings:
     max_pending: int = 4096
     device: str | None = None
     access_log: bool = True
+    #: seconds a client has to send a request whole, headers and body, from its first byte (or from
+    #: connecting); then it gets 408 and the connection closes (clir.serve.protocol)
+    request_timeout: float = 5.0
+    #: open connections beyond which new ones get 503 and are closed at once (per worker process); None:
+    #: 1000, or fewer where the open-file limit is lower
+    max_connections: int | None = None
 
     def validate(self) -> None:
         for name in (
@@ -57,6 +64,7 @@ class ServeSettings:
             "max_batch_size",
             "lanes",
             "max_pending",
+            "max_connections",
         ):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "port" else 1):  # lanes None: chosen per device
@@ -65,6 +73,10 @@ class ServeSettings:
             raise ClirError(f"port {self.port} is outside 0..65535")
         if self.batch_window_ms < 0:
             raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
+            raise ClirError(
+                f"request_timeout must be a finite number of seconds > 0, got {self.request_timeout}"
+            )
         if self.max_batch_queries > self.max_pending:
             raise ClirError(
                 f"max_batch_queries ({self.max_batch_queries}) is above max_pending ({self.max_pending}): a full "
