@@ -253,7 +253,10 @@ def test_api_key(searcher, monkeypatch, caplog):
         )
         assert c.post("/search", json={"query": "cat"}, headers={"X-API-Key": secret}).status_code == 200
         assert c.get("/indexes/tiny/docs/de-1", headers={"x-api-key": secret}).status_code == 200
-        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+        assert c.get("/health").status_code == 200
+        # /ready is open: the index names only for those with the key
+        assert c.get("/ready").json() == {"status": "ready"}
+        assert c.get("/ready", headers={"X-API-Key": secret}).json()["indexes"] == ["tiny"]
     assert secret not in caplog.text
 
 
@@ -686,6 +689,23 @@ def test_cli_flags_override_config(tmp_path):
         resolve(args)
 
 
+@pytest.mark.parametrize(
+    "flags,fragment",
+    [
+        (["--batch-window-ms", "nan"], "batch_window_ms must be a finite number"),
+        (["--batch-window-ms", "inf"], "batch_window_ms must be a finite number"),
+        (["--request-timeout", "nan"], "request_timeout must be a finite number"),
+        (["--request-timeout", "0"], "request_timeout must be a finite number"),
+        (["--max-pending", "10"], "max_batch_queries (1000) is above max_pending (10)"),
+    ],
+)
+def test_cli_refuses_non_finite_and_inconsistent_settings(flags, fragment, capsys):
+    from clir.cli.main import main
+
+    assert main(["serve", "--index", "x/idx", *flags]) == 1  # before any index or model is opened
+    assert fragment in capsys.readouterr().err
+
+
 def test_the_connection_cap_fits_the_open_file_limit(monkeypatch, caplog):
     import resource
 
@@ -912,6 +932,11 @@ BAD_REQUESTS = [
     ("newline in the path (log forging)", "GET", "/indexes%0A02:00:00 INFO clir.serve.access: FORGED", {}, 404,
      ""),
     ("escape character in a doc id", "GET", "/indexes/tiny/docs/%1B[31mred", {}, 404, "red"),
+    ("k NaN", "POST", "/search", {"content": b'{"query": "cat", "k": NaN}', "headers": JSON}, 422, "k"),
+    ("k Infinity", "POST", "/search", {"content": b'{"query": "cat", "k": Infinity}', "headers": JSON}, 422,
+     "k"),
+    ("NaN in a batch", "POST", "/search/batch", {"content": b'{"queries": ["cat"], "k": NaN}', "headers": JSON},
+     422, "k"),
 ]  # fmt: skip
 
 

@@ -71,8 +71,9 @@ class ServeSettings:
                 raise ClirError(f"serve setting {name} must be positive, got {value}")
         if not 0 <= self.port <= 65535:
             raise ClirError(f"port {self.port} is outside 0..65535")
-        if self.batch_window_ms < 0:
-            raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        # nan passes every comparison: `--batch-window-ms nan` was accepted
+        if not math.isfinite(self.batch_window_ms) or self.batch_window_ms < 0:
+            raise ClirError(f"batch_window_ms must be a finite number >= 0, got {self.batch_window_ms}")
         if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
             raise ClirError(
                 f"request_timeout must be a finite number of seconds > 0, got {self.request_timeout}"

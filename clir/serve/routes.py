@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clir.errors import ClirError, NotFoundError
 from clir.serve.batching import Job, Result, run_jobs
 from clir.serve.config import MAX_K
-from clir.serve.guard import API_KEY_HEADER, CLIENT_CLOSED
+from clir.serve.guard import API_KEY_HEADER, CLIENT_CLOSED, key_matches
 from clir.serve.schemas import (
     ERRORS,
     BatchSearchRequest,
@@ -80,9 +80,11 @@ def add_probe_routes(app: FastAPI, state: ServeState) -> None:
         summary="readiness: indexes loaded and the encoder warmed up",
         responses=ERRORS,
     )
-    async def ready():
+    async def ready(request: Request):
         if not state.ready:
             return _error_response(503, "indexes are loading", None, error="not_ready")
+        if state.api_key is not None and not key_matches(request.headers.get(API_KEY_HEADER), state.api_key):
+            return {"status": "ready"}  # an open path: the index names are for key holders
         return {"status": "ready", "indexes": list(state.searchers)}
 
 
