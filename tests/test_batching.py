@@ -402,3 +402,94 @@ def test_lane_threads_stay_in_their_lane():
     fresh.start()
     fresh.join()
     assert seen == [default] and torch.get_num_threads() == default
+
+
+def test_batches_take_turns_and_a_single_query_goes_before_them(monkeypatch):
+    """One lane, two /search/batch calls of three slices each and a single query arriving during the
+    first slice: the lane goes to the single query next, then to the batches in turn. (A slice that gave
+    its lane back used to take it again at once: the single query waited for both whole batches.)"""
+    from clir.serve import batching
+
+    monkeypatch.setattr(batching, "BATCH_SLICE_S", 60.0)  # slices of max_batch_size (2) here
+    log: list[list[str]] = []
+    batcher = batching.MicroBatcher(_SlowEncoder(0.3, log), lanes=1, max_batch=2)
+
+    def jobs(name: str) -> list:
+        return [batching.Job(_Searcher(), f"{name}{i}", 1, "en") for i in range(6)]
+
+    async def go():
+        a = asyncio.ensure_future(batcher.run_batch(jobs("a"), 2))
+        b = asyncio.ensure_future(batcher.run_batch(jobs("b"), 2))
+        while not log:  # a's first slice is running
+            await asyncio.sleep(0.005)
+        await batcher.submit(batching.Job(_Searcher(), "s", 1, "en"))
+        await asyncio.gather(a, b)
+        await batcher.stop()
+
+    asyncio.run(go())
+    batcher.close()
+    assert log == [["a0", "a1"], ["s"], ["b0", "b1"], ["a2", "a3"], ["b2", "b3"], ["a4", "a5"], ["b4", "b5"]]
+    assert batcher.pending == 0
+
+
+def test_batches_keep_a_lane_under_a_stream_of_single_queries():
+    """Two lanes: while single queries hold one, a waiting batch slice gets the next lane freed, even with
+    more single queries waiting (they wait for at most the micro-batch on the other lane)."""
+    from clir.serve.lanes import Lanes
+
+    async def go():
+        lanes = Lanes(2)
+        first, second = await lanes.acquire(single=True), await lanes.acquire(single=True)
+        batch = asyncio.ensure_future(lanes.acquire(single=False))
+        single = asyncio.ensure_future(lanes.acquire(single=True))
+        await asyncio.sleep(0)
+        lanes.release(first)
+        await asyncio.sleep(0)
+        got_batch = batch.done() and batch.result() == first
+        lanes.release(second)
+        await asyncio.sleep(0)
+        return got_batch, single.done() and single.result() == second
+
+    assert asyncio.run(go()) == (True, True)
+
+
+def test_batch_slices_shrink_only_while_single_queries_would_wait_for_them(monkeypatch):
+    """While single queries come and no other lane is idle or busy with something short, a batch's slices
+    shrink to take about BATCH_SLICE_S at the pace of the slices before (a single query waits for one
+    slice); otherwise they stay whole (small slices cost throughput)."""
+    from clir.serve import batching
+
+    class _PerQuery(_SlowEncoder):  # ``seconds`` per query
+        def replica(self):
+            return _PerQuery(self.seconds, self.log)
+
+        def encode_queries(self, texts, lang="en", **kw):
+            import time
+
+            self.log.append(list(texts))
+            time.sleep(self.seconds * len(texts))
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(batching, "BATCH_SLICE_S", 0.05)
+    monkeypatch.setattr(batching, "BATCH_SLICE_MIN", 8)  # above 0.05 s / 0.01 s: sleeps that overrun
+
+    def sizes(lanes: int, single_first: bool) -> list[int]:
+        log: list[list[str]] = []
+        batcher = batching.MicroBatcher(_PerQuery(0.01, log), lanes=lanes)
+        jobs = [batching.Job(_Searcher(), f"q{i}", 1, "en") for i in range(48)]
+
+        async def go():
+            if single_first:
+                await batcher.submit(batching.Job(_Searcher(), "single", 1, "en"))
+            results = await batcher.run_batch(jobs, 16)
+            await batcher.stop()
+            return results
+
+        assert len(asyncio.run(go())) == 48
+        batcher.close()
+        return [len(b) for b in log if b != ["single"]]
+
+    one = sizes(1, single_first=True)  # 16 queries took >= 0.16 s: then max(8, 0.05 / 0.01) a slice
+    assert one == [16, 8, 8, 8, 8], one
+    assert sizes(1, single_first=False) == [16] * 3  # no single query to wait
+    assert sizes(2, single_first=True) == [16] * 3  # the other lane is idle

@@ -253,7 +253,10 @@ def test_api_key(searcher, monkeypatch, caplog):
         )
         assert c.post("/search", json={"query": "cat"}, headers={"X-API-Key": secret}).status_code == 200
         assert c.get("/indexes/tiny/docs/de-1", headers={"x-api-key": secret}).status_code == 200
-        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+        assert c.get("/health").status_code == 200
+        # /ready is open: the index names only for those with the key
+        assert c.get("/ready").json() == {"status": "ready"}
+        assert c.get("/ready", headers={"X-API-Key": secret}).json()["indexes"] == ["tiny"]
     assert secret not in caplog.text
 
 
@@ -304,6 +307,18 @@ def test_access_log_has_status_and_latency(client, caplog):
     assert "secret words" not in lines[-1]  # the query string is not logged
 
 
+def test_access_log_escapes_what_the_client_sent(client, caplog):
+    """A path is logged decoded: its control characters are escaped, so a %0A cannot start a forged log
+    line and a %1B cannot reach the terminal reading the log."""
+    caplog.set_level(logging.INFO, logger="clir.serve.access")
+    client.get("/indexes%0A02:00:00 INFO clir.serve.access: FORGED")
+    client.get("/indexes/tiny/docs/%1B[2J%22quoted%22")
+    forged, escape = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"][-2:]
+    assert '"GET /indexes\\n02:00:00 INFO clir.serve.access: FORGED" 404' in forged
+    assert '"GET /indexes/tiny/docs/\\x1b[2J\\"quoted\\"" 404' in escape
+    assert not any(c in line for line in (forged, escape) for c in "\n\r\x1b")
+
+
 def test_micro_batcher_groups_concurrent_queries(searcher):
     from clir.serve.batching import Job, MicroBatcher
 
@@ -349,7 +364,9 @@ def test_micro_batches_match_single_queries(e5_small):
 def test_overload_is_503(searcher):
     from clir.serve import ServeSettings, create_app
 
-    app = create_app({"tiny": searcher}, ServeSettings(max_pending=1, batch_window_ms=200))
+    app = create_app(
+        {"tiny": searcher}, ServeSettings(max_pending=1, max_batch_queries=1, batch_window_ms=200)
+    )
 
     async def go():
         import httpx
@@ -358,8 +375,279 @@ def test_overload_is_503(searcher):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return await asyncio.gather(*(c.post("/search", json={"query": q}) for q in QUERIES[:4]))
 
-    statuses = sorted(r.status_code for r in asyncio.run(go()))
+    responses = asyncio.run(go())
+    statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+    assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 503)
+
+
+# ---------------------------------------------------------------------- load: turns, admission, departures
+def _batcher(app):
+    return next(iter(app.state.clir.batchers.values()))
+
+
+async def _until(condition, what: str, seconds: float = 60.0) -> None:
+    """Poll ``condition`` (generous deadline: CI is a loaded 2-core machine)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_a_single_search_does_not_wait_for_a_running_batch(searcher, monkeypatch):
+    """One lane busy with a 1,000-query batch: a single /search takes the lane after the slice that is
+    running, and is answered while the batch goes on (it used to wait for the whole batch)."""
+    import httpx
+
+    import clir.serve.batching as batching
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1, max_batch_size=16))
+    work: list[str] = []  # what each lane call ran, in order
+    real = batching.run_jobs
+
+    def spy(encoder, jobs, **kw):
+        work.append("single" if jobs[0].query == "the cat" else "batch")
+        return real(encoder, jobs, **kw)
+
+    monkeypatch.setattr(batching, "run_jobs", spy)
+    queries = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(1000)]
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            batch = asyncio.ensure_future(c.post("/search/batch", json={"queries": queries, "k": 3}))
+            await _until(lambda: work.count("batch") >= 2, "the batch to run")
+            slices_before = work.count("batch")
+            t0 = time.perf_counter()
+            single = await c.post("/search", json={"query": "the cat", "k": 3})
+            waited = time.perf_counter() - t0
+            batch_running = not batch.done()
+            return single, slices_before, waited, batch_running, await batch
+
+    single, slices_before, waited, batch_running, batch = asyncio.run(go())
+    assert single.status_code == 200 and batch.status_code == 200, (single.text, batch.text)
+    assert len(batch.json()["results"]) == 1000
+    assert batch_running and waited < 30
+    # the slice running when it came, perhaps one more that started meanwhile, then the single query
+    assert work.index("single") <= slices_before + 2, work[:10]
+    assert work[-1] == "batch"  # the batch went on afterwards
+
+
+def test_batches_count_against_max_pending(searcher, monkeypatch):
+    """A batch's queries count as pending until their slice is done: beside a running batch, a request
+    beyond max_pending gets 503 with Retry-After, and the count comes back to 0 once the batch is done."""
+    import threading
+
+    import httpx
+
+    import clir.serve.batching as batching
+    from clir.serve import ServeSettings, create_app
+
+    settings = ServeSettings(max_pending=10, max_batch_queries=10, max_batch_size=2, lanes=1)
+    app = create_app({"tiny": searcher}, settings)
+    gate = threading.Event()  # holds the lane until the refusals are seen
+    real = batching.run_jobs
+    monkeypatch.setattr(batching, "run_jobs", lambda enc, jobs, **kw: gate.wait(60) and real(enc, jobs, **kw))
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            batch = asyncio.ensure_future(c.post("/search/batch", json={"queries": (QUERIES * 2)[:10]}))
+            await _until(lambda: _batcher(app).pending == 10, "the batch to be admitted")
+            refused = [
+                await c.post("/search", json={"query": "cat"}),
+                await c.post("/search/batch", json={"queries": ["cat"]}),
+            ]
+            gate.set()
+            done = await batch
+            return refused, done, _batcher(app).pending, await c.post("/search", json={"query": "cat"})
+
+    refused, done, pending, after = asyncio.run(go())
+    for r in refused:
+        assert _error(r, 503, "unavailable") and r.headers["retry-after"] == "1"
+    assert "max_pending" in refused[1].json()["detail"]
+    assert done.status_code == 200 and pending == 0 and after.status_code == 200
+
+
+def test_a_batch_stops_when_its_client_leaves(searcher, caplog):
+    """The client of a 1,000-query batch disconnects after two slices: the batch stops after the slice
+    that is running (not 125 of them), its queries leave the pending count, and it is logged as 499."""
+    from clir.serve import ServeSettings, create_app
+
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1, max_batch_size=8))
+    body = json.dumps({"queries": [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(1000)]}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "path": "/search/batch", "raw_path": b"/search/batch", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5555), "server": ("testserver", 80), "scheme": "http",
+    }  # fmt: skip
+    batcher = _batcher(app)
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await _until(lambda: batcher.slices >= 2, "two slices")
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        await app(scope, receive, send)
+        await _until(lambda: batcher._lanes.idle() == 1, "the last slice to finish")
+        started = batcher.slices
+        await asyncio.sleep(0.2)
+        assert batcher.slices == started  # nothing started after the client left
+        pending = batcher.pending
+        await batcher.stop()
+        return started, pending
+
+    with caplog.at_level(logging.INFO, logger="clir.serve"):
+        started, pending = asyncio.run(go())
+    assert started <= 4 and pending == 0
+    access = [r.getMessage() for r in caplog.records if r.name == "clir.serve.access"]
+    assert len(access) == 1 and '"POST /search/batch" 499' in access[0], access
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_900k_character_query_is_cut_before_it_is_tokenised(searcher, monkeypatch):
+    """A query far over the encoder's limit is cut (by characters, then checked in tokens) before the
+    tokenizer reads it: the tokenizer never sees more than a few thousand of its 900k characters, and the
+    vector, token count and hits are those of its truncated form tokenised whole. Where a cut would drop
+    kept tokens (after a long run of spaces), the cut widens."""
+    import numpy as np
+
+    from clir.model import cut
+    from clir.serve import ServeSettings, create_app
+
+    enc = searcher.encoder
+    limit = enc.max_length("query")
+    seen: list[int] = []
+
+    class Spy:  # the tokenizer, recording how many characters each call reads
+        def __init__(self, tok):
+            self._tok = tok
+
+        def __call__(self, texts, *a, **kw):
+            seen.append(max(map(len, [texts] if isinstance(texts, str) else texts)))
+            return self._tok(texts, *a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self._tok, name)
+
+    huge = ("the river flows to the sea " * 40_000)[:900_000]
+    spaced = "cat" + " " * 100_000 + "the sea " * 2_000
+    monkeypatch.setattr(enc, "tokenizer", Spy(enc.tokenizer))
+    vectors = {q: enc.encode_queries([q]) for q in (huge, spaced)}
+    counts = {q: enc.count_tokens(q) for q in (huge, spaced)}
+    assert max(seen) > 100_000 and max(seen[:4]) < 10_000  # the huge one cut short; the spaced one widened
+    app = create_app({"tiny": searcher}, ServeSettings(lanes=1))  # after the spy: lanes share the tokenizer
+    with TestClient(app) as c:
+        seen.clear()  # the warm-up's
+        r = c.post("/search", json={"query": huge, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["truncated"] is True and body["query_tokens"] == limit
+    assert max(seen) < 10_000
+    monkeypatch.setattr(cut, "CHARS_PER_TOKEN", 10**9)  # no cut: texts are tokenised whole, as before
+    truncated = huge[:20_000]  # far more than the limit's tokens
+    for q, whole in ((huge, truncated), (spaced, spaced)):
+        assert np.array_equal(vectors[q], enc.encode_queries([whole]))
+        assert counts[q] == enc.count_tokens(whole) == (limit, True)
+    _same(body["hits"], searcher.search(truncated, 5))
+
+
+# ---------------------------------------------------------------------- an index rebuilt under the server
+def _docs(collection: Path) -> dict[str, str]:
+    lines = (collection / "docs.jsonl").read_text(encoding="utf-8").splitlines()
+    return {d["doc_id"]: d["text"] for d in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def rebuilds(tiny_bert, tiny_collection, tmp_path_factory):
+    """(old index, new collection, its index, old texts, new texts): one encoder, the same doc ids, other
+    texts, fewer of them."""
+    from clir.index import IndexArgs, build_index
+
+    root = tmp_path_factory.mktemp("rebuilds")
+    new_coll = root / "new-coll"
+    new_coll.mkdir()
+    new_texts = {d: f"{t} rebuilt" for d, t in list(_docs(tiny_collection).items())[::2]}
+    (new_coll / "docs.jsonl").write_text(
+        "".join(
+            json.dumps({"doc_id": d, "text": t}, ensure_ascii=False) + "\n" for d, t in new_texts.items()
+        ),
+        encoding="utf-8",
+    )
+    for name, coll in (("old", tiny_collection), ("new", new_coll)):
+        build_index(IndexArgs(collection=str(coll), model=str(tiny_bert), out=str(root / name),
+                              overrides={"precision": "fp32", "pooling": "mean", "normalize": True}))  # fmt: skip
+    return root / "old", new_coll, root / "new", _docs(tiny_collection), new_texts
+
+
+def test_an_index_rebuilt_under_the_server_is_served_from_its_old_snapshot(
+    rebuilds, searcher, tiny_bert, tmp_path
+):
+    """`clir index --overwrite` rebuilds the folder a server serves: every answer stays the old index's,
+    ids and texts together, until the server restarts (it used to answer 500s, and old ids with new texts:
+    the doc store opened at the first request, from the new folder)."""
+    import shutil
+
+    from clir.index import IndexArgs, build_index
+    from clir.search import Searcher
+    from clir.serve import ServeSettings, create_app
+
+    old, new_coll, _, old_texts, new_texts = rebuilds  # `searcher` is `old`'s twin: the reference
+    live = tmp_path / "live"
+    shutil.copytree(old, live)
+    with TestClient(create_app({"live": live}, ServeSettings(lanes=1))) as c:
+        build_index(IndexArgs(collection=str(new_coll), model=str(tiny_bert), out=str(live), overwrite=True,
+                              overrides={"precision": "fp32", "pooling": "mean", "normalize": True}))  # fmt: skip
+        assert Searcher(live).num_docs == len(new_texts) < len(old_texts)  # the folder holds the new index
+        for q in QUERIES[:3]:
+            r = c.post("/search", json={"query": q, "k": 28})
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            _same(hits, searcher.search(q, 28))
+            assert all(h["text"] == old_texts[h["doc_id"]] for h in hits)
+        batch = c.post("/search/batch", json={"queries": QUERIES[:2], "k": 28, "return_text": True})
+        assert all(
+            h["text"] == old_texts[h["doc_id"]] for item in batch.json()["results"] for h in item["hits"]
+        )
+        doc_id = next(d for d in old_texts if d not in new_texts)
+        assert c.get(f"/indexes/live/docs/{doc_id}").json()["text"] == old_texts[doc_id]
+        assert c.get("/indexes").json()["indexes"][0]["num_docs"] == len(old_texts)
+
+
+def test_a_rebuild_landing_while_an_index_is_opened_is_opened_again(rebuilds, tmp_path, monkeypatch):
+    """The folder swapped between reading the FAISS index and the ids: the searcher notices (the folder
+    is another one) and opens everything again, all from the new build."""
+    import shutil
+
+    from clir.atomic import swap_into_place
+    from clir.index import store
+    from clir.search import Searcher
+
+    old, _, new, _, new_texts = rebuilds
+    live = tmp_path / "live"
+    shutil.copytree(old, live)
+    shutil.copytree(new, tmp_path / "live.partial")
+    real = store.read_docids
+
+    def rebuilt_meanwhile(folder):
+        if (tmp_path / "live.partial").exists():
+            swap_into_place(tmp_path / "live.partial", live)
+        return real(folder)
+
+    monkeypatch.setattr(store, "read_docids", rebuilt_meanwhile)
+    s = Searcher(live)
+    assert s.num_docs == s.index.ntotal == len(new_texts)
+    assert {d: s.docstore.get(d)["text"] for d in s.docids} == new_texts
+    assert s.manifest["num_docs"] == len(new_texts)
 
 
 # ---------------------------------------------------------------------- configuration and CLI
@@ -401,6 +689,37 @@ def test_cli_flags_override_config(tmp_path):
         resolve(args)
 
 
+@pytest.mark.parametrize(
+    "flags,fragment",
+    [
+        (["--batch-window-ms", "nan"], "batch_window_ms must be a finite number"),
+        (["--batch-window-ms", "inf"], "batch_window_ms must be a finite number"),
+        (["--request-timeout", "nan"], "request_timeout must be a finite number"),
+        (["--request-timeout", "0"], "request_timeout must be a finite number"),
+        (["--max-pending", "10"], "max_batch_queries (1000) is above max_pending (10)"),
+    ],
+)
+def test_cli_refuses_non_finite_and_inconsistent_settings(flags, fragment, capsys):
+    from clir.cli.main import main
+
+    assert main(["serve", "--index", "x/idx", *flags]) == 1  # before any index or model is opened
+    assert fragment in capsys.readouterr().err
+
+
+def test_the_connection_cap_fits_the_open_file_limit(monkeypatch, caplog):
+    import resource
+
+    from clir.serve import protocol
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (512, 4096))
+    assert protocol.connection_cap(None) == 512 - protocol.FILES_RESERVED  # the default, lowered to fit
+    with caplog.at_level(logging.WARNING, logger="clir.serve.protocol"):
+        assert protocol.connection_cap(2000) == 2000  # what was asked for, with a warning
+    assert "open-file limit" in caplog.text
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1 << 20, 1 << 20))
+    assert protocol.connection_cap(None) == protocol.DEFAULT_MAX_CONNECTIONS
+
+
 def test_cli_bad_index_folder_is_a_clear_error(tmp_path, capsys):
     from clir.cli.main import main
 
@@ -409,9 +728,15 @@ def test_cli_bad_index_folder_is_a_clear_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- the real server over HTTP
+#: the test server's --request-timeout and --max-connections
+REQUEST_TIMEOUT = 3
+MAX_CONNECTIONS = 40
+
+
 @pytest.fixture(scope="module")
 def server(tiny_index):
-    """`clir serve` in a subprocess on a free loopback port (uvicorn picks it: --port 0)."""
+    """`clir serve` in a subprocess on a free loopback port (uvicorn picks it: --port 0); small connection
+    limits, so that the tests reach them."""
     import httpx
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -427,6 +752,10 @@ def server(tiny_index):
             "127.0.0.1",
             "--port",
             "0",
+            "--request-timeout",
+            str(REQUEST_TIMEOUT),
+            "--max-connections",
+            str(MAX_CONNECTIONS),
         ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -498,6 +827,73 @@ def test_concurrent_clients_get_identical_results(server, tiny_index, tmp_path):
     assert problems == []
 
 
+def _raw(url: str, data: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Send ``data`` as it is on a new connection and read until the server closes it: (status, headers,
+    body); status None when the server closed without answering."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        if data:
+            sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head:
+        return None, {}, b""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+#: (name, bytes sent, status): requests the HTTP layer refuses, or that never arrive whole
+RAW_REQUESTS = [
+    ("negative Content-Length", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Content-Length: -1\r\n\r\n{}", 400),
+    ("Content-Length beside Transfer-Encoding", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("malformed request line", b"NOT HTTP\r\n\r\n", 400),
+    ("newline in the path", b"GET /indexes%0Ax HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404),
+    ("half-sent headers", b"GET /health HTTP/1.1\r\nHost: t\r\n", 408),
+    ("half-sent body", b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 100\r\n\r\n{\"query\": ", 408),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,data,status", RAW_REQUESTS, ids=[r[0] for r in RAW_REQUESTS])
+def test_protocol_errors_and_unfinished_requests_get_json(server, name, data, status):
+    """What uvicorn's parser refuses (it answers before the app) and requests that do not arrive whole
+    within --request-timeout: JSON errors like every other, and the connection closed."""
+    got, headers, body = _raw(server, data)
+    assert got == status, body
+    error = {400: "bad_request", 404: "not_found", 408: "request_timeout"}[status]
+    assert headers["content-type"] == "application/json" and json.loads(body)["error"] == error
+
+
+def test_idle_connections_are_closed_and_capped(server):
+    """A connection that sends nothing is closed after --request-timeout, without an answer; beyond
+    --max-connections open ones, a new connection gets 503 with Retry-After and is closed at once."""
+    import socket
+
+    import httpx
+
+    host, port = server.removeprefix("http://").split(":")
+    assert _raw(server, b"") == (None, {}, b"")  # closed, unanswered
+    idle = [socket.create_connection((host, int(port))) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)  # accepted (they are closed only after REQUEST_TIMEOUT)
+        status, headers, body = _raw(server, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 503 and headers["retry-after"] == "1" and "connections" in json.loads(body)["detail"]
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 60
+    while (r := httpx.get(f"{server}/health", timeout=30)).status_code != 200:  # the closed ones are freed
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+
+
 # ---------------------------------------------------------------------- bad requests, table-driven
 @pytest.fixture(scope="module")
 def strict_client(tiny_index):
@@ -533,6 +929,14 @@ BAD_REQUESTS = [
     ("unknown document", "GET", "/indexes/tiny/docs/no-such-doc", {}, 404, "no-such-doc"),
     ("unknown route", "GET", "/no/such/route", {}, 404, ""),
     ("wrong method", "DELETE", "/search", {}, 405, ""),
+    ("newline in the path (log forging)", "GET", "/indexes%0A02:00:00 INFO clir.serve.access: FORGED", {}, 404,
+     ""),
+    ("escape character in a doc id", "GET", "/indexes/tiny/docs/%1B[31mred", {}, 404, "red"),
+    ("k NaN", "POST", "/search", {"content": b'{"query": "cat", "k": NaN}', "headers": JSON}, 422, "k"),
+    ("k Infinity", "POST", "/search", {"content": b'{"query": "cat", "k": Infinity}', "headers": JSON}, 422,
+     "k"),
+    ("NaN in a batch", "POST", "/search/batch", {"content": b'{"queries": ["cat"], "k": NaN}', "headers": JSON},
+     422, "k"),
 ]  # fmt: skip
 
 

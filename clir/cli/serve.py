@@ -38,6 +38,8 @@ SETTING_FLAGS = (
     "max_pending",
     "device",
     "access_log",
+    "request_timeout",
+    "max_connections",
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "1 on a GPU)",
     )
     p.add_argument(
-        "--max-pending", type=positive_int, help="queued queries before new ones get 503 (default 1024)"
+        "--max-pending",
+        type=positive_int,
+        help="queries waiting for the encoder, batches' included, before new requests get 503 (default 4096)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time a client has to send a whole request, headers and body; then 408 and the connection "
+        "closes (default 5)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=positive_int,
+        help="open connections beyond which new ones get 503 and are closed (default 1000, or fewer where "
+        "the open-file limit is lower)",
     )
     p.add_argument(
         "--device", help="torch device for query encoding (default: cuda when available, else cpu)"
@@ -132,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clir.config import to_dict
     from clir.index import store
+    from clir.serve.protocol import configure
 
     indexes, settings = resolve(args)
     settings.validate()
@@ -147,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,  # clir logs its own access lines, with latency and request id
         timeout_graceful_shutdown=10,
     )
+    protocol = configure(settings)  # request deadline, connection cap, JSON protocol errors
     if settings.workers > 1:
         for path in indexes.values():
             store.read_manifest(path)  # a wrong folder fails here, not in every worker
@@ -154,12 +173,16 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLIR_SERVE_CONFIG"] = json.dumps(
             {"indexes": indexes, "settings": to_dict(settings), "log_level": logging.getLogger().level}
         )
-        uvicorn.run("clir.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+        # by name: a worker imports the class, and its limits are set there by app_from_env
+        http = f"{protocol.__module__}:{protocol.__name__}"
+        uvicorn.run(
+            "clir.serve.app:app_from_env", factory=True, workers=settings.workers, http=http, **common
+        )
         return 0
     from clir.serve import create_app
     from clir.serve.state import freeze_startup_objects
 
     app = create_app(indexes, settings)
     freeze_startup_objects()  # here, not in create_app: an app embedded in another program leaves its GC be
-    uvicorn.run(app, **common)
+    uvicorn.run(app, http=protocol, **common)
     return 0

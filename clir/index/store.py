@@ -79,6 +79,16 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def folder_identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder ``folder`` names now (device, inode), None when none does: a rebuild with
+    ``--overwrite`` swaps a new folder in under the same name (clir.atomic.swap_into_place)."""
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def write_docids(path: Path, ids: Iterable[str]) -> None:
     atomic_write_lines(path, ids)
 
@@ -146,7 +156,11 @@ class PassageMap:
 
 class DocStore:
     """Random access to stored documents by row or doc id. Rows follow ``docids``: the ``docid`` file, or
-    for split indexes the document ids (one per document, :class:`PassageMap`)."""
+    for split indexes the document ids (one per document, :class:`PassageMap`).
+
+    Opened when made, with the rest of the index: memory-mapped, the store stays the one it was opened
+    with when a rebuild replaces the folder (an open file outlives its name). Opened lazily, a server
+    paired its old ids with a rebuilt index's texts."""
 
     def __init__(self, folder: Path, docids: list[str]) -> None:
         self.folder = folder
@@ -155,6 +169,8 @@ class DocStore:
         self._offsets: np.ndarray | None = None
         self._data: Any = b""
         self.available = (folder / DOCS_FILE).is_file() and (folder / OFFSETS_FILE).is_file()
+        if self.available:
+            self._open()
 
     @property
     def rows(self) -> dict[str, int]:
@@ -165,8 +181,6 @@ class DocStore:
     def get_row(self, row: int) -> dict[str, Any]:
         if not self.available:
             raise ClirError(f"{self.folder}: this index has no document store")
-        if self._offsets is None:
-            self._open()
         assert self._offsets is not None  # set by _open
         start = int(self._offsets[row])
         end = self._data.find(b"\n", start)
@@ -181,6 +195,11 @@ class DocStore:
             size = os.fstat(f.fileno()).st_size
             self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._offsets = np.load(self.folder / OFFSETS_FILE)
+        if len(self._offsets) != len(self.docids):
+            raise ClirError(
+                f"{self.folder}: the document store holds {len(self._offsets)} documents but the index "
+                f"{len(self.docids)} (files of two builds?)"
+            )
 
     def get(self, doc_id: str) -> dict[str, Any]:
         row = self.rows.get(doc_id)

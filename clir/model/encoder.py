@@ -26,6 +26,7 @@ from clir.config.model import Route
 from clir.errors import ClirError
 from clir.model import adapters as adapter_rules
 from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
+from clir.model.cut import cut_long_text
 from clir.model.fingerprint import fingerprint
 from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
 from clir.model.precision import autocast_dtype, cast_linear_params, forward_with
@@ -318,6 +319,7 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = self.max_length(side)
+        texts = [self.cut(t, side) for t in texts]
         with self._tokenizer_lock:
             return self.tokenizer(
                 [prefix + t for t in texts],
@@ -470,9 +472,18 @@ class DualEncoder:
         cfg = self.config
         prefix = cfg.query_prefix if side == "query" else cfg.passage_prefix
         max_len = self.max_length(side)
+        text = self.cut(text, side)
         with self._tokenizer_lock:
             n = len(self.tokenizer(prefix + text, truncation=False)["input_ids"])
         return min(n, max_len), n > max_len
+
+    def cut(self, text: str, side: Side) -> str:
+        """A long query cut short, keeping the tokens it is encoded from (:func:`clir.model.cut.cut_long_text`)."""
+        if side != "query":
+            return text
+        return cut_long_text(
+            self.tokenizer, text, self.config.query_prefix, self.max_length(side), self._tokenizer_lock
+        )
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ QUERY_SIDE = {"query_prefix", "max_query_length", "routing"}
 MODES = ("maxp", "firstp", "passages")
 #: the first passage search reads, as a multiple of k distinct documents wanted, then x4 until filled
 _DEEPEN = 4
+#: how often an index folder is opened before giving up when rebuilds keep replacing it meanwhile
+_SNAPSHOT_TRIES = 3
 
 
 @dataclass
@@ -88,12 +91,13 @@ class Searcher:
         mode: str = "maxp",
     ) -> None:
         from clir.index.faiss_index import set_search_params
-        from clir.index.presets import open_index
 
+        if mode not in MODES:
+            raise ClirError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
         self.path = Path(index_dir)
         # a caller that already read the manifest (the server, to group indexes by encoder) passes it on
-        self.manifest = manifest if manifest is not None else store.read_manifest(self.path)
-        self.index = open_index(self.path, self.manifest)
+        self._open_snapshot(manifest)
         # search settings recorded by a preset (`clir index --preset`) apply unless the caller names others
         preset_search = self.manifest.get("search") or {}
         set_search_params(
@@ -101,19 +105,50 @@ class Searcher:
             nprobe=nprobe if nprobe is not None else preset_search.get("nprobe"),
             ef_search=ef_search if ef_search is not None else preset_search.get("ef_search"),
         )
-        self.docids = store.read_docids(self.path)
-        if len(self.docids) != self.index.ntotal:
-            raise ClirError(
-                f"{self.path}: docid has {len(self.docids)} lines but the index {self.index.ntotal} vectors"
-            )
-        if mode not in MODES:
-            raise ClirError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
-        self.mode = mode
-        self.passages = store.PassageMap.load(self.path, self.docids)
-        doc_ids = self.passages.doc_ids if self.passages is not None else self.docids
-        self.docstore = store.DocStore(self.path, doc_ids)
         self.encoder = encoder if encoder is not None else self._load_encoder(model, overrides or {}, device)
         self._check(force)
+
+    def _open_snapshot(self, manifest: dict[str, Any] | None) -> None:
+        """Open the folder's manifest, FAISS index, ids, passage map and doc store as one snapshot.
+
+        `clir index --overwrite` swaps a rebuilt folder in under the same name. What is open here stays the
+        old one's (the index and ids are read into memory, the doc store and refine vectors memory-mapped:
+        an open file outlives its name), so a server answers from the index it loaded until it is
+        restarted, never from parts of two. The folder must be the same one after opening as before,
+        else (a rebuild landed meanwhile) everything is opened again."""
+        from clir.index.presets import open_index
+
+        for attempt in range(_SNAPSHOT_TRIES):
+            before = store.folder_identity(self.path)
+            try:
+                self.manifest = manifest if manifest is not None else store.read_manifest(self.path)
+                self.index = open_index(self.path, self.manifest)
+                self.docids = store.read_docids(self.path)
+                if len(self.docids) != self.index.ntotal:
+                    raise ClirError(
+                        f"{self.path}: docid has {len(self.docids)} lines but the index {self.index.ntotal} "
+                        "vectors"
+                    )
+                self.passages = store.PassageMap.load(self.path, self.docids)
+                doc_ids = self.passages.doc_ids if self.passages is not None else self.docids
+                self.docstore = store.DocStore(self.path, doc_ids)
+                # the caller's manifest may be older than `before`: it must still be the folder's
+                same = (
+                    store.folder_identity(self.path) == before
+                    and store.read_manifest(self.path) == self.manifest
+                )
+            except Exception:
+                if attempt == _SNAPSHOT_TRIES - 1 or store.folder_identity(self.path) == before:
+                    raise  # a broken index, not one being replaced
+                same = False
+            if same:
+                return
+            log.info("%s was replaced while it was being opened: opening it again", self.path)
+            manifest = None
+            time.sleep(0.1)  # past the instant between swap_into_place's two renames
+        raise ClirError(
+            f"{self.path} kept being replaced while it was opened; try again once its build is done"
+        )
 
     # ------------------------------------------------------------------ encoder
     def _load_encoder(self, model: str | None, overrides: dict[str, Any], device: str | None):

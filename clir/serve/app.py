@@ -112,8 +112,10 @@ def app_from_env() -> Any:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    app = create_app(
-        {n: str(Path(p)) for n, p in data["indexes"].items()}, from_dict(ServeSettings, data["settings"])
-    )
+    from clir.serve.protocol import configure
+
+    settings = from_dict(ServeSettings, data["settings"])
+    configure(settings)  # this process's connection limits (uvicorn imported the class by name)
+    app = create_app({n: str(Path(p)) for n, p in data["indexes"].items()}, settings)
     freeze_startup_objects()
     return app

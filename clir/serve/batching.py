@@ -27,6 +27,7 @@ import numpy as np
 
 from clir.config.model import Route
 from clir.errors import ClirError
+from clir.serve.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ GATHER_MAX = 0.020
 #: smaller ones (one-off A/B, e5-small, 2 cores, ms for one / 8 / 16 / 32 queries on one thread: 30 / 107 /
 #: 174 / 291, on two: 50 / 116 / 173 / 259).
 ALONE_MIN_BATCH = 16
+
+#: While single queries come (one in the last SINGLES_RECENT_S), some lane is always idle or busy with
+#: something short: a /search/batch slice that would leave none is sized to take about BATCH_SLICE_S, at
+#: the pace recent slices went (at least BATCH_SLICE_MIN queries), so a single query waits for at most
+#: that. Slices of max_batch_size (64) took 1.1-2.4 s on 2 cores with e5-small, and a single /search waited
+#: that long behind two batches; but small slices cost the batches throughput (a call's fixed cost is that
+#: of ~3 queries: two batches took 1.45x as long in slices of 8), so other slices stay whole.
+BATCH_SLICE_S = 0.25
+BATCH_SLICE_MIN = 4
+SINGLES_RECENT_S = 10.0
 
 #: How much lower a lane thread's scheduling priority is than the rest of the process (Linux nice, which is
 #: per thread). Lanes do bulk encoding; the event loop's work is short and waits on it (reading requests,
@@ -157,8 +168,10 @@ class MicroBatcher:
 
     While the lanes are busy, queries wait; a lane that comes free takes them (up to ``max_batch``, and at
     most an even share with the other lanes' running batches), so batches grow with load by themselves.
-    ``window_ms`` > 0 lets a lone request wait that long for company. Waiting queries beyond
-    ``max_pending`` are refused (503) instead of queueing without bound."""
+    ``window_ms`` > 0 lets a lone request wait that long for company. /search/batch calls run slice by
+    slice on the same lanes, taking turns with single queries (:class:`Lanes`). Queries waiting for the
+    encoder, a batch's included, are refused beyond ``max_pending`` (503) instead of queueing without
+    bound."""
 
     def __init__(
         self,
@@ -184,10 +197,14 @@ class MicroBatcher:
         self.pending = 0
         self.batches = 0
         self.batched_queries = 0
+        self.slices = 0  # /search/batch slices started
+        self._query_s: float | None = None  # seconds a query of a recent batch slice took (moving average)
+        self._short: set[int] = set()  # lanes running a batch slice cut short (_slice_size)
+        self._single_at = -SINGLES_RECENT_S  # time.monotonic() of the last single query
         self._waiting: deque[tuple[Job, asyncio.Future]] = deque()
         self._running = [0] * lanes  # queries each lane is working on
         self._arrived: asyncio.Event | None = None
-        self._free: asyncio.LifoQueue[int] | None = None
+        self._lanes = Lanes(lanes)
         self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,14 +215,14 @@ class MicroBatcher:
             # (re)started on the serving loop; a test client may run several loops one after another
             self._loop = loop
             self._arrived = asyncio.Event()
-            self._free = asyncio.LifoQueue()  # the lane freed last comes first: its caches are warm
-            for lane in range(len(self.lanes)):
-                self._free.put_nowait(lane)
+            self._lanes = Lanes(len(self.lanes))
             self._running = [0] * len(self.lanes)
+            self._short = set()
             self._task = loop.create_task(self._worker(), name="clir-micro-batcher")
 
     async def submit(self, job: Job) -> Result:
         self._ensure_started()
+        self._single_at = time.monotonic()
         if self.pending >= self.max_pending:
             raise Overloaded(
                 f"the server is at capacity ({self.max_pending} queries waiting for the encoder); retry shortly"
@@ -221,21 +238,85 @@ class MicroBatcher:
             self.pending -= 1
 
     async def warm_up(self, jobs: list[Job]) -> list[Result | BaseException]:
-        """``jobs`` once on every lane, in its thread (the first call pays for lazy initialisation)."""
+        """``jobs`` once on every lane, in its thread (the first call pays for lazy initialisation); the
+        last lane's time is the first estimate of a query's (:meth:`_slice_size`)."""
         out = []
         for lane in range(len(self.lanes)):
-            out += await self._call(lane, jobs, alone=True)
+            t0 = time.perf_counter()
+            out += await self._start(lane, jobs, alone=True)
+            self._query_s = (time.perf_counter() - t0) / len(jobs)
+        return out
+
+    async def run_batch(self, jobs: list[Job], step: int) -> list[Result | BaseException]:
+        """A /search/batch call: refused (503) unless its queries fit under ``max_pending`` beside those
+        already waiting, then run a slice of at most ``step`` queries at a time (:meth:`_slice_size`),
+        each on the lane its turn brings (:class:`Lanes`); a slice's queries count as pending until it is
+        done. Cancelled (its client left), it stops: the slice running finishes in its lane, no other
+        starts."""
+        self._ensure_started()
+        if self.pending + len(jobs) > self.max_pending:
+            raise Overloaded(
+                f"the server is at capacity ({self.pending} queries waiting for the encoder, max_pending "
+                f"{self.max_pending}): a batch of {len(jobs)} does not fit now; retry shortly"
+            )
+        self.pending += len(jobs)
+        out: list[Result | BaseException] = []
+        try:
+            while len(out) < len(jobs):
+                lanes = self._lanes
+                lane = await lanes.acquire(single=False)
+                size = self._slice_size(lane, step)
+                if size < step:
+                    self._short.add(lane)  # now, before another lane's slice is sized
+                part = jobs[len(out) : len(out) + size]
+                out += await self._run_slice(lanes, lane, part)
+                self.pending -= len(part)
+        finally:
+            self.pending -= len(jobs) - len(out)
         return out
 
     async def run_now(self, jobs: list[Job]) -> list[Result | BaseException]:
-        """:func:`run_jobs` on the next free lane, as one batch of its own (a slice of /search/batch)."""
+        """:func:`run_jobs` on the next lane a batch slice may take, as one batch of its own."""
         self._ensure_started()
-        assert self._free is not None
-        lane = await self._free.get()
+        lanes = self._lanes
+        return await self._run_slice(lanes, await lanes.acquire(single=False), jobs)
+
+    def _slice_size(self, lane: int, step: int) -> int:
+        """Queries in a batch's next slice on ``lane``: as many as take about :data:`BATCH_SLICE_S` if
+        single queries come and every other lane holds a whole batch slice, else ``step`` (another lane
+        comes free soon enough, and takes a single query that arrives)."""
+        others_long = all(
+            self._lanes.held_for_batch(other) and other not in self._short
+            for other in range(len(self.lanes))
+            if other != lane
+        )
+        if self._query_s is None or not others_long or time.monotonic() - self._single_at > SINGLES_RECENT_S:
+            return step
+        return min(step, max(BATCH_SLICE_MIN, int(BATCH_SLICE_S / self._query_s)))
+
+    async def _run_slice(self, lanes: Lanes, lane: int, jobs: list[Job]) -> list[Result | BaseException]:
+        """``jobs`` on ``lane`` (held). The lane is given back when its thread is done, even if the caller
+        is cancelled before; the time the slice took updates the pace of a query."""
+        t0 = time.perf_counter()
         try:
-            return await self._call(lane, jobs)
-        finally:
-            self._free.put_nowait(lane)
+            work = self._start(lane, jobs)
+        except BaseException:
+            self._short.discard(lane)
+            lanes.release(lane)
+            raise
+
+        def done(_: Any) -> None:
+            self._short.discard(lane)
+            lanes.release(lane)
+            took = (time.perf_counter() - t0) / len(jobs)
+            log.debug(
+                "lane %d: batch slice of %d queries in %.1f ms", lane, len(jobs), took * len(jobs) * 1000
+            )
+            self._query_s = took if self._query_s is None else 0.7 * self._query_s + 0.3 * took
+
+        work.add_done_callback(done)
+        self.slices += 1
+        return await asyncio.shield(work)
 
     async def stop(self) -> None:
         """Stop the worker; queries still waiting are answered 503 rather than left hanging."""
@@ -257,20 +338,18 @@ class MicroBatcher:
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def _worker(self) -> None:
-        free = self._free
-        assert free is not None
         while True:
             while not self._waiting:
                 await self._arrival(None)
-            lane = await free.get()  # meanwhile more queries arrive, and join this batch
+            lane = await self._lanes.acquire(single=True)  # meanwhile more queries arrive, and join
             if self.window > 0 and len(self._waiting) < self.max_batch:
                 await asyncio.sleep(self.window)
-            if free.qsize() < len(self.lanes) - 1:
+            if self._lanes.idle() < len(self.lanes) - 1:
                 await self._gather()
             batch = [self._waiting.popleft() for _ in range(self._share())]
             live = [(job, fut) for job, fut in batch if not fut.done()]
             if not live:
-                free.put_nowait(lane)
+                self._lanes.release(lane)
                 continue
             self._running[lane] = len(live)
             task = asyncio.get_running_loop().create_task(self._run(lane, live))
@@ -316,17 +395,17 @@ class MicroBatcher:
         return max(1, min(waiting, self.max_batch, even))
 
     async def _run(self, lane: int, live: list[tuple[Job, asyncio.Future]]) -> None:
-        assert self._free is not None
+        lanes = self._lanes
         try:
             t0 = time.perf_counter()
-            results = await self._call(lane, [job for job, _ in live])
+            results = await self._start(lane, [job for job, _ in live])
             log.debug("lane %d: %d queries in %.1f ms", lane, len(live), (time.perf_counter() - t0) * 1000)
         except Exception as e:  # noqa: BLE001 -- run_jobs catches per group; this is a last resort
             log.exception("micro-batch failed")
             results = [e] * len(live)
         finally:
             self._running[lane] = 0
-            self._free.put_nowait(lane)
+            lanes.release(lane)
         self.batches += 1
         self.batched_queries += len(live)
         for (_, fut), res in zip(live, results, strict=True):
@@ -337,13 +416,12 @@ class MicroBatcher:
             else:
                 fut.set_result(res)
 
-    async def _call(self, lane: int, jobs: list[Job], alone: bool | None = None) -> list[Any]:
-        """:func:`run_jobs` for ``jobs`` on ``lane`` (taken from the free ones) in its thread."""
+    def _start(self, lane: int, jobs: list[Job], alone: bool | None = None) -> asyncio.Future[list[Any]]:
+        """:func:`run_jobs` for ``jobs`` started on ``lane`` (held) in its thread."""
         if alone is None:
-            assert self._free is not None  # the lane came from it
-            alone = self._free.qsize() == len(self.lanes) - 1 and len(jobs) >= ALONE_MIN_BATCH
+            alone = self._lanes.idle() == len(self.lanes) - 1 and len(jobs) >= ALONE_MIN_BATCH
         n = None if self.threads is None else (self.threads[0 if alone else 1], self.threads[0])
-        return await asyncio.get_running_loop().run_in_executor(
+        return asyncio.get_running_loop().run_in_executor(
             self._pools[lane], partial(_run_jobs_on, n, self.lanes[lane], jobs, self.max_batch)
         )
 

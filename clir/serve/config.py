@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,8 +32,9 @@ class ServeSettings:
     max_body_bytes: int = 1_048_576
     max_batch_queries: int = 1000
     #: characters of all queries in one /search/batch call together (413 beyond): with max_batch_queries,
-    #: what bounds one call's encoder time; a batch also runs in slices of max_batch_size so single
-    #: searches interleave with it instead of waiting for the whole batch
+    #: what bounds one call's encoder time; a batch also runs in slices (at most max_batch_size queries,
+    #: fewer when no lane is left idle: clir.serve.batching.BATCH_SLICE_S) that take turns with single
+    #: searches, which wait for one slice, not for the whole batch
     max_batch_chars: int = 100_000
     micro_batching: bool = True
     batch_window_ms: float = 0.0
@@ -40,10 +42,17 @@ class ServeSettings:
     #: encoder lanes: replicas sharing the weights, each with its own thread, that run micro-batches at the
     #: same time (None: 2 on a CPU, 1 on a GPU; clir.serve.state.lane_plan)
     lanes: int | None = None
-    #: /search requests waiting for the encoder before new ones are shed with 503 (load shedding)
-    max_pending: int = 1024
+    #: queries waiting for the encoder, /search/batch calls' included, beyond which new requests are shed
+    #: with 503 (load shedding); room for a few full batches (max_batch_queries) beside single searches
+    max_pending: int = 4096
     device: str | None = None
     access_log: bool = True
+    #: seconds a client has to send a request whole, headers and body, from its first byte (or from
+    #: connecting); then it gets 408 and the connection closes (clir.serve.protocol)
+    request_timeout: float = 5.0
+    #: open connections beyond which new ones get 503 and are closed at once (per worker process); None:
+    #: 1000, or fewer where the open-file limit is lower
+    max_connections: int | None = None
 
     def validate(self) -> None:
         for name in (
@@ -55,14 +64,25 @@ class ServeSettings:
             "max_batch_size",
             "lanes",
             "max_pending",
+            "max_connections",
         ):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "port" else 1):  # lanes None: chosen per device
                 raise ClirError(f"serve setting {name} must be positive, got {value}")
         if not 0 <= self.port <= 65535:
             raise ClirError(f"port {self.port} is outside 0..65535")
-        if self.batch_window_ms < 0:
-            raise ClirError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        # nan passes every comparison: `--batch-window-ms nan` was accepted
+        if not math.isfinite(self.batch_window_ms) or self.batch_window_ms < 0:
+            raise ClirError(f"batch_window_ms must be a finite number >= 0, got {self.batch_window_ms}")
+        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
+            raise ClirError(
+                f"request_timeout must be a finite number of seconds > 0, got {self.request_timeout}"
+            )
+        if self.max_batch_queries > self.max_pending:
+            raise ClirError(
+                f"max_batch_queries ({self.max_batch_queries}) is above max_pending ({self.max_pending}): a full "
+                "batch would always be refused"
+            )
 
     def api_key(self) -> str | None:
         """The key from the environment (read at startup, never logged); a named but unset variable is an

@@ -1,6 +1,7 @@
 """The server's outermost layer (pure ASGI, around every route): request id, access log with latency, API
 key, request body limit, and the last-resort 500 (the exception is logged with the request id; the server
-keeps serving). A client that leaves before a response is logged as 499, not as a server error."""
+keeps serving). A client that leaves before a response is logged as 499, not as a server error. What the
+client sent is escaped before it is logged (:func:`loggable`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ async def _send_json(
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra_headers]})
     await send({"type": "http.response.body", "body": payload})
+
+
+def loggable(text: str) -> str:
+    """``text`` as one log field: control and other unprintable characters, quotes and backslashes escaped
+    (``\\n``, ``\\x1b``, ``\\"``). A path is logged URL-decoded: ``/indexes%0A02:00:00 INFO ...`` wrote a
+    second, forged log line, and ``%1B`` sent escape sequences to the terminal reading the log."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c not in '"\\' else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    return '\\"' if c == '"' else c.encode("unicode_escape").decode("ascii")
+
+
+def key_matches(given: str | None, key: str) -> bool:
+    """Whether the ``X-API-Key`` a request gives is the server's key (compared in constant time)."""
+    return bool(given) and hmac.compare_digest(str(given).encode(), key.encode())
 
 
 def _request_id(headers: dict[str, str]) -> str:
@@ -88,7 +107,12 @@ class Guard:
         except ClientDisconnect:
             status_box["status"] = status_box["status"] or CLIENT_CLOSED
         except Exception:
-            log.exception("request %s %s failed (request id %s)", scope.get("method"), scope.get("path"), rid)
+            log.exception(
+                "request %s %s failed (request id %s)",
+                loggable(str(scope.get("method"))),
+                loggable(str(scope.get("path"))),
+                rid,
+            )
             if not status_box["started"]:
                 await _send_json(
                     send_wrapped, 500, _json_bytes(500, f"internal server error (request id {rid})", rid)
@@ -98,9 +122,9 @@ class Guard:
                 client = scope.get("client") or ("-", 0)
                 access_log.info(
                     '%s "%s %s" %d %.1fms rid=%s',
-                    client[0],
-                    scope.get("method"),
-                    scope.get("path"),  # no query string: it may hold the user's query text
+                    loggable(str(client[0])),  # behind a proxy, the address may come from a header
+                    loggable(str(scope.get("method"))),
+                    loggable(str(scope.get("path"))),  # no query string: it may hold the user's query text
                     status_box["status"] or 500,
                     (time.perf_counter() - t0) * 1000,
                     rid,
@@ -112,7 +136,7 @@ class Guard:
         if self.api_key is None or path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/"):
             return False
         given = headers.get(API_KEY_HEADER.lower(), "")
-        if given and hmac.compare_digest(given.encode(), self.api_key.encode()):
+        if key_matches(given, self.api_key):
             return False
         detail = f"missing {API_KEY_HEADER} header" if not given else f"wrong {API_KEY_HEADER}"
         await _send_json(send, 401, _json_bytes(401, detail), [(b"www-authenticate", b"APIKey")])

@@ -15,8 +15,10 @@ ERROR_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     422: "invalid_request",
+    499: "client_closed_request",
     500: "internal_error",
     503: "unavailable",
 }
