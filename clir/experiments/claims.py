@@ -62,7 +62,11 @@ def test_claims(plan: Plan, matrices: dict[str, dict[str, Any]]) -> list[dict[st
         names = [c for c in (claim.collections or [c.name for c in plan.collections]) if c in matrices]
         comps: list[dict[str, Any]] = []
         for a, b in (tuple(p) for p in claim.pairs):
-            for qset, colls in question_sets(plan.collections, names).items():
+            for qset, group in question_sets(plan.collections, names).items():
+                # the question set's collections where both rows ran (a control may skip some)
+                colls = [c for c in group if a in matrices[c]["arms"] and b in matrices[c]["arms"]]
+                if not colls:
+                    continue
                 ga, gb = _group_scores(matrices, colls, a, metric), _group_scores(matrices, colls, b, metric)
                 if ga is None or gb is None:
                     continue

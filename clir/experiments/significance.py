@@ -16,7 +16,12 @@ import numpy as np
 RunDict = dict[str, dict[str, float]]
 
 #: label of each test in reports
-TEST_NAMES = {"student": "paired t-test", "fisher": "Fisher's randomisation test"}
+TEST_NAMES = {
+    "student": "paired t-test",
+    "fisher": "Fisher's randomisation test",
+    "two-level": "two-level bootstrap over seeds and queries",
+    "seed-t": "t-test over seed means",
+}
 
 #: permutations scored per block (bounds memory on large query sets)
 _BLOCK = 256
@@ -213,7 +218,10 @@ def seed_t_test(control: np.ndarray, treatment: np.ndarray, *, paired_seeds: boo
 
     a = np.atleast_2d(np.asarray(control, dtype=np.float64)).mean(axis=1)
     b = np.atleast_2d(np.asarray(treatment, dtype=np.float64)).mean(axis=1)
-    with np.errstate(all="ignore"):
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # seeds nearly alike: NaN or a huge t, both handled
         if paired_seeds and len(a) == len(b) and len(a) > 1:
             p = stats.ttest_rel(b, a).pvalue
         elif len(a) > 1 and len(b) > 1:
