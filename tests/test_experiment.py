@@ -191,7 +191,9 @@ def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
         v = load_vectors(path)
         assert [langs[d] for d in v["doc_ids"]] == v["doc_langs"].tolist()  # each document's own language
         assert len(v["query_ids"]) == len(v["Q"]) and len(v["doc_ids"]) == len(v["D"])
-        assert measure_row(path, qrels) == measures  # the report's numbers are the vectors' numbers
+        geometry = measure_row(path, qrels)
+        assert {k: measures[k] for k in geometry} == geometry  # the report's numbers are the vectors' numbers
+        assert 0.0 <= measures["pair_auc"] <= 1.0  # query -> relevant document among the row's documents
         assert 0.0 <= measures["lang_accuracy"] <= 1.0
     pairs = {(p["a"], p["b"]) for p in doc["analysis"]["pairs"]}
     assert ("madx/q-source_d-source", "madx/q-source_d-target") in pairs
