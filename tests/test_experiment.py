@@ -127,6 +127,29 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
     assert set(swap["significance"]) == {"student", "fisher"}
 
 
+def test_the_tiny_model_is_the_same_in_every_process(tmp_path):
+    """The grid's p-values and marks depend on the tiny model: it must not change from one test session to
+    the next (its WordPiece vocabulary once did: the tokenizers trainer broke ties in a per-process hash
+    order, so every session tested another model and this file's outcomes were drawn anew each time)."""
+    code = (
+        "import hashlib, sys; from pathlib import Path; from clir.testing import build_tiny_bert; "
+        "d = build_tiny_bert(Path(sys.argv[1])); "
+        "print(*(hashlib.sha256((d / f).read_bytes()).hexdigest() for f in ('tokenizer.json', 'model.safetensors')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / str(i))],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        for i in range(2)
+    }
+    assert len(digests) == 1
+
+
 def test_fisher_randomisation_test_is_seeded_and_exact():
     import itertools
 
