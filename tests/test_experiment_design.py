@@ -133,7 +133,8 @@ def test_claims_count_a_question_set_once_with_holm_per_claim(design):
     from clir.experiments.significance import adjust
 
     raw = {i: c["two-level"]["p_value"] for i, c in enumerate(two)}
-    assert [c["two-level"]["p_adjusted"] for c in two] == pytest.approx(list(adjust(raw, "holm").values()))
+    holm = adjust(raw, "holm")
+    assert [c["two-level"]["p_adjusted"] for c in two] == pytest.approx([holm[i] for i in range(len(two))])
     report = (out / "report.md").read_text()
     assert "## Claims" in report and "| **swap**: swapping the document adapter hurts" in report
     assert "*pending*" in report and "| not testable with this backbone |" in report
@@ -182,6 +183,14 @@ def test_dry_run_lists_seeds_controls_and_claims(design, capsys):
         in plan
     )
     assert "tinyq = tiny+tiny-again; 1 comparisons" in plan
+    from clir.experiments import load_eval_config, plan_grid
+
+    only = plan_grid(load_eval_config(cfg), out=out, only=["tiny/madx/q-source_d-target"]).selected
+    assert [r.id for r in only] == [
+        f"tiny/madx@{s}/q-source_d-target" for s in range(3)
+    ]  # the arm: each seed
+    one = plan_grid(load_eval_config(cfg), out=out, only=["tiny/madx@1"]).selected
+    assert len(one) == 5 and all(r.model.name == "madx@1" for r in one)  # 2 routings + 3 controls
 
 
 @pytest.mark.parametrize(

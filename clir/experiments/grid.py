@@ -335,8 +335,6 @@ class Plan:
             return False
         if self.analyses(row) and not self.vectors_path(row).is_file():
             return False
-        if self.wants_cka(row) and not self.cka_path(row.collection, row.model).is_file():  # type: ignore[arg-type]
-            return False
         try:
             info = json.loads(marker.read_text(encoding="utf-8"))
         except json.JSONDecodeError:

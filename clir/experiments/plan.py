@@ -19,7 +19,12 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
         return list(rows)
     chosen = []
     for r in rows:
-        if any(fnmatch.fnmatchcase(r.id, p) or fnmatch.fnmatchcase(r.id, p.rstrip("/") + "/*") for p in only):
+        names = (r.id, f"{r.collection.name}/{r.arm_variant}")  # an arm's name selects each of its seeds
+        if any(
+            fnmatch.fnmatchcase(i, p) or fnmatch.fnmatchcase(i, p.rstrip("/") + "/*")
+            for p in only
+            for i in names
+        ):
             chosen.append(r)
     if not chosen:
         sample = ", ".join(r.id for r in rows[:6])

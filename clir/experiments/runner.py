@@ -213,7 +213,7 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
     for job in plan.index_jobs(rows):
         job_rows = [r for r in rows if r.collection is job.collection and r.doc_route == job.doc_route]
         _run_index_job(plan, enc, job, job_rows, queries.get(job.collection), qvecs, bar)
-    for coll in {r.collection.name: r.collection for r in rows if plan.wants_cka(r)}.values():
+    for coll in _cka_due(plan, model, rows):
         _write_cka(plan, enc, model, coll)
     del enc
 
@@ -256,6 +256,14 @@ def _run_index_job(
         t_index = 0.0
         bar.update(1)
         bar.set_postfix_str(row.id)
+
+
+def _cka_due(plan: Plan, model: GridModel, pending: list[GridRow]) -> list[GridCollection]:
+    """Collections whose per-layer CKA of ``model`` is to be (re)computed: those with rows computed now, and
+    those whose CKA file is missing (the rows may be done: an interrupted run, or CKA newly asked for)."""
+    fresh = {r.collection.name for r in pending}
+    colls = {r.collection.name: r.collection for r in plan.selected if r.model is model and plan.wants_cka(r)}
+    return [c for n, c in colls.items() if n in fresh or not plan.cka_path(c, model).is_file()]
 
 
 def _write_cka(plan: Plan, enc, model: GridModel, coll: GridCollection) -> None:
@@ -342,7 +350,7 @@ def run_grid(plan: Plan, *, command: str = "") -> GridResult:
     try:
         for model in plan.models:
             rows = [r for r in pending if r.kind == "dense" and r.model is model]
-            if rows:
+            if rows or _cka_due(plan, model, rows):
                 _run_model(plan, model, rows, queries, bar)
         for row in pending:
             if row.kind == "bm25":
