@@ -60,23 +60,60 @@ def corpus_lines() -> list[str]:
     return [line for lines in _LINES.values() for line in lines]
 
 
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece_vocab(lines: list[str], size: int = 600) -> dict[str, int]:
+    """A WordPiece vocabulary learnt from ``lines`` as WordPiece/BPE trainers learn one (the alphabet, with
+    ``##`` for non-initial characters, then the most frequent adjacent pair merged, again and again), with
+    ties broken by the pair itself: the same vocabulary in every process. (The ``tokenizers`` trainer breaks
+    ties in hash-map order, which Rust seeds per process: each test session built a different tiny model.)"""
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for line in lines for w, _span in pre.pre_tokenize_str(norm.normalize_str(line)))
+    words = {w: [w[0], *(f"##{c}" for c in w[1:])] for w in counts}
+    vocab = list(_SPECIAL) + sorted({piece for pieces in words.values() for piece in pieces})
+    while len(vocab) < size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for w, pieces in words.items():
+            for a, b in zip(pieces, pieces[1:], strict=False):
+                pairs[(a, b)] += counts[w]
+        if not pairs:
+            break
+        (a, b), _n = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        merged = a + b.removeprefix("##")
+        for w, pieces in words.items():
+            i, out = 0, []
+            while i < len(pieces):
+                if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == (a, b):
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            words[w] = out
+        if merged not in vocab:
+            vocab.append(merged)
+    return {t: i for i, t in enumerate(vocab)}
+
+
 def build_tiny_bert(
     out: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 0
 ) -> Path:
-    """A random BERT (2 layers, hidden 64) with a WordPiece tokenizer trained on multilingual lines."""
+    """A random BERT (2 layers, hidden 64) with a WordPiece tokenizer learnt from multilingual lines: the
+    same files, bit for bit, in every process (:func:`wordpiece_vocab`)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece(wordpiece_vocab(corpus_lines()), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], min_frequency=1
-    )
-    tok.train_from_iterator(corpus_lines() * 3, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -127,6 +127,29 @@ def test_significance_against_the_baseline_and_for_the_swap(grid):
     assert set(swap["significance"]) == {"student", "fisher"}
 
 
+def test_the_tiny_model_is_the_same_in_every_process(tmp_path):
+    """The grid's p-values and marks depend on the tiny model: it must not change from one test session to
+    the next (its WordPiece vocabulary once did: the tokenizers trainer broke ties in a per-process hash
+    order, so every session tested another model and this file's outcomes were drawn anew each time)."""
+    code = (
+        "import hashlib, sys; from pathlib import Path; from clir.testing import build_tiny_bert; "
+        "d = build_tiny_bert(Path(sys.argv[1])); "
+        "print(*(hashlib.sha256((d / f).read_bytes()).hexdigest() for f in ('tokenizer.json', 'model.safetensors')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / str(i))],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        for i in range(2)
+    }
+    assert len(digests) == 1
+
+
 def test_fisher_randomisation_test_is_seeded_and_exact():
     import itertools
 
@@ -195,7 +218,9 @@ def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
         v = load_vectors(path)
         assert [langs[d] for d in v["doc_ids"]] == v["doc_langs"].tolist()  # each document's own language
         assert len(v["query_ids"]) == len(v["Q"]) and len(v["doc_ids"]) == len(v["D"])
-        assert measure_row(path, qrels) == measures  # the report's numbers are the vectors' numbers
+        geometry = measure_row(path, qrels)
+        assert {k: measures[k] for k in geometry} == geometry  # the report's numbers are the vectors' numbers
+        assert 0.0 <= measures["pair_auc"] <= 1.0  # query -> relevant document among the row's documents
         assert 0.0 <= measures["lang_accuracy"] <= 1.0
     pairs = {(p["a"], p["b"]) for p in doc["analysis"]["pairs"]}
     assert ("madx/q-source_d-source", "madx/q-source_d-target") in pairs

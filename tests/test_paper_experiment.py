@@ -163,3 +163,69 @@ def test_paper_small_dry_run_lists_the_training_data_it_lacks(tmp_path, monkeypa
     assert text.count("WikiQA/train/sim.txt (from") == 1  # one line per file, whichever parts read it
     assert f"{home}/ud/UD_German-PUD/de_pud-ud-test.conllu" in text
     assert "UniversalDependencies/UD_German-PUD/ff80846a/de_pud-ud-test.conllu" in text
+
+
+def _xquad_english(root: Path) -> Path:
+    """XQuAD-R's English questions against the English sentences, as a local folder made the way
+    clir.data.public makes the other languages (stands in for irds:clir/xquad-r/en until it is registered)."""
+    import json
+
+    from clir.data.public import XquadQueries, _derive_xquad, xquad_file
+
+    root.mkdir(parents=True)
+    docs, answer = _derive_xquad(xquad_file("en"), "en", "sentence")
+    (root / "docs.jsonl").write_text(
+        "".join(
+            json.dumps({"doc_id": d.doc_id, "text": d.text, "lang": d.lang}, ensure_ascii=False) + "\n"
+            for d in docs
+        ),
+        encoding="utf-8",
+    )
+    queries = XquadQueries(["en"]).queries_iter()
+    (root / "queries.tsv").write_text("".join(f"{q.query_id}\t{q.text}\n" for q in queries), encoding="utf-8")
+    (root / "qrels.txt").write_text("".join(f"{q} 0 {d} 1\n" for q, d in sorted(answer.items())))
+    return root
+
+
+@pytest.mark.shared
+def test_paper_small_v2_plans_seeds_controls_and_claims(
+    shared_dir, raw_irds_home, tmp_path, monkeypatch, capsys
+):
+    from clir.cli.main import main
+
+    monkeypatch.setenv("CLIR_SHARED", str(shared_dir))
+    monkeypatch.setenv("CLIR_XQUAD_R_EN", str(_xquad_english(tmp_path / "xquad-r-en")))
+    monkeypatch.chdir(REPO)
+    cfg = load_eval_config(REPO / "configs/eval/paper-small-v2.yaml")
+    assert cfg.seeds.arms == [0, 1, 2] and len(cfg.seeds.language_adapters) >= 2
+    assert min(cfg.significance.n_permutations, cfg.significance.n_resamples) >= 10000
+    plan = plan_grid(cfg, out=tmp_path / "out")
+    seeds = {}
+    for m in plan.models:
+        seeds.setdefault(m.arm, []).append(m.seed)
+    assert all(len(seeds[arm]) >= 3 for arm in ARMS) and seeds["e5"] == [None]
+    madx = {m.seed: m for m in plan.models if m.arm == "madx"}
+    assert [madx[s].lang_seed for s in (0, 1, 2)] == [0, 1, 0]  # seed i <- language seed i mod 2
+    shipped = cfg.seeds.shipped
+    assert shipped is not None and madx[0].folder == (REPO / shipped.folder / "e5-madx").resolve()
+    assert madx[1].settings["language_adapters"]["de"].endswith("models/paper-small-v2/lang/seed-1/de")
+    assert madx[2].build_cmd[-2:] == ["--language-adapter", f"en={shipped.folder}/lang/en"]
+    assert {a.seed for a in plan.adapters} == {0, 1} and len(plan.adapters) == 10
+    variants = {r.arm_variant for r in plan.rows}
+    for v in (
+        "madx/q-source_d-random",
+        "madx/q-none_d-none",
+        "madx/q-source_d-target.en-as-de",
+        "task",
+        "e5",
+    ):
+        assert v in variants
+    en_rows = {r.arm_variant for r in plan.rows if r.collection.name == "xquad-r-en"}
+    assert {"madx/q-source_d-source", "madx/q-source_d-target.en-as-de"} <= en_rows  # English, then German
+    assert cfg.claims and all(c.verdict is None for c in cfg.claims)  # the lead's to fill
+    assert main(["experiment", "--config", "configs/eval/paper-small-v2.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "madx@0 <- lang seed 0, madx@1 <- lang seed 1, madx@2 <- lang seed 0" in out
+    assert "english-adapter-cost     task vs madx/q-source_d-source (lower)" in out
+    assert "xquad-r = xquad-r-de+xquad-r-ru+xquad-r-zh+xquad-r-mlir+xquad-r-articles-de" in out
+    assert not (REPO / "models" / "paper-small-v2").exists()  # a dry run builds nothing

@@ -19,8 +19,9 @@ any work, with one message listing them.
   clir experiment --config configs/eval/paper-hc4.yaml --dry-run  (validate offline, print the plan)
   clir experiment --config configs/eval/xquad-r-e5.yaml --only 'xquad-r-de/*' 'tatoeba-*/e5'
 
---only takes shell patterns over row ids COLLECTION/MODEL[/q-ROUTE_d-ROUTE] (bm25 rows: COLLECTION/bm25);
-a pattern also selects the rows below it (`xquad-r-de` = `xquad-r-de/*`). `clir eval` is the same verb."""
+--only takes shell patterns over row ids COLLECTION/MODEL[/q-ROUTE_d-ROUTE] (bm25 rows: COLLECTION/bm25;
+one seed of a seeded model: MODEL@SEED, and MODEL alone selects every seed); a pattern also selects the rows
+below it (`xquad-r-de` = `xquad-r-de/*`). `clir eval` is the same verb."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

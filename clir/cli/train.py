@@ -54,6 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, help="overrides optim.batch_size")
     p.add_argument("--lr", type=float, help="overrides optim.lr")
     p.add_argument("--seed", type=int, help="overrides optim.seed")
+    p.add_argument(
+        "--language-adapter",
+        action="append",
+        default=[],
+        metavar="LANG=SOURCE",
+        help="overrides model.language_adapters[LANG] (a folder or hub id; repeatable), e.g. the English "
+        "adapter a madx run trains on",
+    )
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
@@ -75,6 +83,17 @@ def load_config(args: argparse.Namespace):
         cfg.optim.validate()
     if args.triples:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, triples=args.triples))
+    if getattr(args, "language_adapter", None):
+        from clir.errors import ClirError
+
+        langs = dict(cfg.model.language_adapters)
+        for item in args.language_adapter:
+            lang, sep, source = item.partition("=")
+            if not sep or not lang.strip() or not source.strip():
+                raise ClirError(f"--language-adapter {item!r}: give LANG=SOURCE (e.g. en=models/lang/en)")
+            langs[lang.strip()] = source.strip()
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, language_adapters=langs))
+        cfg.model.validate()
     return cfg
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from clir.config.design import ClaimSpec, ControlSpec, SeedsConfig, validate_design
 from clir.config.model import Routing
 from clir.errors import ClirError
 
@@ -32,7 +33,9 @@ _METRIC = re.compile(r"^([a-z_\-]+)(?:@(\d+))?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-+]*$")
 
 QueryField = Literal["title", "description", "title+description", "text"]
-StatTest = Literal["student", "fisher"]
+#: per-query tests (student, fisher: on the seed-averaged scores of a row with several seeds), the two-level
+#: bootstrap over seeds and queries, and the t-test over seed means
+StatTest = Literal["student", "fisher", "two-level", "seed-t"]
 FusionMethod = Literal["rrf", "combsum"]
 
 
@@ -72,6 +75,9 @@ class CollectionSpec:
     doc_score: Literal["maxp", "firstp"] = "maxp"
     #: language identification for documents without ``lang`` (``all``: ignore the labels; ``off``)
     lang_id: Literal["missing", "all", "off"] = "missing"
+    #: collections with the same question set ask the same questions (XQuAD-R's 1,190 in every language):
+    #: claim-level tests average their per-question scores and count them once (default: the collection's own)
+    question_set: str | None = None
 
     def validate(self) -> None:
         if not self.source.strip():
@@ -120,6 +126,9 @@ class ModelSpec:
     routings: list[Routing] | None = None
     #: say how the language adapters were made (shown in the report), e.g. "untrained (new)"
     note: str = ""
+    #: training seeds (default: ``seeds.arms`` for a model with a ``build``): one model per seed, its folder
+    #: the ``model`` path with ``{seed}`` filled in; report cells are mean +- sd over them
+    seeds: list[int] | None = None
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -141,6 +150,9 @@ class AdapterBuildSpec:
     backbone: str
     max_steps: int | None = None
     args: list[str] = field(default_factory=list)
+    #: training seeds (default: ``seeds.language_adapters``): one adapter per seed, in ``out`` with ``{seed}``
+    #: filled in, trained with ``--seed SEED``
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -165,16 +177,22 @@ class SignificanceConfig:
     #: p-value threshold
     max_p: float = 0.05
     n_permutations: int = 1000
+    #: resamples of the two-level bootstrap (seeds, then queries)
+    n_resamples: int = 10000
     random_seed: int = 42
     #: adjustment for testing several pairs on one collection (one family per test and metric):
     #: holm (Holm-Bonferroni), bonferroni or none
     correction: Literal["holm", "bonferroni", "none"] = "holm"
+    #: the test behind each claim (``claims``), Holm-corrected over the claim's comparisons
+    claim_test: Literal["two-level", "seed-t"] = "two-level"
 
     def validate(self) -> None:
         if not 0 < self.max_p < 1:
             raise ClirError(f"significance.max_p must be in (0, 1), got {self.max_p}")
         if self.n_permutations < 10:
             raise ClirError("significance.n_permutations must be >= 10")
+        if self.n_resamples < 100:
+            raise ClirError("significance.n_resamples must be >= 100")
 
 
 @dataclass
@@ -205,6 +223,23 @@ class AnalysisConfig:
     enabled: bool = False
     #: collections to analyse (names; default: every collection)
     collections: list[str] = field(default_factory=list)
+    #: XQuAD-R's upstream files (a folder of ``<lang>.json``, e.g. ../shared/data/raw/lareqa/xquad-r): which
+    #: sentences translate each other (same paragraph, same number of sentences, same position)
+    xquad_parallel: str | None = None
+    #: the English XQuAD-R collection (name): its documents are the English side of the translation pairs
+    #: of the other XQuAD-R collections' rows
+    xquad_anchor: str | None = None
+    #: documents whose neighbourhoods are compared between routings (rank correlation)
+    neighbour_docs: int = 200
+    #: documents whose per-layer hidden states are compared (linear CKA) between the source adapter and each
+    #: other document routing of a madx model; 0: off
+    cka_docs: int = 0
+
+    def validate(self) -> None:
+        if self.neighbour_docs < 10 or self.cka_docs < 0:
+            raise ClirError("analysis.neighbour_docs must be >= 10 and analysis.cka_docs >= 0")
+        if self.cka_docs and self.cka_docs < 10:
+            raise ClirError("analysis.cka_docs: CKA needs at least 10 documents (or 0: off)")
 
 
 @dataclass
@@ -241,6 +276,12 @@ class EvalConfig:
     build_workers: int = 1
     #: seeds fresh (``new``) adapters, so reruns and reused indexes agree
     seed: int = 0
+    #: training seeds of the arms and language adapters (mean +- sd cells, seed-level tests)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    #: control rows (random / wrong-language adapters, English documents, no adapter on either side)
+    controls: list[ControlSpec] = field(default_factory=list)
+    #: the headline claims: their comparisons, tested and Holm-corrected per claim
+    claims: list[ClaimSpec] = field(default_factory=list)
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -276,6 +317,7 @@ class EvalConfig:
                 raise ClirError(f"fusion.models: unknown model {m!r} (models: {', '.join(names)})")
         if self.fusion.methods and not self.bm25.enabled:
             raise ClirError("fusion needs the BM25 baseline: set bm25.enabled: true")
+        validate_design(self)
 
     @property
     def primary(self) -> str:

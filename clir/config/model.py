@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from clir.errors import ClirError
 
+_LANG = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]+)?$")
+
 Pooling = Literal["cls", "mean"]
 AdapterMode = Literal["full", "task", "madx"]
-Route = Literal["source", "target", "none"]
+Route = Literal["source", "target", "none", "random"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
@@ -46,13 +49,32 @@ class Routing:
 
     ``source``: the training language's adapter (e.g. ``en``) whatever the text's language;
     ``target``: the adapter of the text's own language (the MAD-X advice);
-    ``none``: no language adapter, the task adapter alone."""
+    ``none``: no language adapter, the task adapter alone;
+    ``random``: a fresh, untrained language adapter (a control: what any adapter's noise costs).
+
+    ``doc_map`` (with ``doc: target``) sends a document language through another language's adapter, a
+    wrong-language control: ``{de: ru}`` encodes German documents with the Russian adapter."""
 
     query: Route = "source"
     doc: Route = "source"
+    doc_map: dict[str, str] = field(default_factory=dict)
 
     def label(self) -> str:
-        return f"q-{self.query}_d-{self.doc}"
+        mapped = "".join(f".{k}-as-{v}" for k, v in sorted(self.doc_map.items()))
+        return f"q-{self.query}_d-{self.doc}{mapped}"
+
+    def doc_label(self) -> str:
+        """The document side alone (what an index depends on): ``target``, ``target.de-as-ru``, ..."""
+        return self.label().split("_d-", 1)[1]
+
+    def validate(self) -> None:
+        if self.doc_map and self.doc != "target":
+            raise ClirError(f"routing.doc_map needs doc: target (doc is {self.doc!r})")
+        for k, v in self.doc_map.items():
+            if not k or not v or not _LANG.match(k) or not _LANG.match(v):
+                raise ClirError(f"routing.doc_map {k!r}: {v!r}: give language codes (e.g. de: ru)")
+            if k == v:
+                raise ClirError(f"routing.doc_map maps {k!r} to itself: that is plain target routing")
 
 
 @dataclass
@@ -89,8 +111,8 @@ class ModelConfig:
             )
         if self.adapter_mode != "madx":
             for side in ("query", "doc"):
-                if getattr(self.routing, side) == "target":
+                if getattr(self.routing, side) in ("target", "random"):
                     raise ClirError(
-                        f"routing.{side}=target needs adapter_mode madx (mode is {self.adapter_mode}: "
+                        f"routing.{side}={getattr(self.routing, side)} needs adapter_mode madx (mode is {self.adapter_mode}: "
                         "there is no language adapter to swap)"
                     )

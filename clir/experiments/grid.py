@@ -141,6 +141,14 @@ class GridModel:
     build_cmd: list[str] | None = None
     downloads: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the model spec's name (``name`` is ``ARM@SEED`` for one seed of a seeded model)
+    arm: str = ""
+    seed: int | None = None
+    #: the language adapters' seed a madx seed is paired with
+    lang_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.arm = self.arm or self.name
 
     @property
     def madx(self) -> bool:
@@ -196,8 +204,27 @@ class GridRow:
         return self.id.replace("/", "__")
 
     @property
+    def arm_variant(self) -> str:
+        """The variant with the seed left out: the row of the arm that the seeds' rows are pooled into."""
+        from clir.experiments.seeds import arm_of
+
+        return arm_of(self.variant)
+
+    @property
     def doc_route(self) -> str | None:
-        return self.routing.doc if self.routing is not None else None
+        """The document side of the routing (what the row's index depends on): ``source``, ``target``,
+        ``target.de-as-ru``, ``random``, ``none``."""
+        return self.routing.doc_label() if self.routing is not None else None
+
+
+def routing_key(r: Routing | None) -> dict[str, Any] | None:
+    """A routing as run markers record it (a ``doc_map`` only when set: older markers stay valid)."""
+    if r is None:
+        return None
+    out: dict[str, Any] = {"query": r.query, "doc": r.doc}
+    if r.doc_map:
+        out["doc_map"] = dict(sorted(r.doc_map.items()))
+    return out
 
 
 @dataclass
@@ -206,6 +233,8 @@ class IndexJob:
     model: GridModel
     doc_route: str | None
     path: Path
+    #: a routing of the job's rows: its document side is the one the index is built under
+    routing: Routing | None = None
 
     @property
     def label(self) -> str:
@@ -230,6 +259,10 @@ class Plan:
     #: (folder, command) of the shared MLM head the adapter builds train against, when it must be built
     head_build: tuple[Path, list[str]] | None = None
     bm25_unavailable: str | None = None
+    #: the language adapters of ``adapters``, one per seed, with where each lives
+    adapters: list[Any] = field(default_factory=list)
+    #: control rows' arm variants -> their ControlSpec
+    controls: dict[str, Any] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
@@ -243,6 +276,15 @@ class Plan:
 
     def vectors_path(self, row: GridRow) -> Path:
         return self.runs_dir / f"{row.stem}.vectors.npz"
+
+    def cka_path(self, coll: GridCollection, model: GridModel) -> Path:
+        """Per-layer CKA of a madx model's document routings on one collection (the analysis)."""
+        return self.runs_dir / f"{coll.name}__{model.name}.cka.json"
+
+    def fresh_seed(self, model: GridModel | None) -> int:
+        """What seeds fresh (``new``, ``random``) adapters: the grid's seed, and a training seed's own."""
+        seed = self.config.seed
+        return seed if model is None or model.seed is None else seed + 7919 * (model.seed + 1)
 
     def analyses(self, row: GridRow) -> bool:
         """Whether the row keeps its vectors for the embedding analysis."""
@@ -278,10 +320,10 @@ class Plan:
                 "kind": "dense",
                 "collection": row.collection.key(),
                 "model": row.model.stamp(),
-                "routing": to_dict(row.routing) if row.routing else None,
+                "routing": routing_key(row.routing),
                 "k": self.k,
                 "factory": cfg.factory,
-                "seed": cfg.seed,
+                "seed": self.fresh_seed(row.model),
             }
         )
 
@@ -301,10 +343,16 @@ class Plan:
             return False
         return info.get("key") == self.row_key(row)
 
+    def wants_cka(self, row: GridRow) -> bool:
+        """Whether the row's model and collection get the per-layer CKA of the analysis."""
+        return bool(
+            self.config.analysis.cka_docs and self.analyses(row) and row.model is not None and row.model.madx
+        )
+
     def index_jobs(self, rows: list[GridRow]) -> list[IndexJob]:
         seen: dict[Path, IndexJob] = {}
         for r in rows:
             if r.kind == "dense" and r.model is not None:
                 p = self.index_path(r.collection, r.model, r.doc_route)
-                seen.setdefault(p, IndexJob(r.collection, r.model, r.doc_route, p))
+                seen.setdefault(p, IndexJob(r.collection, r.model, r.doc_route, p, r.routing))
         return list(seen.values())

@@ -6,11 +6,12 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from clir.config import EvalConfig
+from clir.config import EvalConfig, MlmHeadSpec, Routing
 from clir.errors import ClirError
 from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
 from clir.experiments.resolve import build_triples, grid_collection, grid_model
+from clir.experiments.seeds import SeededAdapter, expand_adapters, expand_models
 
 
 def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
@@ -18,7 +19,12 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
         return list(rows)
     chosen = []
     for r in rows:
-        if any(fnmatch.fnmatchcase(r.id, p) or fnmatch.fnmatchcase(r.id, p.rstrip("/") + "/*") for p in only):
+        names = (r.id, f"{r.collection.name}/{r.arm_variant}")  # an arm's name selects each of its seeds
+        if any(
+            fnmatch.fnmatchcase(i, p) or fnmatch.fnmatchcase(i, p.rstrip("/") + "/*")
+            for p in only
+            for i in names
+        ):
             chosen.append(r)
     if not chosen:
         sample = ", ".join(r.id for r in rows[:6])
@@ -36,19 +42,19 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
 
 
 def _adapter_builds(
-    cfg: EvalConfig,
+    adapters: list[SeededAdapter], head: MlmHeadSpec | None
 ) -> tuple[dict[str, Path], list[tuple[str, Path, list[str]]], dict[str, list[tuple[str, Path, list[str]]]]]:
-    """(language -> the adapter folder the grid provides, the ``train-language-adapter`` builds still to run,
-    ir_datasets files their texts lack)."""
+    """(language[@seed] -> the adapter folder the grid provides, the ``train-language-adapter`` builds still to
+    run, ir_datasets files their texts lack)."""
     from clir.data.irds import missing_files
 
     built_adapters: dict[str, Path] = {}
     adapter_builds = []
     irds_missing_text: dict[str, list[tuple[str, Path, list[str]]]] = {}
-    head = cfg.mlm_head
-    for a in cfg.adapters:
+    for sa in adapters:
+        a = sa.spec
         outp = Path(a.out).expanduser().resolve()
-        built_adapters[a.lang] = outp
+        built_adapters[a.lang if sa.seed is None else f"{a.lang}@{sa.seed}"] = outp
         if not outp.is_dir():
             cmd = ["train-language-adapter", "--lang", a.lang, "--text", a.text, "--backbone", a.backbone]
             if a.max_steps:
@@ -97,10 +103,16 @@ def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path,
 
 
 def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
-    """Per collection: every model x routing, then BM25 and the fusions of BM25 with each dense row."""
+    """Per collection: every model (seed) x routing, the controls' rows, then BM25 and the fusions of BM25
+    with each dense row."""
     rows: list[GridRow] = []
     for c in collections:
         dense = [GridRow(c, "dense", model=m, routing=r) for m in models for r in m.routings]
+        for ctl in cfg.controls:
+            if not ctl.collections or c.name in ctl.collections:
+                dense += [
+                    GridRow(c, "dense", model=m, routing=ctl.routing) for m in models if m.arm == ctl.model
+                ]
         rows += dense
         if cfg.bm25.enabled and c.bm25_lang:
             rows.append(GridRow(c, "bm25"))
@@ -111,10 +123,11 @@ def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridM
 
 
 def _baseline(cfg: EvalConfig, rows: list[GridRow]) -> str:
-    """The row variant significance tests compare against: the configured one, else the first dense row."""
-    variants = {r.variant for r in rows}
+    """The row (of an arm: seeds pooled) significance tests compare against: the configured one, else the
+    first dense row."""
+    variants = {r.arm_variant for r in rows}
     if not cfg.significance.baseline:
-        return next(r.variant for r in rows if r.kind == "dense")
+        return next(r.arm_variant for r in rows if r.kind == "dense")
     baseline = cfg.significance.baseline.replace(":", "/")
     if baseline not in variants:
         raise ClirError(
@@ -141,8 +154,13 @@ def plan_grid(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ClirError(f"collections: duplicate name(s) {', '.join(dup)}: give each a distinct `name`")
-    built_adapters, adapter_builds, irds_missing_text = _adapter_builds(cfg)
-    models = [grid_model(m, cfg, collections, built_adapters) for m in cfg.models]
+    adapters = expand_adapters(cfg)
+    built_adapters, adapter_builds, irds_missing_text = _adapter_builds(adapters, cfg.mlm_head)
+    models = []
+    for sm in expand_models(cfg):
+        gm = grid_model(sm.spec, cfg, collections, built_adapters, _control_routings(cfg, sm.arm))
+        gm.arm, gm.seed, gm.lang_seed = sm.arm, sm.seed, sm.lang_seed
+        models.append(gm)
     head_build = _head_build(cfg, adapter_builds)
     heads = [head_build[1]] if head_build else []
     for cmd in (
@@ -151,6 +169,7 @@ def plan_grid(
         parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
 
     rows = _rows(cfg, collections, models)
+    _check_design(cfg, collections, models, rows)
     baseline = _baseline(cfg, rows)
     selected = _select(rows, only)
 
@@ -181,7 +200,96 @@ def plan_grid(
         adapter_builds=adapter_builds,
         head_build=head_build,
         bm25_unavailable=bm25_reason,
+        adapters=adapters,
+        controls={c.variant: c for c in cfg.controls},
     )
+
+
+def _design_lines(plan: Plan) -> list[str]:
+    """Seeds and their pairing, controls, claims and their Holm families, for the dry run."""
+    from clir.experiments.claims import question_sets
+
+    cfg = plan.config
+    out: list[str] = []
+    seeded = [m for m in plan.models if m.seed is not None]
+    if seeded:
+        out += [
+            "",
+            "seeds (rows of one arm pooled: mean +- sd; madx seed i uses language-adapter seed "
+            "seeds.language_adapters[i mod n]):",
+        ]
+        for arm in dict.fromkeys(m.arm for m in seeded):
+            ms = [m for m in seeded if m.arm == arm]
+            pairs = ", ".join(
+                f"{m.name}" + (f" <- lang seed {m.lang_seed}" if m.lang_seed is not None else "") for m in ms
+            )
+            out.append(f"  {arm:<24} {pairs}")
+        lang = sorted({a.seed for a in plan.adapters if a.seed is not None})
+        if lang:
+            out.append(f"  {'language adapters':<24} seeds {', '.join(map(str, lang))}")
+        if cfg.seeds.shipped is not None:
+            sh = cfg.seeds.shipped
+            state = "present" if Path(sh.folder).is_dir() else "missing: built there"
+            out.append(
+                f"  shipped seed {sh.seed}: {sh.folder} ({', '.join(sh.models)} + language adapters; {state})"
+            )
+    if cfg.controls:
+        out += ["", f"controls ({len(cfg.controls)}):"]
+        for c in cfg.controls:
+            on = ", ".join(c.collections) or "every collection"
+            vs = f" against {c.against}" if c.against else ""
+            out.append(f"  {c.name:<24} {c.variant} on {on}{vs}")
+    if cfg.claims:
+        out += [
+            "",
+            f"claims ({len(cfg.claims)}; {cfg.significance.claim_test} test, Holm within each claim):",
+        ]
+        for claim in cfg.claims:
+            names = claim.collections or [c.name for c in plan.collections]
+            sets = question_sets(plan.collections, names)
+            n = len(claim.pairs) * len(sets)
+            groups = "; ".join(k + (f" = {'+'.join(v)}" if len(v) > 1 else "") for k, v in sets.items())
+            pairs = ", ".join(f"{a} vs {b}" for a, b in claim.pairs)
+            out.append(f"  {claim.id:<24} {pairs} ({claim.expect}); question sets: {groups}; {n} comparisons")
+    return out
+
+
+def _control_routings(cfg: EvalConfig, arm: str) -> list[tuple[Routing, list[str]]]:
+    return [(c.routing, c.collections) for c in cfg.controls if c.model == arm]
+
+
+def _check_design(
+    cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel], rows: list[GridRow]
+) -> None:
+    """What the config alone could not check: control and claim collections, control models' modes, and
+    the rows that controls and claims name."""
+    names = {c.name for c in collections}
+    arms = {r.arm_variant for r in rows}
+    for ctl in cfg.controls:
+        bad = [c for c in ctl.collections if c not in names]
+        if bad:
+            raise ClirError(
+                f"controls[{ctl.name}].collections: unknown {', '.join(bad)} (has: {', '.join(names)})"
+            )
+        mode = next(m.mode for m in models if m.arm == ctl.model)
+        if mode != "madx":
+            raise ClirError(f"controls[{ctl.name}]: model {ctl.model} is {mode}; routing controls need madx")
+        if ctl.against and ctl.against.replace(":", "/") not in arms:
+            raise ClirError(f"controls[{ctl.name}].against {ctl.against!r} is not a row of the grid")
+    for claim in cfg.claims:
+        bad = [c for c in claim.collections if c not in names]
+        if bad:
+            raise ClirError(f"claims[{claim.id}].collections: unknown {', '.join(bad)}")
+        for pair in claim.pairs:
+            for v in pair:
+                if v not in arms:
+                    raise ClirError(
+                        f"claims[{claim.id}].pairs: {v!r} is not a row of the grid (rows: {', '.join(sorted(arms))})"
+                    )
+    if cfg.analysis.xquad_anchor and cfg.analysis.xquad_anchor not in names:
+        raise ClirError(
+            f"analysis.xquad_anchor {cfg.analysis.xquad_anchor!r} is not a collection of the grid"
+        )
 
 
 def format_plan(plan: Plan) -> str:
@@ -210,6 +318,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {m.name:<24} {m.source}  mode={m.mode}  [{state}]  routings: {routes}")
         for n in m.notes:
             lines.append(f"      note: {n}")
+    lines += _design_lines(plan)
     builds = [("shared MLM head", plan.head_build[1])] if plan.head_build else []
     builds += [(f"language adapter {lang}", cmd) for lang, _o, cmd in plan.adapter_builds]
     builds += [(f"model {m.name}", m.build_cmd) for m in plan.models if m.build_cmd]
@@ -242,7 +351,7 @@ def format_plan(plan: Plan) -> str:
         "",
         f"metrics: {', '.join(cfg.metrics)} (primary: {cfg.primary})",
         f"significance: {', '.join(sig.tests)} vs baseline {plan.baseline}, p < {sig.max_p}; "
-        "adapter swap: d-target vs d-source",
+        "adapter swap: d-target vs d-source" + ("; controls vs their reference rows" if cfg.controls else ""),
         "",
     ]
     downloads = []

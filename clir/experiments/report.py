@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: significance marks in report tables
-MARKS = {"student": "†", "fisher": "‡"}
+MARKS = {"student": "†", "fisher": "‡", "two-level": "§", "seed-t": "¶"}
 _METRIC_LABEL = re.compile(r"^([a-z_\-]+)(@\d+)?$")
 
 
@@ -49,13 +49,15 @@ def _label(metric: str) -> str:
 
 
 # ---------------------------------------------------------------------- adapters, in words
-def _adapter_origin(src: str, plan: Plan) -> str:
+def _adapter_origin(src: str, plan: Plan, m: GridModel | None = None) -> str:
     if src == "new":
-        return f"untrained (`new`, random init, seed {plan.config.seed})"
+        return f"untrained (`new`, random init, seed {plan.fresh_seed(m)})"
     p = Path(src).expanduser()
-    for a in plan.config.adapters:
+    for sa in plan.adapters:
+        a = sa.spec
         if Path(a.out).expanduser().resolve() == p.resolve():
-            return f"trained by `clir train-language-adapter` on {a.text} (`{a.out}`)"
+            seed = f", seed {sa.seed}" if sa.seed is not None else ""
+            return f"trained by `clir train-language-adapter` on {a.text} (`{a.out}`{seed})"
     if p.exists():
         return f"from folder `{src}`"
     return f"`{src}` (AdapterHub / Hugging Face hub)"
@@ -64,6 +66,8 @@ def _adapter_origin(src: str, plan: Plan) -> str:
 def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
     """How the model's adapters were made, for the report (task adapter, language adapters)."""
     info: dict[str, Any] = {"name": m.name, "source": m.source, "mode": m.mode, "note": m.spec.note}
+    if m.seed is not None:
+        info.update(arm=m.arm, seed=m.seed, lang_seed=m.lang_seed)
     if m.build_cmd:
         info["built_by"] = "clir " + " ".join(m.build_cmd)
     if m.mode == "full":
@@ -75,7 +79,7 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
     info["task_adapter"] = (
         "trained (from the model folder)"
         if trained
-        else f"untrained (`new`, random init, seed {plan.config.seed})"
+        else f"untrained (`new`, random init, seed {plan.fresh_seed(m)})"
     )
     langs: dict[str, str] = {}
     if m.mode == "madx":
@@ -85,7 +89,7 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
                 langs[d.name[len("lang_") :]] = "bundled with the model folder"
         for lang, src in sorted(adapters.items()):
             if lang not in langs:
-                langs[lang] = _adapter_origin(str(src), plan)
+                langs[lang] = _adapter_origin(str(src), plan, m)
     info["language_adapters"] = langs
     return info
 
@@ -113,12 +117,17 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
             "tests": list(cfg.significance.tests),
             "max_p": cfg.significance.max_p,
             "n_permutations": cfg.significance.n_permutations,
+            "n_resamples": cfg.significance.n_resamples,
             "random_seed": cfg.significance.random_seed,
+            "correction": cfg.significance.correction,
+            "claim_test": cfg.significance.claim_test,
         },
         "index_root": str(plan.index_root),
         "models": [describe_model(m, plan) for m in plan.models],
         "rows": result.rows,
         "swaps": result.swaps,
+        "controls": result.controls,
+        "claims": result.claims,
         "analysis": result.analysis,
         "computed": result.computed,
         "reused": result.skipped,
@@ -129,7 +138,11 @@ def metrics_document(result: GridResult) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- report.md
 def _cell(row: dict[str, Any], metric: str, max_p: float, tests: Sequence[str]) -> str:
+    """The metric (mean ± sd over seeds for a row with several) and the marks of the significant tests."""
     v = f"{row['metrics'][metric]:.4f}"
+    sd = (row.get("sd") or {}).get(metric)
+    if sd is not None:
+        v += f" ± {sd:.4f}"
     sig = row.get("significance") or {}
     marks = "".join(MARKS[t] for t in tests if sig.get(t, {}).get(metric, {}).get("significant"))
     return v + marks
@@ -144,10 +157,12 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 def render_report(result: GridResult, doc: dict[str, Any]) -> str:
     """report.md: how the grid was run, its models, the metric tables, the adapter swaps, the analysis,
     plots and notes."""
-    from clir.experiments.analysis import report_lines
+    from clir.experiments.analysis_report import analysis_lines
+    from clir.experiments.report_design import claims_lines, controls_lines, seeds_lines
 
-    out = _header_lines(result, doc) + _model_lines(result, doc) + _table_lines(result)
-    out += _swap_lines(result) + [""] + report_lines(result.analysis) + _tail_lines(result, doc)
+    out = _header_lines(result, doc) + _model_lines(result, doc) + seeds_lines(result) + _table_lines(result)
+    out += _swap_lines(result) + [""] + controls_lines(result) + claims_lines(result)
+    out += analysis_lines(result.analysis) + _tail_lines(result, doc)
     return "\n".join(out) + "\n"
 
 
@@ -179,6 +194,10 @@ def _header_lines(result: GridResult, doc: dict[str, Any]) -> list[str]:
         f"- significance against the baseline **{plan.baseline}**, per collection: {marks} (p < {sig.max_p} "
         f"after {_CORRECTION[sig.correction]})",
     ]
+    if "two-level" in tests:
+        out.append(
+            f"- two-level bootstrap: {sig.n_resamples} resamples of seeds, then queries, seed {sig.random_seed}"
+        )
     if "fisher" in tests:
         se = (sig.max_p * (1 - sig.max_p) / sig.n_permutations) ** 0.5
         out.append(
@@ -308,6 +327,8 @@ def _swap_lines(result: GridResult) -> list[str]:
         for s in result.swaps:
             route = f"q-{s['query_routing']} d-source → d-{s.get('doc_routing', 'target')}"
             cells = [s["model"], route, s["collection"], s.get("lang") or "-"]
+            if s.get("seeds", 1) > 1:
+                cells[0] += f" ({s['seeds']} seeds)"
             for m in cfg.metrics:
                 d = s["delta"][m]
                 sigm = "".join(
@@ -354,7 +375,7 @@ def _tail_lines(result: GridResult, doc: dict[str, Any]) -> list[str]:
 
 _CORRECTION = {
     "holm": "Holm-Bonferroni correction over the pairs tested on each collection (one family per test and "
-    "metric: every row against the baseline plus each swap pair)",
+    "metric: every row against the baseline plus each swap pair and each control against its reference row)",
     "bonferroni": "Bonferroni correction over the pairs tested on each collection (per test and metric)",
     "none": "no correction for multiple comparisons",
 }

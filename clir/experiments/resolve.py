@@ -157,18 +157,18 @@ def _build_command(spec: ModelSpec, folder: Path) -> list[str]:
 
 
 def _needed_languages(
-    settings: dict[str, Any], routings: list[Routing | None], collections: list[GridCollection]
+    settings: dict[str, Any], routings: list[tuple[Routing, list[GridCollection]]]
 ) -> set[str]:
-    """The languages whose adapters a madx model's routings use on these collections."""
+    """The languages whose adapters a madx model's routings use on their collections."""
     adapters = settings.get("language_adapters") or {}
     needed = {settings.get("source_lang", "en")}
-    for r in routings:
-        assert r is not None
+    for r, collections in routings:
         if r.doc == "target":
             for c in collections:
                 langs = set(c.doc_langs())
                 # detected languages without an adapter take the fallback rule (the source adapter)
-                needed.update(langs - {x for x in c.detected_langs if x not in adapters})
+                langs -= {x for x in c.detected_langs if x not in adapters}
+                needed.update(r.doc_map.get(x, x) for x in langs)
         if r.query == "target":
             needed.update(c.query_lang for c in collections)
     return needed
@@ -215,8 +215,14 @@ def _language_adapter_sources(
 
 
 def grid_model(
-    spec: ModelSpec, cfg: EvalConfig, collections: list[GridCollection], built_adapters: dict[str, Path]
+    spec: ModelSpec,
+    cfg: EvalConfig,
+    collections: list[GridCollection],
+    built_adapters: dict[str, Path],
+    controls: list[tuple[Routing, list[str]]] = (),  # type: ignore[assignment]
 ) -> GridModel:
+    """What a model spec is, offline; ``controls``: the control rows' routings (and collections, empty: all)
+    the model also runs under, for the language adapters they need."""
     source, folder, settings, downloads = _model_settings(spec)
     if settings is not None and spec.overrides:
         settings = merge_settings(settings, spec.overrides)
@@ -247,7 +253,9 @@ def grid_model(
     if folder is not None and not model_ready(folder):
         build_cmd = _build_command(spec, folder)
     if mode == "madx" and settings is not None:
-        needed = _needed_languages(settings, routings, collections)
+        on = [(r, collections) for r in routings if r is not None]
+        on += [(r, [c for c in collections if not names or c.name in names]) for r, names in controls]
+        needed = _needed_languages(settings, on)
         _language_adapter_sources(spec, settings, folder, needed, built_adapters, downloads, notes)
     if settings is not None and not (folder is not None and model_ready(folder) and mode == "full"):
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it

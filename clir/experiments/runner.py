@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clir.config import to_dict
+from clir.config import Routing, to_dict
 from clir.errors import ClirError
 from clir.experiments.build import run_builds
 from clir.experiments.grid import GridCollection, GridModel, GridRow, IndexJob, Plan, config_hash
@@ -53,6 +53,29 @@ def _prepare_languages(enc, needed: set[str], seed: int) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(_lang_seed(seed, lang))
             enc.load_language_adapter(lang)
+
+
+def _doc_adapters(enc, coll: GridCollection) -> set[str]:
+    """The language adapters documents go through under the encoder's current routing (madx): the source
+    one, and the routed adapter of each document language (the fallback rule for those without one)."""
+    from clir.index.build import route_lang
+
+    needed = {enc.config.source_lang}
+    doc = enc.config.routing.doc
+    if doc == "random":
+        needed.add(enc.language_adapter_for("passage", None))
+    elif doc == "target":
+        langs = coll.doc_langs()
+        if not langs:
+            raise ClirError(
+                f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
+            )
+        needed.update(enc.language_adapter_for("passage", route_lang(enc, x)) for x in langs)
+    return needed
+
+
+def _routed(enc, r: Routing | None):
+    return enc.routed(r.query, r.doc, r.doc_map) if r is not None else contextlib.nullcontext()
 
 
 def _settings_match(manifest: dict[str, Any], coll: GridCollection) -> bool:
@@ -179,7 +202,8 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
 
     from clir.model import load_encoder
 
-    torch.manual_seed(plan.config.seed)  # fresh task/source adapters of an untrained model: same every run
+    # fresh task/source adapters of an untrained model: the same every run (each training seed its own)
+    torch.manual_seed(plan.fresh_seed(model))
     enc = load_encoder(model.source, dict(model.spec.overrides))
     if enc.config.adapter_mode != model.mode:
         raise ClirError(
@@ -189,6 +213,8 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
     for job in plan.index_jobs(rows):
         job_rows = [r for r in rows if r.collection is job.collection and r.doc_route == job.doc_route]
         _run_index_job(plan, enc, job, job_rows, queries.get(job.collection), qvecs, bar)
+    for coll in _cka_due(plan, model, rows):
+        _write_cka(plan, enc, model, coll)
     del enc
 
 
@@ -198,20 +224,12 @@ def _run_index_job(
     """Build (or reuse) one index, then search it for each of its rows (one per query routing)."""
     from clir.search import Searcher
 
-    coll, seed = job.collection, plan.config.seed
-    doc_needed = {enc.config.source_lang}
-    if job.doc_route == "target":
-        langs = coll.doc_langs()
-        if not langs:
-            raise ClirError(
-                f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
-            )
-        from clir.index.build import has_language_adapter
-
-        # languages without an adapter take the fallback rule at build time (counted in the manifest)
-        doc_needed.update(x for x in langs if has_language_adapter(enc, x))
-    first = rows[0].routing
-    with enc.routed(first.query, job.doc_route or "source") if first else contextlib.nullcontext():  # type: ignore[arg-type]
+    coll, seed = job.collection, plan.fresh_seed(job.model)
+    doc_needed: set[str] = set()
+    with _routed(enc, job.routing):
+        if enc.config.adapter_mode == "madx":
+            # languages without an adapter take the fallback rule at build time (counted in the manifest)
+            doc_needed = _doc_adapters(enc, coll)
         _prepare_languages(enc, doc_needed, seed)
         t0 = time.perf_counter()
         index = _ensure_index(plan, job, enc)
@@ -221,11 +239,10 @@ def _run_index_job(
     for row in rows:
         t = time.perf_counter()
         r = row.routing
-        with enc.routed(r.query, r.doc) if r else contextlib.nullcontext():
+        with _routed(enc, r):
             if r is not None:
-                _prepare_languages(
-                    enc, doc_needed | ({coll.query_lang} if r.query == "target" else set()), seed
-                )
+                q_adapter = enc.language_adapter_for("query", coll.query_lang)
+                _prepare_languages(enc, doc_needed | ({q_adapter} if q_adapter else set()), seed)
             # d-source and d-target rows share their query vectors: encode each query side once
             qkey = (coll.name, enc.language_adapter_for("query", coll.query_lang))
             if qkey not in qvecs:
@@ -239,6 +256,39 @@ def _run_index_job(
         t_index = 0.0
         bar.update(1)
         bar.set_postfix_str(row.id)
+
+
+def _cka_due(plan: Plan, model: GridModel, pending: list[GridRow]) -> list[GridCollection]:
+    """Collections whose per-layer CKA of ``model`` is to be (re)computed: those with rows computed now, and
+    those whose CKA file is missing (the rows may be done: an interrupted run, or CKA newly asked for)."""
+    fresh = {r.collection.name for r in pending}
+    colls = {r.collection.name: r.collection for r in plan.selected if r.model is model and plan.wants_cka(r)}
+    return [c for n, c in colls.items() if n in fresh or not plan.cka_path(c, model).is_file()]
+
+
+def _write_cka(plan: Plan, enc, model: GridModel, coll: GridCollection) -> None:
+    """Per-layer CKA of the model's document routings on a sample of the collection's documents."""
+    import numpy as np
+
+    from clir.atomic import atomic_write_text
+    from clir.experiments.layers import layer_cka
+
+    routings = [
+        r.routing for r in plan.rows if r.model is model and r.collection is coll and r.routing is not None
+    ]
+    docs = [(d.full_text(), d.lang or coll.doc_lang) for d in coll.collection().docs()]
+    n = min(plan.config.analysis.cka_docs, len(docs))
+    pick = sorted(np.random.default_rng(plan.config.seed).choice(len(docs), n, replace=False).tolist())
+    seed = plan.fresh_seed(model)
+
+    def prepare(r: Routing) -> None:
+        with _routed(enc, r):
+            _prepare_languages(enc, _doc_adapters(enc, coll), seed)
+
+    t = time.perf_counter()
+    out = layer_cka(enc, [docs[i] for i in pick], routings, prepare)
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    atomic_write_text(plan.cka_path(coll, model), json.dumps(out, indent=2) + "\n")
 
 
 def _run_bm25(plan: Plan, row: GridRow, queries: _QueryCache, bar) -> None:
@@ -300,7 +350,7 @@ def run_grid(plan: Plan, *, command: str = "") -> GridResult:
     try:
         for model in plan.models:
             rows = [r for r in pending if r.kind == "dense" and r.model is model]
-            if rows:
+            if rows or _cka_due(plan, model, rows):
                 _run_model(plan, model, rows, queries, bar)
         for row in pending:
             if row.kind == "bm25":

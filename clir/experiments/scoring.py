@@ -1,5 +1,7 @@
 """Scoring a grid: ranx metrics of every row with a finished run, fusion rows made from their dense and BM25
-runs, significance tests against the baseline and for the document-adapter swap (d-target vs d-source)."""
+runs, the rows of an arm's seeds pooled (mean +- sd), significance tests against the baseline, for the
+document-adapter swap (d-target vs d-source) and for each control against its reference row, then the claims
+(:mod:`clir.experiments.claims`) and the embedding analysis (:mod:`clir.experiments.explain`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clir.config import Routing, to_dict
+from clir.config import to_dict
+from clir.experiments.aggregate import arm_record, score_matrices
 from clir.experiments.grid import GridRow, Plan
 
 
@@ -25,6 +28,10 @@ class GridResult:
     notes: list[str] = field(default_factory=list)
     #: the embedding analysis: ``{"rows": [...], "pairs": [...]}`` (empty when not enabled)
     analysis: dict[str, Any] = field(default_factory=dict)
+    #: each control row against its reference row, per collection
+    controls: list[dict[str, Any]] = field(default_factory=list)
+    #: each claim of the config: its comparisons per question set, tested and Holm-corrected together
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- scoring
@@ -42,46 +49,94 @@ def _run_seconds(plan: Plan, row: GridRow) -> float | None:
 def score_grid(
     plan: Plan, *, command: str = "", computed: Sequence[str] = (), skipped: Sequence[str] = ()
 ) -> GridResult:
-    """Metrics, significance and swap deltas of every grid row that has a finished run."""
-    from clir.experiments.significance import compare_runs
+    """Metrics, significance and swap deltas of every grid row that has a finished run. Rows of one arm's
+    seeds are pooled (mean +- sd, tests on seeds x queries); claims are tested across collections last."""
+    from clir.experiments.claims import test_claims
+    from clir.experiments.significance import compare_seeded, per_query_scores
     from clir.metrics import evaluate
 
     cfg = plan.config
     sig = cfg.significance
     result = GridResult(plan, [], [], list(computed), list(skipped), [], 0.0, command)
+    matrices: dict[str, dict[str, Any]] = {}  # collection -> arm -> (seeds, {metric: seeds x queries})
+    present_by: dict[str, tuple[list[GridRow], dict[str, Any], Any]] = {}
     for coll in plan.collections:
         runs, present = _collect_runs(plan, [r for r in plan.rows if r.collection is coll], result.missing)
         if not present:
             continue
         qrels = coll.collection().qrels()
+        present_by[coll.name] = (present, runs, qrels)
         scores = {r.variant: evaluate(runs[r.variant], qrels, cfg.metrics) for r in present}
-        base = plan.baseline if plan.baseline in runs else None
+        per_query = {r.variant: per_query_scores(qrels, runs[r.variant], cfg.metrics) for r in present}
+        arms = _arms(present)
+        seeded = {
+            a: (
+                [r.model.seed if r.model else None for r in rs],
+                score_matrices([per_query[r.variant] for r in rs], cfg.metrics),
+            )
+            for a, rs in arms.items()
+        }
+        matrices[coll.name] = {"qids": sorted(qrels), "arms": seeded}
+        base = plan.baseline if plan.baseline in arms else None
         if base is None:
             result.notes.append(
                 f"{coll.name}: the baseline {plan.baseline} has no finished run: no significance tests"
             )
-        pairs = [(base, r.variant) for r in present if base and r.variant != base]
-        swap_pairs = _swap_pairs(present, runs)
-        all_pairs = list(dict.fromkeys(pairs + swap_pairs))
+        pairs = [(base, a) for a in arms if base and a != base]
+        swap_pairs = _swap_pairs(arms)
+        control_pairs = _control_pairs(plan, arms)
+        all_pairs = list(dict.fromkeys(pairs + swap_pairs + control_pairs))
         tests = (
-            compare_runs(
-                qrels,
-                runs,
+            compare_seeded(
+                {a: m for a, (_seeds, m) in seeded.items()},
                 cfg.metrics,
                 pairs=all_pairs,
                 tests=list(sig.tests),
+                paired={p for p in all_pairs if _seed_paired(arms, *p)},
                 max_p=sig.max_p,
                 n_permutations=sig.n_permutations,
+                n_resamples=sig.n_resamples,
                 random_seed=sig.random_seed,
                 correction=sig.correction,
             )
             if all_pairs
             else {}
         )
-        result.rows += [_row_record(plan, r, runs, scores, base, tests) for r in present]
-        _analyse(plan, coll.name, present, runs, qrels, base, swap_pairs, result.analysis)
-        result.swaps += [_swap_record(plan, present, a, b, scores, tests) for a, b in swap_pairs]
+        for arm, rs in arms.items():
+            rec = arm_record([_row_record(plan, r, runs, scores) for r in rs], cfg.metrics)
+            rec["baseline"] = arm == base
+            rec["significance"] = tests.get((base, arm)) if base and arm != base else None
+            ctl = plan.controls.get(arm)
+            rec["control"] = ctl.name if ctl is not None else None
+            result.rows.append(rec)
+        result.swaps += [_swap_record(plan, arms, a, b, result.rows, coll.name, tests) for a, b in swap_pairs]
+        result.controls += [
+            _control_record(plan, a, b, result.rows, coll.name, tests) for a, b in control_pairs
+        ]
+    if cfg.analysis.enabled:
+        from clir.experiments.explain import analyse_grid
+
+        result.analysis = analyse_grid(plan, present_by, result.rows, matrices)
+    result.claims = test_claims(plan, matrices)
     return result
+
+
+def _arms(present: list[GridRow]) -> dict[str, list[GridRow]]:
+    """The collection's rows grouped by arm (seeds pooled), seeds in order."""
+    out: dict[str, list[GridRow]] = {}
+    for r in present:
+        out.setdefault(r.arm_variant, []).append(r)
+    for rs in out.values():
+        rs.sort(key=lambda r: -1 if r.model is None or r.model.seed is None else r.model.seed)
+    return out
+
+
+def _seed_paired(arms: dict[str, list[GridRow]], a: str, b: str) -> bool:
+    """Two arms' rows come from the same trained models, seed for seed (routings of one model)."""
+    ra, rb = arms[a], arms[b]
+    if len(ra) < 2 or len(ra) != len(rb):
+        return False
+    return all(x.model is not None and x.model is y.model for x, y in zip(ra, rb, strict=True))
 
 
 def _collect_runs(
@@ -121,29 +176,41 @@ def _collect_runs(
     return runs, present
 
 
-def _swap_pairs(present: list[GridRow], runs: dict[str, Any]) -> list[tuple[str, str]]:
-    """(d-source row, d-target or d-none row) of each madx query routing with both runs."""
+def _swap_pairs(arms: dict[str, list[GridRow]]) -> list[tuple[str, str]]:
+    """(d-source row, d-target or d-none row) of each madx arm and query routing with both runs."""
     out = []
-    for r in present:
-        if r.kind == "dense" and r.model is not None and r.routing is not None and r.routing.doc == "source":
+    for a, rs in arms.items():
+        r = rs[0]
+        if r.kind == "dense" and r.routing is not None and r.routing.doc == "source":
             for doc in ("target", "none"):  # the swap, and dropping the language adapter
-                other = f"{r.model.name}/{Routing(r.routing.query, doc).label()}"
-                if other in runs:
-                    out.append((r.variant, other))
+                other = a.replace("_d-source", f"_d-{doc}")
+                if other in arms:
+                    out.append((a, other))
     return out
 
 
-def _row_record(
-    plan: Plan, r: GridRow, runs: dict[str, Any], scores: dict[str, Any], base: str | None, tests: dict
-) -> dict[str, Any]:
+def _control_pairs(plan: Plan, arms: dict[str, list[GridRow]]) -> list[tuple[str, str]]:
+    """(reference row, control row) of each control with an ``against`` row, both run on the collection."""
+    out = []
+    for variant, ctl in plan.controls.items():
+        ref = (ctl.against or "").replace(":", "/")
+        if variant in arms and ref in arms:
+            out.append((ref, variant))
+    return out
+
+
+def _row_record(plan: Plan, r: GridRow, runs: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     coll, v = r.collection, r.variant
     return {
         "collection": coll.name,
         "source": coll.source,
         "lang": coll.doc_lang,
         "variant": v,
+        "arm_variant": r.arm_variant,
         "kind": r.kind,
         "model": r.model.name if r.model else ("bm25" if r.kind == "bm25" else None),
+        "arm": r.model.arm if r.model else ("bm25" if r.kind == "bm25" else None),
+        "seed": r.model.seed if r.model else None,
         "mode": r.model.mode if r.model else None,
         "routing": to_dict(r.routing) if r.routing else None,
         "fusion": {"method": r.method, "dense": r.dense.variant} if r.kind == "fusion" and r.dense else None,
@@ -151,58 +218,49 @@ def _row_record(
         "queries": len(runs[v]),
         "seconds": _run_seconds(plan, r),
         "metrics": scores[v],
-        "baseline": v == base,
-        "significance": tests.get((base, v)) if base and v != base else None,
     }
 
 
+def _delta(plan: Plan, rows: list[dict[str, Any]], coll: str, a: str, b: str) -> dict[str, float]:
+    by = {r["variant"]: r["metrics"] for r in rows if r["collection"] == coll}
+    return {m: by[b][m] - by[a][m] for m in plan.config.metrics}
+
+
 def _swap_record(
-    plan: Plan, present: list[GridRow], a: str, b: str, scores: dict[str, Any], tests: dict
+    plan: Plan,
+    arms: dict[str, list[GridRow]],
+    a: str,
+    b: str,
+    rows: list[dict[str, Any]],
+    coll: str,
+    tests: dict,
 ) -> dict[str, Any]:
-    ra = next(r for r in present if r.variant == a)
+    ra = arms[a][0]
     assert ra.model is not None and ra.routing is not None
     return {
-        "collection": ra.collection.name,
+        "collection": coll,
         "lang": ra.collection.doc_lang,
-        "model": ra.model.name,
+        "model": ra.model.arm,
         "query_routing": ra.routing.query,
         "doc_routing": b.rsplit("d-", 1)[-1],
         "source": a,
         "target": b,
-        "delta": {m: scores[b][m] - scores[a][m] for m in plan.config.metrics},
+        "seeds": len(arms[a]),
+        "delta": _delta(plan, rows, coll, a, b),
         "significance": tests.get((a, b)),
     }
 
 
-def _analyse(
-    plan: Plan,
-    coll_name: str,
-    present: list[GridRow],
-    runs: dict[str, Any],
-    qrels: Any,
-    base: str | None,
-    swap_pairs: list[tuple[str, str]],
-    analysis: dict[str, Any],
-) -> None:
-    """The embedding analysis of the collection's rows that kept their vectors (into ``analysis``)."""
-    vectors = {
-        r.variant: str(plan.vectors_path(r))
-        for r in present
-        if plan.analyses(r) and plan.vectors_path(r).is_file()
+def _control_record(
+    plan: Plan, ref: str, variant: str, rows: list[dict[str, Any]], coll: str, tests: dict
+) -> dict[str, Any]:
+    ctl = plan.controls[variant]
+    return {
+        "collection": coll,
+        "control": ctl.name,
+        "note": ctl.note,
+        "against": ref,
+        "variant": variant,
+        "delta": _delta(plan, rows, coll, ref, variant),
+        "significance": tests.get((ref, variant)),
     }
-    if not vectors:
-        return
-    from clir.experiments.analysis import collection_analysis
-
-    dense = [v for v in vectors if v != base]
-    a_rows, a_pairs = collection_analysis(
-        coll_name,
-        vectors,
-        runs,
-        qrels,
-        [(base, v) for v in dense if base in vectors] + swap_pairs,
-        plan.config.primary,
-        seed=plan.config.seed,
-    )
-    analysis.setdefault("rows", []).extend(a_rows)
-    analysis.setdefault("pairs", []).extend(a_pairs)

@@ -143,10 +143,13 @@ def has_language_adapter(encoder, lang: str | None) -> bool:
 
 
 def route_lang(encoder, lang: str | None) -> str:
-    """The language adapter a document goes through under ``target`` routing. Fallback rule: a document whose
-    language is unknown or has no adapter goes through the source language's (what ``source`` routing does);
-    the index manifest counts these under ``routing_fallback``."""
-    return str(lang) if has_language_adapter(encoder, lang) else str(encoder.config.source_lang)
+    """The language a document is encoded as under ``target`` routing: its own, whose adapter
+    (:func:`clir.model.adapters.language_adapter_for`: its language's, or the one ``doc_map`` names) it goes
+    through. Fallback rule: a document whose language is unknown or has no such adapter goes through the
+    source language's (what ``source`` routing does); the index manifest counts these under
+    ``routing_fallback``."""
+    adapter = encoder.language_adapter_for("passage", lang) if lang else None
+    return str(lang) if has_language_adapter(encoder, adapter) else str(encoder.config.source_lang)
 
 
 def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.ndarray:
@@ -411,7 +414,7 @@ def _manifest(b: BuildState, encoder, langs: dict[str, int], n_docs: int, n_rows
         fallback = {}
         for lang, count in langs.items():  # a resumed run may not have loaded them: name every one used
             routed = route_lang(encoder, None if lang == "unknown" else lang)
-            encoder.load_language_adapter(routed)
+            encoder.load_language_adapter(encoder.language_adapter_for("passage", routed))
             if routed != lang:
                 fallback[lang] = count
         if fallback:

@@ -31,6 +31,11 @@ def adapter_head_sha(folder: str | Path) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
+#: the adapter ``random`` routing puts under the task adapter: fresh and untrained (``new``), unless
+#: ``language_adapters`` names one for this key
+RANDOM_ADAPTER = "random"
+
+
 def task_adapter_names(config: ModelConfig) -> list[str]:
     if config.adapter_mode == "full":
         return []
@@ -48,6 +53,8 @@ def language_adapter_source(config: ModelConfig, model_dir: Path | None, lang: s
     bundled = saved_adapter(model_dir, f"lang_{lang}")
     if bundled is not None:
         return str(bundled)
+    if lang == RANDOM_ADAPTER and lang not in config.language_adapters:
+        return "new"
     if lang not in config.language_adapters:
         known = ", ".join(sorted(config.language_adapters)) or "none"
         raise ClirError(
@@ -60,7 +67,8 @@ def language_adapter_source(config: ModelConfig, model_dir: Path | None, lang: s
 def language_adapter_for(config: ModelConfig, side: Side, lang: str | None) -> str | None:
     """The one rule for which language adapter sits under the task adapter when ``side`` encodes text in
     ``lang``: None without one (full/task modes, ``none`` routing), the source language's for ``source``
-    routing, the text's own for ``target``."""
+    routing, the untrained control adapter for ``random``, the text's own for ``target`` (documents: or the
+    language ``routing.doc_map`` sends it to, a wrong-language control)."""
     if config.adapter_mode != "madx":
         return None
     route = config.routing.query if side == "query" else config.routing.doc
@@ -68,12 +76,14 @@ def language_adapter_for(config: ModelConfig, side: Side, lang: str | None) -> s
         return None
     if route == "source":
         return config.source_lang
+    if route == "random":
+        return RANDOM_ADAPTER
     if not lang:
         raise ClirError(
             f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
             "or give documents a 'lang' field"
         )
-    return lang
+    return config.routing.doc_map.get(lang, lang) if side == "passage" else lang
 
 
 def task_adapter_for(config: ModelConfig, side: Side) -> str:

@@ -170,12 +170,18 @@ class DualEncoder:
         self._lang_heads[lang] = sha
 
     @contextlib.contextmanager
-    def routed(self, query: Route | None = None, doc: Route | None = None) -> Iterator[DualEncoder]:
-        """This encoder with another language-adapter routing for the block (one side or both), the old one
-        restored after. The block holds the encoder, so no other thread encodes under the wrong routing."""
+    def routed(
+        self, query: Route | None = None, doc: Route | None = None, doc_map: dict[str, str] | None = None
+    ) -> Iterator[DualEncoder]:
+        """This encoder with another language-adapter routing for the block (one side or both; a new ``doc``
+        drops the old ``doc_map`` unless one is given), the old one restored after. The block holds the
+        encoder, so no other thread encodes under the wrong routing."""
         with self._lock:
             old = self.config.routing
-            self.config.routing = Routing(query=query or old.query, doc=doc or old.doc)
+            kept = old.doc_map if doc is None else {}
+            new = Routing(query=query or old.query, doc=doc or old.doc, doc_map=dict(doc_map or kept))
+            new.validate()
+            self.config.routing = new
             self._fingerprint = None
             try:
                 yield self

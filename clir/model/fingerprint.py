@@ -52,5 +52,12 @@ def fingerprint(encoder: Any) -> dict[str, Any]:
         "adapter_mode": cfg.adapter_mode,
         "adapters": adapters_hash,
         "source_lang": cfg.source_lang if madx else None,
-        "routing": {"query": cfg.routing.query, "doc": cfg.routing.doc} if madx else None,
+        "routing": _routing(cfg) if madx else None,
     }
+
+
+def _routing(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"query": cfg.routing.query, "doc": cfg.routing.doc}
+    if cfg.routing.doc_map:  # only when set: fingerprints recorded before maps existed stay equal
+        out["doc_map"] = dict(sorted(cfg.routing.doc_map.items()))
+    return out
