@@ -7,7 +7,6 @@ half-written model under ``OUT``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from clir.atomic import atomic_write_text, swap_into_place
 from clir.config import TrainConfig, to_dict
 from clir.errors import ClirError
 from clir.model.resolve import MODEL_FILE
+from clir.safe_load import loads_json
 from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,12 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
-            if json.loads(line).get("step", 0) <= step:
+            rec = loads_json(line, f"{path}:{i}", allow_nan=True)  # a diverged run logs NaN losses
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
                 keep.append(line)
-        except json.JSONDecodeError:
+        except (ClirError, TypeError):
             continue
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
