@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from clir.errors import ClirError
+from clir.index.store import REFINE_NAME
 
-REFINE_FILE = "refine.npy"
+REFINE_FILE = REFINE_NAME
 #: shortlist per result re-ranked exactly (k x 40 candidates)
 K_FACTOR = 40
 PRESETS = ("large",)
@@ -79,7 +80,15 @@ class RefinedIndex:
         path = folder / search["refine"]
         if not path.is_file():
             raise ClirError(f"{folder}: missing {search['refine']} (the index folder is incomplete)")
-        return cls(base, np.load(path, mmap_mode="r"), int(search.get("k_factor", 10)))
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ClirError(f"{path}: unreadable refine vectors ({e})") from None
+        if vectors.dtype.kind != "f" or vectors.ndim != 2 or vectors.shape[1] != base.d:
+            raise ClirError(
+                f"{path}: expected {base.d}-dimensional float vectors, got {vectors.dtype} {vectors.shape}"
+            )
+        return cls(base, vectors, int(search.get("k_factor", 10)))
 
     @property
     def ntotal(self) -> int:
@@ -122,9 +131,21 @@ def open_index(folder: Path, manifest: dict[str, Any]):
     import faiss
 
     from clir.index import store
-    from clir.index.faiss_index import use_blas_for_flat
+    from clir.index.faiss_index import faiss_message, use_blas_for_flat
 
-    index = faiss.read_index(str(folder / store.INDEX_FILE))
+    path = folder / store.INDEX_FILE
+    try:
+        index = faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as e:  # FAISS reports a truncated or foreign file as a RuntimeError
+        raise ClirError(
+            f"{path}: not a readable FAISS index ({faiss_message(e)}): the index folder is damaged"
+        ) from None
+    dim = manifest.get("dim", index.d)  # read_manifest requires it; write_faiss's fields have none
+    if index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ClirError(
+            f"{path}: a {index.d}-dimensional index (metric {index.metric_type}), but the manifest says "
+            f"{dim} dimensions, inner product: the index folder is damaged"
+        )
     use_blas_for_flat(index.d)
     search = manifest.get("search") or {}
     if search.get("refine"):

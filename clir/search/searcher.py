@@ -112,6 +112,7 @@ class Searcher:
         self.passages = store.PassageMap.load(self.path, self.docids)
         doc_ids = self.passages.doc_ids if self.passages is not None else self.docids
         self.docstore = store.DocStore(self.path, doc_ids)
+        self.docstore.open()  # a damaged store is refused now, not at the first search that returns text
         self.encoder = encoder if encoder is not None else self._load_encoder(model, overrides or {}, device)
         self._check(force)
 
