@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from clir.cli.common import positive_int
 
@@ -81,11 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def adapter_args(args: argparse.Namespace):
     """The typed arguments of a parsed command line (also what the experiment grid builds with)."""
-    from clir.errors import ClirError
+    from clir.config.model import check_activation, check_reduction
+    from clir.data.collections import check_lang
+    from clir.model.checks import torch_device
     from clir.train import LanguageAdapterArgs
 
-    if not args.reduction_factor > 0:
-        raise ClirError("--reduction-factor must be > 0")
+    # what would fail once OUT.partial exists (or allocate terabytes) is refused first
+    check_reduction(args.reduction_factor, None, "--reduction-factor")
+    check_activation(args.non_linearity, "--non-linearity")
+    check_lang(args.lang, "--lang")
+    torch_device(args.device)
     return LanguageAdapterArgs(
         lang=args.lang,
         text=args.text,
