@@ -52,14 +52,57 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
 
 
 def swap_into_place(partial: Path, out: Path) -> None:
-    """Rename the finished ``partial`` to ``out``; an existing ``out`` is replaced only now, whole."""
+    """Rename the finished ``partial`` to ``out``; an existing ``out`` is replaced only now, whole. Between
+    the two renames ``out`` is missing and its previous version is ``OUT.old``: a process killed there
+    leaves both folders complete (:func:`clir.index.chunks.recover_swap` finishes or undoes it)."""
+    old = out.with_name(out.name + ".old")
     if out.exists():
-        old = out.with_name(out.name + ".old")
         if old.exists():
-            shutil.rmtree(old)
+            shutil.rmtree(old)  # left by an earlier swap stopped after its second rename
         os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, out)
+    os.replace(partial, out)
+    if old.exists():  # the previous version (or one an interrupted swap left): the new one is in place
+        shutil.rmtree(old)
+
+
+#: what a full or failing disk raises, whichever library was writing
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS)
+#: free bytes below which a write failure that names no cause is put down to a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def disk_problem(e: BaseException, folder: Path | None = None) -> str | None:
+    """The disk problem behind a failed write, in the system's words ("No space left on device"), or None.
+    FAISS and safetensors put the errno's text in their messages, torch and numpy's short writes name no
+    cause: then a ``folder`` on a full file system is taken as the reason."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return os.strerror(e.errno)
+    text = str(e)
+    for code in _DISK_ERRNOS:
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    if folder is not None and isinstance(e, OSError | RuntimeError):
+        with suppress(OSError):
+            here = next(p for p in (folder, *folder.parents) if p.exists())
+            st = os.statvfs(here)
+            if st.f_bavail * st.f_frsize < _NEARLY_FULL:
+                return os.strerror(errno.ENOSPC)
+    return None
+
+
+@contextmanager
+def disk_errors(folder: Path, what: str) -> Iterator[None]:
+    """Writes into ``folder`` whose failure for a disk reason (full, quota, I/O error, read-only, file size
+    limit) becomes one ClirError: ``{what}: {reason}`` (``what`` says what is intact and how to go on).
+    Other failures pass unchanged."""
+    try:
+        yield
+    except ClirError:
+        raise
+    except Exception as e:
+        reason = disk_problem(e, folder)
+        if reason is None:
+            raise
+        raise ClirError(f"cannot write {folder}: {reason}; {what}") from None

@@ -119,9 +119,19 @@ def adapter_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clir.atomic import disk_errors
+    from clir.model.checks import backbone_config
     from clir.train import train_language_adapter
+    from clir.train.language_adapter import resolve_backbone
 
-    res = train_language_adapter(adapter_args(args))
+    typed = adapter_args(args)
+    backbone = resolve_backbone(args.backbone)
+    if Path(backbone).is_dir():  # a crafted config.json is refused before any weight (a hub id: on loading)
+        backbone_config(backbone)
+    out = Path(args.out).expanduser()
+    work = out.with_name(out.name + ".partial")
+    with disk_errors(work, f"checkpoints in {work} are intact: free space, then --resume continues"):
+        res = train_language_adapter(typed)
     print(
         json.dumps(
             {

@@ -50,15 +50,21 @@ def write_refine(folder: Path, chunks: Iterable[np.ndarray], n: int, dim: int) -
     """Stream the full vectors into ``folder/refine.npy`` (fp16), chunk by chunk."""
     path = folder / REFINE_FILE
     tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+        "fortran_order": False,
+        "shape": (n, dim),
+    }
     row = 0
-    for vecs in chunks:
-        out[row : row + len(vecs)] = vecs
-        row += len(vecs)
+    # written, not memory-mapped: a full disk is an OSError here, where writes through a map die of SIGBUS
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for vecs in chunks:
+            f.write(np.ascontiguousarray(vecs, dtype=np.float16).data)
+            row += len(vecs)
     if row != n:
+        tmp.unlink()
         raise ClirError(f"refine vectors: expected {n} rows, got {row}")
-    out.flush()
-    del out
     tmp.replace(path)
     return path
 
@@ -167,8 +173,6 @@ def write_faiss(
     """Build the FAISS index (``factory``, or the one ``preset`` plans for ``n`` vectors) from ``chunks()``
     (a callable giving the vectors in order) and write it, plus the refine vectors a preset asks for, into
     ``folder``. Returns the manifest fields: factory, preset, search."""
-    import os
-
     import faiss
 
     from clir.index import store
@@ -178,8 +182,10 @@ def write_faiss(
     if preset:
         factory, search = plan(preset, n, dim)
     index = build_faiss_index(dim, factory, n, chunks, train_sample=sample, max_train=max_train)
-    faiss.write_index(index, str(folder / (store.INDEX_FILE + ".tmp")))
-    os.replace(folder / (store.INDEX_FILE + ".tmp"), folder / store.INDEX_FILE)
+    with store.replacing(folder / store.INDEX_FILE) as tmp, open(tmp, "wb") as f:
+        # through Python's file: FAISS's own writer reports a write that fails when its file is closed (a
+        # full disk) on stderr only, and the build went on with a truncated index
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
     del index
     if search and search.get("refine"):
         write_refine(folder, chunks(), n, dim)

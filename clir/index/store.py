@@ -49,8 +49,13 @@ def now_iso() -> str:
 
 
 def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    with replacing(path, ".tmp.npy") as tmp:
-        np.save(tmp, arr)
+    arr = np.ascontiguousarray(arr)
+    with replacing(path, ".tmp.npy") as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+        # through Python's file object, not numpy's C writer: a full disk is then an OSError that says so
+        # (numpy reports only "N requested and M written")
+        if arr.size:
+            f.write(arr.data)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
