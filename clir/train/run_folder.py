@@ -70,6 +70,18 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
+def discard_unstarted(out: Path, *, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind: its config and log go, and the
+    folder too when this run created it (a failed run with a checkpoint keeps everything: --resume)."""
+    if list_checkpoints(out):
+        return
+    for name in (CONFIG_FILE, LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # at most a checkpoint that failed half-written
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def config_record(cfg: TrainConfig) -> dict[str, Any]:
     data = to_dict(cfg)
     data["resolved"] = {
