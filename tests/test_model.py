@@ -213,6 +213,17 @@ def test_model_config_errors():
         from_dict(ModelConfig, {"routing": {"doc": "target"}})
 
 
+def test_adapter_activations_allowed_are_the_ones_adapters_builds():
+    """The names config validation accepts (ADAPTER_ACTIVATIONS) all build; a new adapters release that
+    drops one fails here, not in a user's run."""
+    from adapters.methods.modeling import Activation_Function_Class
+
+    from clir.config.model import ADAPTER_ACTIVATIONS
+
+    for name in sorted(ADAPTER_ACTIVATIONS):
+        Activation_Function_Class(name)
+
+
 def test_env_expansion_in_configs(tmp_path, monkeypatch):
     from clir.config import load_yaml
 
