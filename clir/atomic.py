@@ -19,6 +19,8 @@ def write_target(path: Path) -> Path:
     through it would leave it), else ``path``. A device, pipe or socket is refused: renaming a file over
     it would replace, say, /dev/full with a regular file."""
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_symlink():  # realpath stops where links go round in a loop
+        raise ClirError(f"{path} is a symbolic link that leads round in a loop")
     if target.exists() and not target.is_file() and not target.is_dir():
         raise ClirError(f"{path} is not a regular file (a device, pipe or socket): clir writes files only")
     return target

@@ -9,9 +9,7 @@ byte-order mark is dropped."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,19 @@ MAX_YAML_NODES = 100_000
 _MAX_INT_DIGITS = 19
 BOM = "\ufeff"
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(r"[\[\]{}]")
 
-
-def json_depth(text: str) -> int:
-    """Deepest nesting of ``text``'s arrays and objects (strings skipped), without parsing it."""
-    steps = (1 if c in "[{" else -1 for c in _BRACKETS.findall(_STRING.sub("", text)))
-    return max(itertools.accumulate(steps), default=0)
+def depth(obj: Any) -> int:
+    """Deepest nesting of lists and dicts in a parsed document (iterative: no recursion limit to hit)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _no_constant(name: str) -> Any:
@@ -61,15 +64,20 @@ def loads_json(
         except UnicodeDecodeError as e:
             raise ClirError(f"{where}: not UTF-8 (byte 0x{text[e.start]:02x} at {e.start + 1})") from None
     text = text.removeprefix(BOM)
-    # brackets bound the depth from above: only text with many of them is measured
-    if text.count("[") + text.count("{") > MAX_DEPTH and json_depth(text) > MAX_DEPTH:
-        raise ClirError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
+    too_deep = ClirError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_int=_bounded_int, parse_constant=None if allow_nan else _no_constant)
+        # json's C parser gives up at Python's recursion limit (~1000 levels) with a RecursionError, fast
+        obj = json.loads(text, parse_int=_bounded_int, parse_constant=None if allow_nan else _no_constant)
     except json.JSONDecodeError as e:
-        raise ClirError(f"{where}: malformed JSON ({e.msg} at character {e.pos + 1})") from None
-    except (ValueError, RecursionError) as e:
+        raise ClirError(f"{where}: malformed JSON ({e.msg}: character {e.pos + 1})") from None
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:
         raise ClirError(f"{where}: malformed JSON ({e})") from None
+    # brackets bound the depth from above: only a document with many of them is measured
+    if text.count("[") + text.count("{") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
+        raise too_deep
+    return obj
 
 
 def read_json(path: Path, *, what: str = "", allow_nan: bool = False, max_bytes: int = MAX_JSON_BYTES) -> Any:

@@ -350,6 +350,41 @@ CASES = [
         model=_put("config.json", _deep()),
     ),
     Case(
+        "model config hidden_act a number",
+        "index",
+        {},
+        "hidden_act 5 is not an activation",
+        model=_config(hidden_act=5),
+    ),
+    Case(
+        "model config layer_norm_eps a string",
+        "index",
+        {},
+        "layer_norm_eps 'x' is not a number",
+        model=_config(layer_norm_eps="x"),
+    ),
+    Case(
+        "model tokenizer_config.json nested 100k deep",
+        "index",
+        {},
+        "could not load the tokenizer",
+        model=_put("tokenizer_config.json", _deep()),
+    ),
+    Case(
+        "truncated model.safetensors",
+        "index",
+        {},
+        "could not load the backbone",
+        model=lambda d: os.truncate(d / "model.safetensors", 5000),
+    ),
+    Case(
+        "--out a symbolic link loop",
+        "index",
+        {"--out": "{tmp}/loop"},
+        "is a symbolic link to nothing",
+        setup="symlink_loop",
+    ),
+    Case(
         "model YAML with a task adapter reduction_factor of 1e-9",
         "index",
         {"--model": "{tmp}/m.yaml"},
@@ -507,6 +542,7 @@ CASES = [
         {"--metrics": "recall@99999999999999999999"},
         "the cutoff after @ must be an integer",
     ),
+    Case("--metrics with a non-ASCII digit", "evaluate", {"--metrics": "ndcg@\u0663"}, "unknown metric"),
     Case("--metrics ndcg@0", "evaluate", {"--metrics": "ndcg@0"}, "metric 'ndcg@0': the cutoff after @"),
     Case(
         "NaN score in a run",
@@ -549,7 +585,7 @@ CASES = [
         "train",
         {},
         "triples.jsonl:2: JSON nested deeper",
-        files={"triples.jsonl": TRIPLE[:80] + _deep()},
+        files={"triples.jsonl": TRIPLE.splitlines(keepends=True)[0] + _deep()},
     ),
     Case(
         "checkpoint step -5",
@@ -569,7 +605,7 @@ CASES = [
         "checkpoint state.json nested deep",
         "train",
         {"--resume": None},
-        "state.json: JSON nested deeper",
+        "state.json is unreadable (JSON nested deeper",
         setup="checkpoint:deep",
     ),
     Case("--device banana (train)", "train", {"--device": "banana"}, "not a torch device"),
@@ -601,6 +637,20 @@ CASES = [
         {"--backbone": "{tmp}/model"},
         "hidden_size 1000000 is outside",
         model=_config(hidden_size=10**6),
+    ),
+    Case(
+        "truncated weights (language adapter)",
+        "train-language-adapter",
+        {"--backbone": "{tmp}/model"},
+        "model.safetensors: not readable weights",
+        model=lambda d: os.truncate(d / "model.safetensors", 5000),
+    ),
+    Case(
+        "--resume with its run record nested 100k deep",
+        "train-language-adapter",
+        {"--resume": None},
+        "out.partial/run.json: JSON nested deeper",
+        files={"out.partial/run.json": _deep()},
     ),
     # ------------------------------------------------------------------ clir experiment, clir serve
     Case(

@@ -118,18 +118,30 @@ def adapter_args(args: argparse.Namespace):
     )
 
 
+#: what clir.train.language_adapter keeps in OUT.partial and reads back on --resume
+RESUME_RECORDS = ("run.json", "adapter.json", "head-only.json")
+
+
 def run(args: argparse.Namespace) -> int:
     from clir.atomic import disk_errors
-    from clir.model.checks import backbone_config
+    from clir.model.checks import backbone_config, check_weight_files
+    from clir.model.folder import load_tokenizer
+    from clir.safe_load import read_json
     from clir.train import train_language_adapter
     from clir.train.language_adapter import resolve_backbone
 
     typed = adapter_args(args)
     backbone = resolve_backbone(args.backbone)
-    if Path(backbone).is_dir():  # a crafted config.json is refused before any weight (a hub id: on loading)
+    if Path(backbone).is_dir():  # a crafted folder is refused before any weight (a hub id: on loading)
         backbone_config(backbone)
+        load_tokenizer(backbone)
+        check_weight_files(Path(backbone))
     out = Path(args.out).expanduser()
     work = out.with_name(out.name + ".partial")
+    if args.resume:  # the records a resumed run reads back, within clir's JSON limits
+        for name in RESUME_RECORDS:
+            if (work / name).is_file():
+                read_json(work / name)
     with disk_errors(work, f"checkpoints in {work} are intact: free space, then --resume continues"):
         res = train_language_adapter(typed)
     print(

@@ -28,7 +28,7 @@ _RANX_METRICS = {
     "ndcg_burges",
     "bpref",
 }
-_METRIC = re.compile(r"^([a-z_\-]+)(?:@(\d+))?$")
+_METRIC = re.compile(r"([a-z_\-]+)(?:@([0-9]+))?")
 #: the deepest cutoff a metric may name (ranx computes in int64; no run is deeper than this)
 MAX_CUTOFF = 1 << 31
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-+]*$")
@@ -41,9 +41,9 @@ FusionMethod = Literal["rrf", "combsum"]
 def check_metric(metric: str) -> None:
     """A ranx metric: a name with an optional ``@k`` cutoff, k in 1..MAX_CUTOFF (``ndcg@0`` scores nothing,
     ranx says 1.0; a 20-digit k overflows its int64), or rank-biased precision ``rbp.P``."""
-    if re.fullmatch(r"rbp\.\d+", metric):
+    if re.fullmatch(r"rbp\.[0-9]+", metric):
         return
-    m = _METRIC.match(metric)
+    m = _METRIC.fullmatch(metric)
     if not m or m.group(1) not in _RANX_METRICS:
         raise ClirError(f"unknown metric {metric!r:.60} (ranx names: {', '.join(sorted(_RANX_METRICS))})")
     k = m.group(2)
@@ -52,7 +52,7 @@ def check_metric(metric: str) -> None:
 
 
 def metric_cutoff(metric: str) -> int | None:
-    m = _METRIC.match(metric)
+    m = _METRIC.fullmatch(metric)
     return int(m.group(2)) if m and m.group(2) else None
 
 

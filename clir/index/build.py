@@ -232,6 +232,8 @@ class BuildState:
 def check_args(args: IndexArgs) -> tuple[Path, Path]:
     """Cheap checks before any model is loaded; returns (out, out.partial)."""
     out = Path(args.out)
+    if out.is_symlink() and not out.exists():
+        raise ClirError(f"--out {out} is a symbolic link to nothing (a loop, or a missing target)")
     if out.exists() and not args.overwrite:
         raise ClirError(
             f"{out} already exists: pass --overwrite to replace it (it stays intact until the new one is done)"

@@ -111,7 +111,8 @@ def check_manifest(manifest: Any, path: Path) -> None:
         raise bad("no 'model' with the encoder's source")
     if not isinstance(model.get("config"), dict):
         raise bad("'model' has no 'config' mapping")
-    if not isinstance(manifest.get("encoder"), dict):
+    encoder = manifest.get("encoder")
+    if not isinstance(encoder, dict) or not isinstance(encoder.get("adapters") or {}, dict):
         raise bad("no 'encoder' fingerprint")
     dim = manifest.get("dim")
     if not _int_in(dim, 1, MAX_DIM):

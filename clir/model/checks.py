@@ -26,6 +26,17 @@ BACKBONE_BOUNDS = {
 }
 
 
+#: settings of a backbone's config that are small non-negative numbers (epsilons, dropout rates); a string
+#: there fails only at the first forward pass
+FRACTIONS = (
+    "layer_norm_eps",
+    "rms_norm_eps",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+)
+
+
 def _size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -48,8 +59,14 @@ def check_backbone_config(config: Any, where: str) -> None:
     if hidden and heads and hidden % heads:
         raise ClirError(f"{where}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
     act = getattr(config, "hidden_act", None)
-    if isinstance(act, str) and act not in ACT2FN:
+    if act is not None and (not isinstance(act, str) or act not in ACT2FN):
         raise ClirError(f"{where}: hidden_act {act!r:.40} is not an activation transformers knows")
+    for key in FRACTIONS:
+        value = getattr(config, key, None)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1
+        ):
+            raise ClirError(f"{where}: {key} {value!r:.40} is not a number in [0, 1)")
     need = 4 * _parameters(sizes)  # float32 weights, what from_pretrained allocates
     have = _memory()
     if have and need > have:
@@ -84,6 +101,18 @@ def backbone_config(path: str) -> Any:
     config = AutoConfig.from_pretrained(path)
     check_backbone_config(config, str(local) if local.is_file() else path)
     return config
+
+
+def check_weight_files(folder: Path) -> None:
+    """The safetensors files of a model folder have readable headers (what a loader would choke on first)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as e:  # safetensors' own error type, or an OSError
+            raise ClirError(f"{path}: not readable weights ({str(e).strip()[:200]})") from None
 
 
 def check_adapter_folder(folder: str | Path, hidden: int | None) -> None:

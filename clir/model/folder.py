@@ -62,6 +62,8 @@ def load_tokenizer(path: str) -> Any:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ClirError(_hub_message("tokenizer", path, e)) from None
+    except Exception as e:  # a damaged file: json's RecursionError, the tokenizers library's bare Exception
+        raise ClirError(_damaged("tokenizer", path, e)) from None
 
 
 def load_backbone(path: str) -> Any:
@@ -78,6 +80,15 @@ def load_backbone(path: str) -> Any:
             return AutoModel.from_pretrained(path, config=config)
     except (OSError, ValueError) as e:
         raise ClirError(_hub_message("backbone", path, e)) from None
+    except ClirError:
+        raise
+    except Exception as e:  # a damaged weights file (safetensors' own error type, torch's RuntimeError ...)
+        raise ClirError(_damaged("backbone", path, e)) from None
+
+
+def _damaged(what: str, path: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return f"could not load the {what} {path!r}, its files are damaged or not a model's ({first})"
 
 
 def _hub_message(what: str, path: str, err: Exception) -> str:

@@ -91,6 +91,10 @@ class Searcher:
         from clir.index.presets import open_index
 
         self.path = Path(index_dir)
+        if device:
+            from clir.model.checks import torch_device
+
+            torch_device(device)  # before the index opens; and not reported as the manifest's encoder failing
         # a caller that already read the manifest (the server, to group indexes by encoder) passes it on
         self.manifest = manifest if manifest is not None else store.read_manifest(self.path)
         self.index = open_index(self.path, self.manifest)
