@@ -27,6 +27,7 @@ from clir.index.chunks import (
     STATE_FILE,
     chunk_done,
     chunk_paths,
+    disk_hint,
     lock_build,
     prepare_partial,
     read_chunk_meta,
@@ -314,12 +315,6 @@ def finish_build(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     return _finalize(b, encoder, n_chunks, n_rows)
 
 
-def resume_hint(b: BuildState) -> str:
-    """What a build stopped by its disk leaves, for its error message."""
-    kept = f"{b.out} is intact; " if b.out.exists() else ""
-    return f"{kept}free space, then the same command with --resume continues from the chunks already encoded"
-
-
 def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     """Build ``args.out`` from ``args.collection`` with ``encoder`` (or the one ``args.model`` names)."""
     import time
@@ -339,7 +334,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     n_rows = 0
     failed = True
     try:
-        with disk_errors(b.partial, resume_hint(b)):
+        with disk_errors(b.partial, disk_hint(b.out)):
             for no, recs in iter_chunks(b):
                 if not chunk_done(b.chunks_dir, no):
                     t = time.perf_counter()
@@ -387,11 +382,15 @@ def _write_final(b: BuildState, encoder, final: Path, n_chunks: int, n_rows: int
     args = b.args
     chunks_dir = b.chunks_dir
     vec_paths = [chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
-    sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in vec_paths]
+
+    def load(p: Path, mmap: bool = False) -> np.ndarray:  # a damaged chunk: delete it, --resume encodes it
+        return store.load_npy(p, what="chunk (delete it to encode it again)", kinds="f", mmap=mmap)
+
+    sizes = [int(load(p, mmap=True).shape[0]) for p in vec_paths]
 
     def chunks():
         for p in vec_paths:
-            yield np.load(p)
+            yield load(p)
 
     def sample(n: int) -> np.ndarray:
         rng = np.random.default_rng(0)
@@ -401,7 +400,7 @@ def _write_final(b: BuildState, encoder, final: Path, n_chunks: int, n_rows: int
         for i, p in enumerate(vec_paths):
             sel = picks[(picks >= bounds[i]) & (picks < bounds[i + 1])] - bounds[i]
             if len(sel):
-                parts.append(np.load(p, mmap_mode="r")[sel])
+                parts.append(load(p, mmap=True)[sel])
         return np.concatenate(parts)
 
     faiss_fields = write_faiss(

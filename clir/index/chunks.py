@@ -89,6 +89,12 @@ def chunk_done(chunks_dir: Path, no: int) -> bool:
     return vec.is_file() and meta.is_file()
 
 
+def disk_hint(out: Path) -> str:
+    """What a build stopped by its disk leaves, for its error message."""
+    kept = f"{out} is intact; " if out.exists() else ""
+    return f"{kept}free space, then the same command with --resume continues from the chunks already encoded"
+
+
 def recover_swap(out: Path, partial: Path, resume: bool) -> None:
     """Under the build's lock, what a build killed while swapping its index in left (``OUT.old``, see
     :func:`clir.atomic.swap_into_place`): beside ``OUT`` it is a leftover and goes; without ``OUT`` it is

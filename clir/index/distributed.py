@@ -33,10 +33,9 @@ from clir.index.build import (
     encode_records,
     finish_build,
     iter_chunks,
-    resume_hint,
     start_build,
 )
-from clir.index.chunks import chunk_done, write_chunk
+from clir.index.chunks import chunk_done, disk_hint, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ def build_index_ray(
         _await_workers(ray, ready, b.fingerprint, str(args.model))
 
         t_enc = time.perf_counter()
-        with disk_errors(b.partial, resume_hint(b)):
+        with disk_errors(b.partial, disk_hint(b.out)):
             counts = _encode_on_pool(ray, actors, b, ra, on_chunk)
         t_enc = time.perf_counter() - t_enc
     except BaseException:
@@ -151,7 +150,7 @@ def build_index_ray(
         if started:
             ray.shutdown()
     try:
-        with disk_errors(b.partial, resume_hint(b)):
+        with disk_errors(b.partial, disk_hint(b.out)):
             n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
     finally:
         b.release(failed=not b.out.exists())

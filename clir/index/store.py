@@ -134,15 +134,15 @@ def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def load_npy(path: Path, *, what: str) -> np.ndarray:
-    """An array file of the index folder: plain numbers only (``allow_pickle=False``: a pickled array could
-    run code), a damaged file a ClirError naming it."""
+def load_npy(path: Path, *, what: str, kinds: str = "iu", mmap: bool = False) -> np.ndarray:
+    """An array file of an index or staging folder: plain numbers of ``kinds`` only (``allow_pickle=False``:
+    a pickled array could run code), a damaged file a ClirError naming it."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:
         raise ClirError(f"{path}: unreadable {what} ({e})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
-        raise ClirError(f"{path}: {what} must be an integer array")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kinds:
+        raise ClirError(f"{path}: {what} must be an array of {'integers' if kinds == 'iu' else 'numbers'}")
     return arr
 
 
