@@ -73,6 +73,8 @@ def swap_into_place(partial: Path, out: Path) -> None:
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS)
 #: free bytes below which a write failure that names no cause is put down to a full disk
 _NEARLY_FULL = 1 << 20
+#: words of the write failures that name no cause (numpy's short write, torch's zip writer)
+_WRITE_WORDS = ("write", "written", "inline_container")
 
 
 def disk_problem(e: BaseException, folder: Path | None = None) -> str | None:
@@ -85,7 +87,7 @@ def disk_problem(e: BaseException, folder: Path | None = None) -> str | None:
     for code in _DISK_ERRNOS:
         if os.strerror(code) in text:
             return os.strerror(code)
-    if folder is not None and isinstance(e, OSError | RuntimeError):
+    if folder is not None and any(w in text.lower() for w in _WRITE_WORDS):
         with suppress(OSError):
             here = next(p for p in (folder, *folder.parents) if p.exists())
             st = os.statvfs(here)
@@ -97,8 +99,8 @@ def disk_problem(e: BaseException, folder: Path | None = None) -> str | None:
 @contextmanager
 def disk_errors(folder: Path, what: str) -> Iterator[None]:
     """Writes into ``folder`` whose failure for a disk reason (full, quota, I/O error, read-only, file size
-    limit) becomes one ClirError: ``{what}: {reason}`` (``what`` says what is intact and how to go on).
-    Other failures pass unchanged."""
+    limit) becomes one ClirError, ``cannot write FOLDER: REASON; WHAT`` (``what`` says what is intact and
+    how to go on). Other failures pass unchanged."""
     try:
         yield
     except ClirError:
