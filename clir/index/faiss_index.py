@@ -44,7 +44,8 @@ def faiss_message(e: BaseException) -> str:
     """FAISS's own words without its C++ location ("Error in <signature> at <file>:<line>: ")."""
     msg = str(e).strip().splitlines()[-1]
     msg = re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
-    return re.sub(r"^Error: '.*?' failed: ", "", msg)
+    msg = re.sub(r"^Error: '.*?' failed: ", "", msg)
+    return msg.removesuffix(" (Success)")  # a short read: errno was never set
 
 
 def min_train_points(index) -> int:
