@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clir.config.eval import DEFAULT_METRICS
+from clir.config.eval import DEFAULT_METRICS, check_metric
 from clir.errors import ClirError
 
 __all__ = ["DEFAULT_METRICS", "evaluate"]
@@ -34,6 +34,8 @@ def evaluate(run: Any, qrels: Any, metrics: list[str] | None = None) -> dict[str
     import ranx
 
     metrics = list(metrics or DEFAULT_METRICS)
+    for m in metrics:
+        check_metric(m)
     q = _as_qrels(qrels)
     r = _as_run(run)
     if not q:

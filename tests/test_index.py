@@ -371,3 +371,32 @@ def test_e5_xquad_de_reproduces_reference(e5_small, shared_dir, tmp_path, capsys
     assert scores["mrr@100"] >= 0.762, scores  # plain-transformers reference: 0.767
     assert scores["recall@10"] >= 0.92
     shutil.rmtree(tmp_path / "de")
+
+
+def test_byte_order_marks_are_dropped(tmp_path):
+    """A file saved with a UTF-8 BOM (Windows editors) reads as without one: q1, not \\ufeffq1."""
+    from clir.data.collections import read_docs_tsv, read_queries_tsv
+    from clir.metrics import evaluate
+
+    bom = "\ufeff"
+    (tmp_path / "queries.tsv").write_text(bom + "q1\tdie katze\n", encoding="utf-8")
+    (tmp_path / "docs.tsv").write_text(bom + "d1\tdie katze\n", encoding="utf-8")
+    (tmp_path / "run.trec").write_text(bom + "q1 Q0 d1 1 2.0 x\nq2 Q0 d2 1 1.0 x\n", encoding="utf-8")
+    (tmp_path / "qrels.txt").write_text(bom + "q1 0 d1 1\nq2 0 d2 1\n", encoding="utf-8")
+    assert [q.query_id for q in read_queries_tsv(tmp_path / "queries.tsv")] == ["q1"]
+    assert [d.doc_id for d in read_docs_tsv(tmp_path / "docs.tsv")] == ["d1"]
+    assert evaluate(tmp_path / "run.trec", tmp_path / "qrels.txt", ["mrr@10"]) == {"mrr@10": 1.0}
+
+
+def test_a_run_written_through_a_symlink_lands_in_its_target(tmp_path):
+    from clir.search import Hit, write_trec_run
+
+    (tmp_path / "runs").mkdir()
+    link = tmp_path / "latest.trec"
+    link.symlink_to(tmp_path / "runs" / "r1.trec")
+    write_trec_run(link, {"q1": [Hit(1, "d1", 1.0)]}, tag="t")
+    assert link.is_symlink() and (tmp_path / "runs" / "r1.trec").read_text() == "q1 Q0 d1 1 1.000000 t\n"
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ClirError, match="pipe is not a regular file"):
+        write_trec_run(tmp_path / "pipe", {"q1": []})
+    assert not (tmp_path / "pipe").is_file()

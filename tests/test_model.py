@@ -213,6 +213,44 @@ def test_model_config_errors():
         from_dict(ModelConfig, {"routing": {"doc": "target"}})
 
 
+def test_adapter_activations_allowed_are_the_ones_adapters_builds():
+    """The names config validation accepts (ADAPTER_ACTIVATIONS) all build; a new adapters release that
+    drops one fails here, not in a user's run."""
+    from adapters.methods.modeling import Activation_Function_Class
+
+    from clir.config.model import ADAPTER_ACTIVATIONS
+
+    for name in sorted(ADAPTER_ACTIVATIONS):
+        Activation_Function_Class(name)
+
+
+def test_json_and_yaml_limits():
+    """What clir parses stays within limits, and is quick to refuse when it does not."""
+    import time
+
+    from clir.safe_load import MAX_DEPTH, MAX_YAML_NODES, loads_json, loads_yaml
+
+    nested = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert loads_json(nested, "x") == loads_yaml(nested, "y")
+    for deeper in ("[" * 65 + "]" * 65, '{"a":' * 10**5 + "1" + "}" * 10**5):
+        with pytest.raises(ClirError, match="nested deeper than 64"):
+            loads_json(deeper, "x")
+    with pytest.raises(ClirError, match="NaN is not a JSON number"):
+        loads_json('{"loss": NaN}', "x")
+    assert loads_json('{"loss": NaN}', "x", allow_nan=True)["loss"] != 0
+    with pytest.raises(ClirError, match="integer 1000000000000000000000 is too large"):
+        loads_json("[1" + "0" * 21 + "]", "x")
+    assert loads_json("\ufeff[1]", "x") == [1] and loads_yaml("\ufeffa: 1", "y") == {"a": 1}
+    t = time.perf_counter()
+    big = "".join(f"k{i}: [a, b]\n" for i in range(MAX_YAML_NODES // 5))  # 80k values: parsed
+    assert len(loads_yaml(big, "y")) == MAX_YAML_NODES // 5
+    with pytest.raises(ClirError, match="expands to more than"):
+        loads_yaml("- a\n" * (MAX_YAML_NODES + 1), "y")
+    assert time.perf_counter() - t < 10
+    with pytest.raises(ClirError, match="alias refers to a node that contains it"):
+        loads_yaml("a: &a [1, *a]", "y")
+
+
 def test_env_expansion_in_configs(tmp_path, monkeypatch):
     from clir.config import load_yaml
 

@@ -165,36 +165,12 @@ def test_paper_small_dry_run_lists_the_training_data_it_lacks(tmp_path, monkeypa
     assert "UniversalDependencies/UD_German-PUD/ff80846a/de_pud-ud-test.conllu" in text
 
 
-def _xquad_english(root: Path) -> Path:
-    """XQuAD-R's English questions against the English sentences, as a local folder made the way
-    clir.data.public makes the other languages (stands in for irds:clir/xquad-r/en until it is registered)."""
-    import json
-
-    from clir.data.public import XquadQueries, _derive_xquad, xquad_file
-
-    root.mkdir(parents=True)
-    docs, answer = _derive_xquad(xquad_file("en"), "en", "sentence")
-    (root / "docs.jsonl").write_text(
-        "".join(
-            json.dumps({"doc_id": d.doc_id, "text": d.text, "lang": d.lang}, ensure_ascii=False) + "\n"
-            for d in docs
-        ),
-        encoding="utf-8",
-    )
-    queries = XquadQueries(["en"]).queries_iter()
-    (root / "queries.tsv").write_text("".join(f"{q.query_id}\t{q.text}\n" for q in queries), encoding="utf-8")
-    (root / "qrels.txt").write_text("".join(f"{q} 0 {d} 1\n" for q, d in sorted(answer.items())))
-    return root
-
-
 @pytest.mark.shared
 def test_paper_small_v2_plans_seeds_controls_and_claims(
     shared_dir, raw_irds_home, tmp_path, monkeypatch, capsys
 ):
     from clir.cli.main import main
 
-    monkeypatch.setenv("CLIR_SHARED", str(shared_dir))
-    monkeypatch.setenv("CLIR_XQUAD_R_EN", str(_xquad_english(tmp_path / "xquad-r-en")))
     monkeypatch.chdir(REPO)
     cfg = load_eval_config(REPO / "configs/eval/paper-small-v2.yaml")
     assert cfg.seeds.arms == [0, 1, 2] and len(cfg.seeds.language_adapters) >= 2
@@ -208,7 +184,7 @@ def test_paper_small_v2_plans_seeds_controls_and_claims(
     assert [madx[s].lang_seed for s in (0, 1, 2)] == [0, 1, 0]  # seed i <- language seed i mod 2
     shipped = cfg.seeds.shipped
     assert shipped is not None and madx[0].folder == (REPO / shipped.folder / "e5-madx").resolve()
-    assert madx[1].settings["language_adapters"]["de"].endswith("models/paper-small-v2/lang/seed-1/de")
+    assert madx[1].settings["language_adapters"]["de"].endswith("shipped/paper-small-v2/seed-1/lang/de")
     assert madx[2].build_cmd[-2:] == ["--language-adapter", f"en={shipped.folder}/lang/en"]
     assert {a.seed for a in plan.adapters} == {0, 1} and len(plan.adapters) == 10
     variants = {r.arm_variant for r in plan.rows}

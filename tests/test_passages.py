@@ -106,6 +106,20 @@ def test_splitter_boundaries_overlap_and_title(encoder):
     assert half[1][0] == words[window // 2][0]
 
 
+def test_a_long_text_is_tokenised_in_pieces_with_the_spans_of_one_call(encoder, monkeypatch):
+    """Pieces cut between words give the tokens of the whole text; a stretch without spaces is cut anyway."""
+    import clir.index.passages as passages
+
+    sp = Splitter(encoder.tokenizer, PassageSpec(length=LENGTH).resolve(LENGTH))
+    text = "  ".join(_LINES["de"] * 20) + "\n" + "".join(_LINES["zh"] * 5) + " \t ende"
+    whole = sp.split("", text)
+    monkeypatch.setattr(passages, "PIECE_CHARS", 50)
+    assert len(passages._pieces(text, 50)) > 20
+    assert sp.split("", text) == whole
+    starts, _ = sp._offsets(text)
+    assert len(starts) == len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def test_passage_settings_are_checked(tiny_bert, long_collection, tmp_path):
     with pytest.raises(ClirError, match="exceeds the encoder's max_passage_length"):
         build_index(_args(long_collection, tiny_bert, tmp_path / "x", passages=PassageSpec(length=64)))

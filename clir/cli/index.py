@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=model_overrides(args),
         passages=PassageSpec(args.split, args.passage_length, args.stride),
         lang_id=args.lang_id,
+        device=args.device,
     )
     if args.ray:
         from clir.index.distributed import RayArgs, build_index_ray
@@ -192,9 +193,14 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clir.atomic import disk_errors
     from clir.index import merge_indexes
 
-    out = merge_indexes(args.shards, args.out, factory=args.factory, overwrite=args.overwrite)
+    staging = Path(args.out).with_name(Path(args.out).name + ".partial")
+    with disk_errors(staging, "the shards and any index at --out are intact: free space and merge again"):
+        out = merge_indexes(args.shards, args.out, factory=args.factory, overwrite=args.overwrite)
     log.info("merged %d shard(s) into %s", len(args.shards), out)
     print(json.dumps({"index": str(out)}))
     return 0

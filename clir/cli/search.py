@@ -59,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from clir.data.collections import check_text
     from clir.errors import ClirError
     from clir.search import Searcher, write_trec_run
+    from clir.search.searcher import check_run_tag
 
     if args.queries and not args.run and not args.json:
         raise ClirError("--queries needs --run FILE (or --json to print the hits)")
+    check_run_tag(args.tag)
     # bad input is refused before the model loads
     queries = None
     if args.query is not None:
@@ -121,6 +123,8 @@ def _check_run_path(run: Path) -> None:
 
     if run.is_dir():
         raise ClirError(f"--run {run} is a folder; give a file name")
+    if run.exists() and not run.is_file():
+        raise ClirError(f"--run {run} is not a regular file (a device, pipe or socket): give a file name")
     parent = next((p for p in run.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ClirError(f"--run {run}: {parent} is a file, so the run file cannot be created")

@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
             raise ClirError(f"the dry run found {len(plan.problems)} problem(s): " + "; ".join(plan.problems))
         return 0
 
+    from clir.model.checks import torch_device
     from clir.train import train
 
+    torch_device(args.device)  # before the run folder is touched
     res = train(
         cfg,
         out=args.out,

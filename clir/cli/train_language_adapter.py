@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from clir.cli.common import positive_int
 
@@ -107,11 +108,16 @@ def dev_settings(args: argparse.Namespace):
 
 def adapter_args(args: argparse.Namespace):
     """The typed arguments of a parsed command line (also what the experiment grid builds with)."""
-    from clir.errors import ClirError
+    from clir.config.model import check_activation, check_reduction
+    from clir.data.collections import check_lang
+    from clir.model.checks import torch_device
     from clir.train import LanguageAdapterArgs
 
-    if not args.reduction_factor > 0:
-        raise ClirError("--reduction-factor must be > 0")
+    # what would fail once OUT.partial exists (or allocate terabytes) is refused first
+    check_reduction(args.reduction_factor, None, "--reduction-factor")
+    check_activation(args.non_linearity, "--non-linearity")
+    check_lang(args.lang, "--lang")
+    torch_device(args.device)
     return LanguageAdapterArgs(
         lang=args.lang,
         text=args.text,
@@ -139,10 +145,32 @@ def adapter_args(args: argparse.Namespace):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from clir.train import train_language_adapter
+#: what clir.train.language_adapter keeps in OUT.partial and reads back on --resume
+RESUME_RECORDS = ("run.json", "references.json")
 
-    res = train_language_adapter(adapter_args(args))
+
+def run(args: argparse.Namespace) -> int:
+    from clir.atomic import disk_errors
+    from clir.model.checks import backbone_config, check_weight_files
+    from clir.model.folder import load_tokenizer
+    from clir.safe_load import read_json
+    from clir.train import train_language_adapter
+    from clir.train.mlm import resolve_backbone
+
+    typed = adapter_args(args)
+    backbone = resolve_backbone(args.backbone)
+    if Path(backbone).is_dir():  # a crafted folder is refused before any weight (a hub id: on loading)
+        backbone_config(backbone)
+        load_tokenizer(backbone)
+        check_weight_files(Path(backbone))
+    out = Path(args.out).expanduser()
+    work = out.with_name(out.name + ".partial")
+    if args.resume:  # the records a resumed run reads back, within clir's JSON limits
+        for name in RESUME_RECORDS:
+            if (work / name).is_file():
+                read_json(work / name)
+    with disk_errors(work, f"checkpoints in {work} are intact: free space, then --resume continues"):
+        res = train_language_adapter(typed)
     print(
         json.dumps(
             {

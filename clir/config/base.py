@@ -42,15 +42,12 @@ def _expand_all(obj: Any, where: str) -> Any:
 
 
 def load_yaml(path: str | Path, *, expand: bool = True) -> dict[str, Any]:
-    import yaml
+    from clir.safe_load import read_yaml
 
     p = Path(path)
     if not p.is_file():
         raise ClirError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ClirError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml(p)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -29,7 +29,9 @@ _RANX_METRICS = {
     "ndcg_burges",
     "bpref",
 }
-_METRIC = re.compile(r"^([a-z_\-]+)(?:@(\d+))?$")
+_METRIC = re.compile(r"([a-z_\-]+)(?:@([0-9]+))?")
+#: the deepest cutoff a metric may name (ranx computes in int64; no run is deeper than this)
+MAX_CUTOFF = 1 << 31
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-+]*$")
 
 QueryField = Literal["title", "description", "title+description", "text"]
@@ -39,8 +41,21 @@ StatTest = Literal["student", "fisher", "two-level", "seed-t"]
 FusionMethod = Literal["rrf", "combsum"]
 
 
+def check_metric(metric: str) -> None:
+    """A ranx metric: a name with an optional ``@k`` cutoff, k in 1..MAX_CUTOFF (``ndcg@0`` scores nothing,
+    ranx says 1.0; a 20-digit k overflows its int64), or rank-biased precision ``rbp.P``."""
+    if re.fullmatch(r"rbp\.[0-9]+", metric):
+        return
+    m = _METRIC.fullmatch(metric)
+    if not m or m.group(1) not in _RANX_METRICS:
+        raise ClirError(f"unknown metric {metric!r:.60} (ranx names: {', '.join(sorted(_RANX_METRICS))})")
+    k = m.group(2)
+    if k is not None and not (len(k) <= 10 and 1 <= int(k) <= MAX_CUTOFF):
+        raise ClirError(f"metric {metric!r:.60}: the cutoff after @ must be an integer in 1..{MAX_CUTOFF}")
+
+
 def metric_cutoff(metric: str) -> int | None:
-    m = _METRIC.match(metric)
+    m = _METRIC.fullmatch(metric)
     return int(m.group(2)) if m and m.group(2) else None
 
 
@@ -293,11 +308,10 @@ class EvalConfig:
         if not self.metrics:
             raise ClirError("metrics: empty")
         for m in self.metrics:
-            mm = _METRIC.match(m)
-            if not mm or mm.group(1) not in _RANX_METRICS:
-                raise ClirError(
-                    f"metrics: unknown metric {m!r} (ranx names: {', '.join(sorted(_RANX_METRICS))})"
-                )
+            try:
+                check_metric(m)
+            except ClirError as e:
+                raise ClirError(f"metrics: {e}") from None
         if self.primary_metric is not None and self.primary_metric not in self.metrics:
             raise ClirError(f"primary_metric {self.primary_metric!r} is not in metrics")
         if self.build_workers < 1:

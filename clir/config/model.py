@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from clir.errors import ClirError
 
@@ -14,6 +15,41 @@ Pooling = Literal["cls", "mean"]
 AdapterMode = Literal["full", "task", "madx"]
 Route = Literal["source", "target", "none", "random"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+#: activation names ``adapters`` builds (transformers' ACT2FN, plus its own ``leakyrelu``)
+ADAPTER_ACTIVATIONS = frozenset(
+    (
+        "gelu gelu_10 gelu_accurate gelu_fast gelu_new gelu_python gelu_python_tanh gelu_pytorch_tanh laplace "
+        "leaky_relu leakyrelu linear mish prelu quick_gelu relu relu2 relu6 sigmoid silu swish tanh"
+    ).split()
+)
+#: the bottleneck of an adapter is hidden / reduction_factor units: at most 8x the hidden size
+MIN_REDUCTION = 0.125
+
+
+def check_reduction(factor: Any, hidden: int | None, where: str) -> None:
+    """A bottleneck adapter's reduction factor (or ``adapters``' per-layer mapping of them): a finite number
+    >= :data:`MIN_REDUCTION` that leaves the bottleneck at least one unit wide (1e-9 asks for terabytes)."""
+    if isinstance(factor, dict):
+        for v in factor.values():
+            check_reduction(v, hidden, where)
+        return
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor):
+        raise ClirError(f"{where}: reduction_factor {factor!r:.40} is not a number")
+    if factor < MIN_REDUCTION:
+        raise ClirError(
+            f"{where}: reduction_factor {factor} is below {MIN_REDUCTION} (the bottleneck would be hidden / "
+            f"{factor} units wide)"
+        )
+    if hidden is not None and hidden / factor < 1:
+        raise ClirError(f"{where}: reduction_factor {factor} leaves no unit of the hidden size {hidden}")
+
+
+def check_activation(name: Any, where: str) -> None:
+    if name is not None and (not isinstance(name, str) or name.lower() not in ADAPTER_ACTIVATIONS):
+        raise ClirError(
+            f"{where}: non_linearity {name!r:.40} is unknown (known: {', '.join(sorted(ADAPTER_ACTIVATIONS))})"
+        )
 
 
 @dataclass
@@ -26,6 +62,10 @@ class AdapterArch:
     config: str = "seq_bn"
     reduction_factor: float = 16
     non_linearity: str = "relu"
+
+    def validate(self, where: str = "adapter") -> None:
+        check_reduction(self.reduction_factor, None, where)
+        check_activation(self.non_linearity, where)
 
     def to_adapters_config(self):
         import adapters

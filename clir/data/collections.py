@@ -6,13 +6,15 @@ A local folder holds ``docs.jsonl`` (``doc_id``, ``text``, optional ``title``, `
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from clir.errors import ClirError
+from clir.safe_load import BOM, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +104,39 @@ def check_doc_id(doc_id: object, where: str) -> str:
     return doc_id
 
 
+#: a language code: ISO 639 letters with optional subtags (``de``, ``fas``, ``zh-Hans``, ``pt_BR``)
+_LANG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+
+
+def check_lang(lang: object, where: str) -> str | None:
+    """A document's language: a language code, or None when absent. Anything else (NaN, a mapping, a
+    sentence) would route documents to an adapter named after it and be counted in the manifest."""
+    if lang is None or lang == "":
+        return None
+    if not isinstance(lang, str) or not _LANG.fullmatch(lang):
+        shown = f"{lang!r:.60}" if isinstance(lang, str) else f"{type(lang).__name__} {lang!r:.60}"
+        raise ClirError(f"{where}: lang {shown} is not a language code (e.g. de, fa, zh-Hans)")
+    return lang
+
+
+#: a line longer than this is not a document clir can encode (a file without newlines, a damaged one)
+MAX_LINE_BYTES = 256 << 20
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
+    """(line number, text) of a UTF-8 file, a byte-order mark dropped; a line that is not UTF-8, or
+    longer than :data:`MAX_LINE_BYTES`, is an error naming it."""
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ClirError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES >> 20} MiB")
             try:
-                yield lineno, raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ClirError(
                     f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
                 ) from None
+            yield lineno, text.removeprefix(BOM) if lineno == 1 else text
 
 
 # ---------------------------------------------------------------------- file readers
@@ -119,10 +144,7 @@ def read_docs_jsonl(path: Path) -> Iterator[Document]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ClirError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        obj = loads_json(line, f"{path}:{lineno}")
         if not isinstance(obj, dict):
             raise ClirError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         doc_id = next((obj[k] for k in _ID_KEYS if k in obj), None)
@@ -138,8 +160,10 @@ def read_docs_jsonl(path: Path) -> Iterator[Document]:
         if not isinstance(title, str):
             raise ClirError(f"{path}:{lineno}: 'title' must be a string (doc {doc_id})")
         check_text(title + text, f"{path}:{lineno} (doc {doc_id})")
-        lang = obj.get("lang") or obj.get("language")
-        yield Document(doc_id, text, title, str(lang) if lang else None)
+        lang = obj.get("lang")
+        if lang is None or lang == "":
+            lang = obj.get("language")
+        yield Document(doc_id, text, title, check_lang(lang, f"{path}:{lineno} (doc {doc_id})"))
 
 
 def read_docs_tsv(path: Path) -> Iterator[Document]:
@@ -162,6 +186,7 @@ def read_queries_tsv(path: Path) -> list[Query]:
     """``query_id<TAB>text`` per line; blank lines are skipped, anything else malformed is refused by line
     (as ``--query`` and the REST app refuse blank queries)."""
     out = []
+    first: dict[str, int] = {}  # query id -> its line
     for lineno, line in _lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -175,6 +200,9 @@ def read_queries_tsv(path: Path) -> list[Query]:
         if not text.strip():
             raise ClirError(f"{path}:{lineno}: query {qid} is blank")
         check_text(qid + text, f"{path}:{lineno}")
+        if qid in first:  # a run keys results by query id: one of the two would be dropped
+            raise ClirError(f"{path}:{lineno}: query id {qid} repeats (first on line {first[qid]})")
+        first[qid] = lineno
         out.append(Query(qid, text))
     return out
 
@@ -192,6 +220,11 @@ def trec_rows(path: Path, what: str, layout: str) -> Iterator[tuple[int, list[st
         yield lineno, parts
 
 
+#: relevance grades a qrels file may hold. TREC's are -2..4; nDCG's gain 2^rel - 1 stays finite in float64
+#: (and in ranx's int64 arrays) well past this
+MAX_RELEVANCE = 1000
+
+
 def read_qrels(path: Path) -> Qrels:
     qrels: Qrels = {}
     for lineno, parts in trec_rows(path, "TREC qrels", "query_id 0 doc_id relevance"):
@@ -199,8 +232,23 @@ def read_qrels(path: Path) -> Qrels:
             rel = int(parts[3])
         except ValueError:
             raise ClirError(f"{path}:{lineno}: relevance {parts[3]!r} is not an integer") from None
+        if abs(rel) > MAX_RELEVANCE:
+            raise ClirError(
+                f"{path}:{lineno}: relevance {parts[3]:.30} is outside -{MAX_RELEVANCE}..{MAX_RELEVANCE}"
+            )
         qrels.setdefault(parts[0], {})[parts[2]] = rel
     return qrels
+
+
+def parse_score(text: str, where: str) -> float:
+    """A run's score: a finite number (NaN or infinity has no rank among the others)."""
+    try:
+        score = float(text)
+    except ValueError:
+        raise ClirError(f"{where}: score {text!r:.30} is not a number") from None
+    if not math.isfinite(score):
+        raise ClirError(f"{where}: score {text!r:.30} is not a finite number")
+    return score
 
 
 # ---------------------------------------------------------------------- local sources

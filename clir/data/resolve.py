@@ -6,6 +6,7 @@ through :func:`resolve_collection`, so the rules and the messages are the same e
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,15 +73,18 @@ def resolve_collection(src: str | Path, *, what: str | None = None) -> Collectio
         return CollectionRef("file", str(p.resolve()), path=p.resolve())
     if s == SAMPLE_NAME:
         return CollectionRef("sample", SAMPLE_NAME, path=sample_path())
+    if p.is_symlink():  # a link to nothing: a loop or a missing target (resolving it would raise)
+        raise NotFoundError(f"{what}: {p} is a symbolic link that leads to no file or folder (a loop?)")
+    where = f"resolved against {Path.cwd()}: {os.path.abspath(p)}"
     if s.startswith((".", "/", "~")):
-        raise NotFoundError(f"{what}: folder not found (resolved against {Path.cwd()}: {p.resolve()})")
+        raise NotFoundError(f"{what}: folder not found ({where})")
     from clir.data.irds import load_dataset
 
     try:
         load_dataset(s)
     except ClirError:
         raise NotFoundError(
-            f"{what}: not a folder (resolved against {Path.cwd()}: {p.resolve()}), a .jsonl/.tsv file, or an "
+            f"{what}: not a folder ({where}), a .jsonl/.tsv file, or an "
             f"ir_datasets id (irds:<id>, e.g. irds:hc4/fa/test; see https://ir-datasets.com); "
             f"'{SAMPLE_NAME}' is the bundled sample"
         ) from None
@@ -96,8 +100,14 @@ def load_queries(src: str | Path, *, field: str | None = None, lang: str | None 
     """Queries from a .tsv file, a collection folder or an ``irds:`` id."""
     p = Path(str(src)).expanduser()
     if p.is_file():
-        return read_queries_tsv(p)
-    return load_collection(src).queries(field=field, lang=lang)
+        return read_queries_tsv(p)  # checks ids by line
+    queries = load_collection(src).queries(field=field, lang=lang)
+    seen: set[str] = set()
+    for q in queries:
+        if q.query_id in seen:  # a run keys results by query id: one of the two would be dropped
+            raise ClirError(f"{src}: query id {q.query_id} appears twice")
+        seen.add(q.query_id)
+    return queries
 
 
 def load_qrels(src: str | Path) -> Qrels:

@@ -13,7 +13,6 @@ continue exactly where a run stopped."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clir.errors import ClirError
+from clir.safe_load import loads_json
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ def _texts(obj: dict[str, Any], one: str, many: str, where: str) -> list[str]:
 
 
 def parse_triple(line: bytes | str, where: str) -> Triple:
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClirError(f"{where}: malformed JSON ({e})") from None
+    obj = loads_json(line, where)
     if not isinstance(obj, dict):
         raise ClirError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     query = obj.get("query")

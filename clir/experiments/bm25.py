@@ -18,6 +18,7 @@ from pathlib import Path
 
 from clir.data import Document, Query
 from clir.errors import ClirError
+from clir.safe_load import read_json
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,10 @@ def index_matches(folder: Path, collection: str, lang: str) -> bool:
     if not marker.is_file():
         return False
     try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        info = read_json(marker)
+    except (OSError, ClirError):
         return False
-    return info.get("collection") == collection and info.get("lang") == lang
+    return isinstance(info, dict) and info.get("collection") == collection and info.get("lang") == lang
 
 
 def build_bm25_index(

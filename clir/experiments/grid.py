@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
+from clir.errors import ClirError
 from clir.model.resolve import model_ready
+from clir.safe_load import read_json
 
 RUNS_DIR = "runs"
 INDEXES_DIR = "indexes"
@@ -338,10 +340,10 @@ class Plan:
         if self.analyses(row) and not self.vectors_path(row).is_file():
             return False
         try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            info = read_json(marker)
+        except (OSError, ClirError):
             return False
-        return info.get("key") == self.row_key(row)
+        return isinstance(info, dict) and info.get("key") == self.row_key(row)
 
     def wants_cka(self, row: GridRow) -> bool:
         """Whether the row's model and collection get the per-layer CKA of the analysis."""

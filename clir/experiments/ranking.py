@@ -104,14 +104,21 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------- XQuAD-R translation pairs
 @lru_cache(maxsize=32)
+def _xquad_bytes(folder: str, lang: str) -> bytes:
+    """A language's XQuAD-R file: from a folder of them, or ``irds:clir/xquad-r`` (the checked upstream file
+    clir's ir_datasets datasets read)."""
+    if folder.rstrip("/") == "irds:clir/xquad-r":
+        from clir.data.public import xquad_file
+
+        return xquad_file(lang).read_bytes()
+    return (Path(folder) / f"{lang}.json").read_bytes()
+
+
 def xquad_aligned(folder: str, lang_a: str, lang_b: str) -> tuple[tuple[str, str], ...]:
     """Sentence ids (``<lang>-s<n>``, numbered as :mod:`clir.data.public` numbers them) that translate each
     other: XQuAD-R's paragraphs are translations, but their sentence splits differ; sentences are paired
     where both paragraphs have the same number of sentences (same position), else left out."""
-    data = {
-        lang: json.loads((Path(folder) / f"{lang}.json").read_text("utf-8"))["data"]
-        for lang in (lang_a, lang_b)
-    }
+    data = {lang: json.loads(_xquad_bytes(folder, lang))["data"] for lang in (lang_a, lang_b)}
     out: list[tuple[str, str]] = []
     na = nb = 0
     for art_a, art_b in zip(data[lang_a], data[lang_b], strict=True):

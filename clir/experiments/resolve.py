@@ -5,6 +5,7 @@ and would have to be downloaded or built. Loads no model and no documents."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def _model_settings(spec: ModelSpec) -> tuple[str, Path | None, dict[str, Any] |
     if spec.build is not None and not (p.is_dir() and model_ready(p)):
         return str(p.resolve()), p.resolve(), _build_settings(spec), downloads
     if looks_like_path(s) and not p.exists():
-        raise ClirError(f"{what}: folder {p.resolve()} does not exist (add `build:` to make it on demand)")
+        raise ClirError(
+            f"{what}: folder {os.path.abspath(p)} does not exist (add `build:` to make it on demand)"
+        )
     ref = resolve_model(s, what=what)
     if ref.kind in ("clir", "backbone"):
         folder = ref.folder or Path(ref.backbone)

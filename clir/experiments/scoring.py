@@ -5,14 +5,15 @@ document-adapter swap (d-target vs d-source) and for each control against its re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from clir.config import to_dict
+from clir.errors import ClirError
 from clir.experiments.aggregate import arm_record, score_matrices
 from clir.experiments.grid import GridRow, Plan
+from clir.safe_load import read_json
 
 
 @dataclass
@@ -40,10 +41,10 @@ def _run_seconds(plan: Plan, row: GridRow) -> float | None:
     if row.kind == "fusion":
         return None
     try:
-        info = json.loads(plan.marker_path(row).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        info = read_json(plan.marker_path(row))
+        return round(float(info.get("seconds", 0)) + float(info.get("index_seconds", 0)), 1)
+    except (OSError, ClirError, AttributeError, TypeError, ValueError):
         return None
-    return round(float(info.get("seconds", 0)) + float(info.get("index_seconds", 0)), 1)
 
 
 def score_grid(

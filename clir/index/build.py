@@ -16,23 +16,28 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import swap_into_place
+from clir.atomic import disk_errors, swap_into_place
 from clir.data import Collection, Document, load_collection
+from clir.data.collections import check_lang
 from clir.errors import ClirError
 from clir.index import store
 from clir.index.chunks import (
     CHUNKS,
+    FINAL,
     STATE_FILE,
     chunk_done,
     chunk_paths,
+    disk_hint,
     lock_build,
     prepare_partial,
     read_chunk_meta,
+    recover_swap,
     unlock_build,
     write_chunk,
 )
 from clir.index.faiss_index import check_factory
-from clir.index.passages import PassageSpec, Splitter, passage_id
+from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passage_id
+from clir.safe_load import read_json
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ class IndexArgs:
     lang_id: str = "missing"
     #: encoder setting overrides (pooling, normalize, prefixes, routing ...), Tevatron-style
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: torch device of the encoder (default: cuda when available, else cpu)
+    device: str | None = None
 
 
 LANG_ID_MODES = ("missing", "all", "off")
@@ -106,10 +113,13 @@ def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None
     """Kept documents as passage records (one per passage, with the document's collection ordinal ``pos``
     and passage number ``n``); checks ids across the whole collection."""
     seen: set[str] = set()
+    numbered: set[str] = set()  # ids of the form BASE#n: their BASEs
     for ordinal, doc in enumerate(docs):
         if doc.doc_id in seen:
             raise ClirError(f"duplicate doc id {doc.doc_id!r} in {args.collection} (document #{ordinal + 1})")
         seen.add(doc.doc_id)
+        if splitter is not None:
+            check_passage_ids(doc.doc_id, seen, numbered, args.collection, ordinal)
         if args.shard and ordinal % args.shard[1] != args.shard[0]:
             continue
         if not doc.full_text().strip():
@@ -226,6 +236,8 @@ class BuildState:
 def check_args(args: IndexArgs) -> tuple[Path, Path]:
     """Cheap checks before any model is loaded; returns (out, out.partial)."""
     out = Path(args.out)
+    if out.is_symlink() and not out.exists():
+        raise ClirError(f"--out {out} is a symbolic link to nothing (a loop, or a missing target)")
     if out.exists() and not args.overwrite:
         raise ClirError(
             f"{out} already exists: pass --overwrite to replace it (it stays intact until the new one is done)"
@@ -243,6 +255,11 @@ def check_args(args: IndexArgs) -> tuple[Path, Path]:
         raise ClirError("--chunk-size and --batch-size must be >= 1")
     if args.lang_id not in LANG_ID_MODES:
         raise ClirError(f"--lang-id {args.lang_id!r}: expected one of {', '.join(LANG_ID_MODES)}")
+    check_lang(args.doc_lang, "--doc-lang")
+    if args.device:
+        from clir.model.checks import torch_device
+
+        torch_device(args.device)
     return out, out.with_name(out.name + ".partial")
 
 
@@ -277,6 +294,8 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
         raise ClirError(f"cannot create the folder of --out {out}: {e.strerror}") from None
     lock = lock_build(out)
     try:
+        recover_swap(out, partial, args.resume)
+        check_args(args)  # a restored OUT.old is an existing OUT again
         prepare_partial(partial, state, args.resume)
     except OSError as e:
         unlock_build(lock)
@@ -309,7 +328,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     t0 = time.perf_counter()
     check_args(args)
     if encoder is None:
-        encoder = load_encoder(args.model, args.overrides)
+        encoder = load_encoder(args.model, args.overrides, device=args.device)
     b = start_build(args, encoder)
     bar = progress(total=b.total, desc=f"index {b.out.name}", unit="doc")
     encoded = 0
@@ -318,18 +337,19 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     n_rows = 0
     failed = True
     try:
-        for no, recs in iter_chunks(b):
-            if not chunk_done(b.chunks_dir, no):
-                t = time.perf_counter()
-                vecs = encode_records(encoder, recs, args.batch_size)
-                t_enc += time.perf_counter() - t
-                write_chunk(b.chunks_dir, no, recs, vecs)
-                encoded += len(recs)
-            n_chunks += 1
-            n_rows += len(recs)
-            bar.update(sum(r["n"] == 0 for r in recs))
-        bar.close()
-        n_docs = finish_build(b, encoder, n_chunks, n_rows)
+        with disk_errors(b.partial, disk_hint(b.out)):
+            for no, recs in iter_chunks(b):
+                if not chunk_done(b.chunks_dir, no):
+                    t = time.perf_counter()
+                    vecs = encode_records(encoder, recs, args.batch_size)
+                    t_enc += time.perf_counter() - t
+                    write_chunk(b.chunks_dir, no, recs, vecs)
+                    encoded += len(recs)
+                n_chunks += 1
+                n_rows += len(recs)
+                bar.update(sum(r["n"] == 0 for r in recs))
+            bar.close()
+            n_docs = finish_build(b, encoder, n_chunks, n_rows)
         failed = False
     finally:
         bar.close()
@@ -340,17 +360,40 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
 
 
 def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
-    """Chunks -> FAISS index + docid + doc store (+ passage map) + manifest, then the atomic rename."""
+    """Chunks -> the index folder ``OUT.partial/final`` (unless a killed run already completed it), then its
+    swap into place; only then do the chunks go, ``state.json`` first (see clir.index.chunks)."""
+    final = b.partial / FINAL
+    if (final / store.MANIFEST_FILE).is_file():
+        log.info("%s is complete: swapping it in", final)
+        n_docs = int(read_json(final / store.MANIFEST_FILE)["num_docs"])
+    else:
+        if final.exists():  # a finalisation cut short: written again from the chunks
+            shutil.rmtree(final)
+        final.mkdir()
+        n_docs = _write_final(b, encoder, final, n_chunks, n_rows)
+    swap_into_place(final, b.out)
+    (b.partial / STATE_FILE).unlink()
+    shutil.rmtree(b.partial)
+    return n_docs
+
+
+def _write_final(b: BuildState, encoder, final: Path, n_chunks: int, n_rows: int) -> int:
+    """FAISS index + docid + doc store (+ passage map) into ``final``; the manifest, written last, marks it
+    complete."""
     from clir.index.presets import write_faiss
 
-    args, partial = b.args, b.partial
-    chunks_dir = partial / CHUNKS
+    args = b.args
+    chunks_dir = b.chunks_dir
     vec_paths = [chunk_paths(chunks_dir, i)[1] for i in range(n_chunks)]
-    sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in vec_paths]
+
+    def load(p: Path, mmap: bool = False) -> np.ndarray:  # a damaged chunk: delete it, --resume encodes it
+        return store.load_npy(p, what="chunk (delete it to encode it again)", kinds="f", mmap=mmap)
+
+    sizes = [int(load(p, mmap=True).shape[0]) for p in vec_paths]
 
     def chunks():
         for p in vec_paths:
-            yield np.load(p)
+            yield load(p)
 
     def sample(n: int) -> np.ndarray:
         rng = np.random.default_rng(0)
@@ -360,11 +403,11 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
         for i, p in enumerate(vec_paths):
             sel = picks[(picks >= bounds[i]) & (picks < bounds[i + 1])] - bounds[i]
             if len(sel):
-                parts.append(np.load(p, mmap_mode="r")[sel])
+                parts.append(load(p, mmap=True)[sel])
         return np.concatenate(parts)
 
     faiss_fields = write_faiss(
-        partial,
+        final,
         encoder.dim,
         n_rows,
         chunks,
@@ -374,7 +417,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
         max_train=args.max_train,
     )
 
-    writer = store.DocStoreWriter(partial)
+    writer = store.DocStoreWriter(final)
     ids: list[str] = []
     positions: list[int] = []
     spans: list[tuple[int, int, int, int]] = []  # per row: document, passage number, char start, end
@@ -390,18 +433,15 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
             positions.append(rec["pos"])
             spans.append((writer.count - 1, rec["n"], rec.get("start", 0), rec.get("end", len(rec["text"]))))
     writer.close()
-    store.write_docids(partial / store.DOCID_FILE, ids)
+    store.write_docids(final / store.DOCID_FILE, ids)
     split = b.counters["split_docs"] > 0
     if split:
-        store.atomic_save_npy(partial / store.PASSAGES_FILE, np.asarray(spans, dtype=np.int64))
+        store.atomic_save_npy(final / store.PASSAGES_FILE, np.asarray(spans, dtype=np.int64))
     manifest = {**_manifest(b, encoder, langs, writer.count, n_rows), **faiss_fields}
     if args.shard:
-        store.atomic_save_npy(partial / store.VECTORS_FILE, np.concatenate(list(chunks())))
-        store.atomic_save_npy(partial / store.POSITIONS_FILE, np.asarray(positions, dtype=np.int64))
-    store.write_manifest(partial, manifest)
-    shutil.rmtree(chunks_dir)
-    (partial / STATE_FILE).unlink()
-    swap_into_place(partial, b.out)
+        store.atomic_save_npy(final / store.VECTORS_FILE, np.concatenate(list(chunks())))
+        store.atomic_save_npy(final / store.POSITIONS_FILE, np.asarray(positions, dtype=np.int64))
+    store.write_manifest(final, manifest)
     return writer.count
 
 

@@ -1,6 +1,13 @@
 """The staging side of an index build: ``OUT.partial`` with its encoded chunks (``chunks/NNNNNN.jsonl`` +
-``.npy``, the ``.npy`` written last as the chunk's commit marker) and ``state.json`` (the settings a
-``--resume`` must share), and ``OUT.lock``, which keeps a second build off the same ``--out``."""
+``.npy``, the ``.npy`` written last as the chunk's commit marker), ``state.json`` (the settings a
+``--resume`` must share) and, once every chunk is encoded, ``final/`` (the index folder being written; its
+``manifest.json``, written last, marks it complete), and ``OUT.lock``, which keeps a second build off the
+same ``--out``.
+
+Finishing a build is ordered so that a kill at any point leaves something whole: chunks are never deleted
+before ``final/`` has become ``OUT`` (so ``--resume`` can always write ``final/`` again), ``OUT`` is replaced
+through ``OUT.old`` only once ``final/`` is complete (:func:`clir.atomic.swap_into_place`), and
+``state.json`` goes before the chunks (a staging folder without it is never resumed)."""
 
 from __future__ import annotations
 
@@ -17,11 +24,14 @@ import numpy as np
 from clir.atomic import atomic_write_lines, atomic_write_text
 from clir.errors import ClirError
 from clir.index import store
+from clir.safe_load import loads_json, read_json
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 CHUNKS = "chunks"
+#: the finished index folder, written inside OUT.partial and renamed to OUT
+FINAL = "final"
 
 
 def chunk_paths(folder: Path, no: int) -> tuple[Path, Path]:
@@ -35,8 +45,8 @@ def write_chunk(folder: Path, no: int, recs: list[dict[str, Any]], vecs: np.ndar
 
 
 def read_chunk_meta(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    with open(path, "rb") as f:
+        return [loads_json(line, f"{path}:{i}") for i, line in enumerate(f, 1)]
 
 
 def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
@@ -45,7 +55,14 @@ def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
     state_path = partial / STATE_FILE
     if partial.exists():
         if resume and state_path.is_file():
-            old = json.loads(state_path.read_text(encoding="utf-8"))
+            try:
+                old = read_json(state_path, what="a build state")
+            except ClirError as e:
+                raise ClirError(
+                    f"cannot resume {partial}: {e}; rerun without --resume to start over"
+                ) from None
+            if not isinstance(old, dict):
+                raise ClirError(f"cannot resume {partial}: its {STATE_FILE} is not a build state")
             diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
             if diff:
                 raise ClirError(
@@ -67,8 +84,34 @@ def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
 
 
 def chunk_done(chunks_dir: Path, no: int) -> bool:
-    """A chunk is finished once its ``.npy`` (written last) exists."""
-    return chunk_paths(chunks_dir, no)[1].is_file()
+    """A chunk is finished once its ``.npy`` (written last) exists, beside its records."""
+    meta, vec = chunk_paths(chunks_dir, no)
+    return vec.is_file() and meta.is_file()
+
+
+def disk_hint(out: Path) -> str:
+    """What a build stopped by its disk leaves, for its error message."""
+    kept = f"{out} is intact; " if out.exists() else ""
+    return f"{kept}free space, then the same command with --resume continues from the chunks already encoded"
+
+
+def recover_swap(out: Path, partial: Path, resume: bool) -> None:
+    """Under the build's lock, what a build killed while swapping its index in left (``OUT.old``, see
+    :func:`clir.atomic.swap_into_place`): beside ``OUT`` it is a leftover and goes; without ``OUT`` it is
+    the previous index, restored, unless ``--resume`` is about to swap in the complete ``final/``."""
+    old = out.with_name(out.name + ".old")
+    if not old.is_dir():
+        return
+    if out.exists():
+        log.info("removing %s, the previous index a finished swap left behind", old)
+        shutil.rmtree(old)
+    elif resume and (partial / FINAL / store.MANIFEST_FILE).is_file():
+        log.warning(
+            "%s is missing and its previous version is in %s: resuming swaps the new index in", out, old
+        )
+    else:
+        os.replace(old, out)
+        log.warning("restored %s from %s (a build was stopped while swapping in its new index)", out, old)
 
 
 def lock_build(out: Path) -> Any:

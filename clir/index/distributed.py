@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from clir.atomic import disk_errors
 from clir.errors import ClirError
 from clir.index.build import (
     BuildState,
@@ -34,7 +35,7 @@ from clir.index.build import (
     iter_chunks,
     start_build,
 )
-from clir.index.chunks import chunk_done, write_chunk
+from clir.index.chunks import chunk_done, disk_hint, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def build_index_ray(
         _await_workers(ray, ready, b.fingerprint, str(args.model))
 
         t_enc = time.perf_counter()
-        counts = _encode_on_pool(ray, actors, b, ra, on_chunk)
+        with disk_errors(b.partial, disk_hint(b.out)):
+            counts = _encode_on_pool(ray, actors, b, ra, on_chunk)
         t_enc = time.perf_counter() - t_enc
     except BaseException:
         if b is not None:  # the lock goes; a staging folder without any chunk too
@@ -148,7 +150,8 @@ def build_index_ray(
         if started:
             ray.shutdown()
     try:
-        n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
+        with disk_errors(b.partial, disk_hint(b.out)):
+            n_docs = finish_build(b, encoder, counts["chunks"], counts["docs"])
     finally:
         b.release(failed=not b.out.exists())
     return IndexResult(

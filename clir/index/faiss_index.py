@@ -36,15 +36,16 @@ def new_index(dim: int, factory: str):
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ClirError(
-            f"invalid FAISS factory {factory!r} for dimension {dim}: {_faiss_message(e)}"
+            f"invalid FAISS factory {factory!r} for dimension {dim}: {faiss_message(e)}"
         ) from None
 
 
-def _faiss_message(e: BaseException) -> str:
+def faiss_message(e: BaseException) -> str:
     """FAISS's own words without its C++ location ("Error in <signature> at <file>:<line>: ")."""
     msg = str(e).strip().splitlines()[-1]
     msg = re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
-    return re.sub(r"^Error: '.*?' failed: ", "", msg)
+    msg = re.sub(r"^Error: '.*?' failed: ", "", msg)
+    return msg.removesuffix(" (Success)")  # a short read: errno was never set
 
 
 def min_train_points(index) -> int:
@@ -107,7 +108,7 @@ def build_faiss_index(
         try:
             index.train(sample)
         except RuntimeError as e:
-            raise ClirError(f"training FAISS index {factory!r} failed: {_faiss_message(e)}") from None
+            raise ClirError(f"training FAISS index {factory!r} failed: {faiss_message(e)}") from None
     gpu_index = None
     if use_gpu is None:
         use_gpu = faiss_gpus() > 0 and not factory.startswith("HNSW")

@@ -106,8 +106,12 @@ class _Rows:
 
     @classmethod
     def read(cls, shards: list[str | Path]) -> _Rows:
-        vecs = np.concatenate([np.load(Path(s) / store.VECTORS_FILE) for s in shards])
-        pos = np.concatenate([np.load(Path(s) / store.POSITIONS_FILE) for s in shards])
+        vecs = np.concatenate(
+            [store.load_npy(Path(s) / store.VECTORS_FILE, what="vectors", kinds="f") for s in shards]
+        )
+        pos = np.concatenate(
+            [store.load_npy(Path(s) / store.POSITIONS_FILE, what="positions") for s in shards]
+        )
         row_ids = [store.read_docids(Path(s)) for s in shards]
         spans = np.concatenate([_spans(Path(s), ids) for s, ids in zip(shards, row_ids, strict=True)])
         src = np.concatenate([np.full(len(ids), i, dtype=np.int64) for i, ids in enumerate(row_ids)])

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from clir.errors import ClirError
+from clir.index.store import REFINE_NAME
 
-REFINE_FILE = "refine.npy"
+REFINE_FILE = REFINE_NAME
 #: shortlist per result re-ranked exactly (k x 40 candidates)
 K_FACTOR = 40
 PRESETS = ("large",)
@@ -49,15 +50,21 @@ def write_refine(folder: Path, chunks: Iterable[np.ndarray], n: int, dim: int) -
     """Stream the full vectors into ``folder/refine.npy`` (fp16), chunk by chunk."""
     path = folder / REFINE_FILE
     tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+        "fortran_order": False,
+        "shape": (n, dim),
+    }
     row = 0
-    for vecs in chunks:
-        out[row : row + len(vecs)] = vecs
-        row += len(vecs)
+    # written, not memory-mapped: a full disk is an OSError here, where writes through a map die of SIGBUS
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for vecs in chunks:
+            f.write(np.ascontiguousarray(vecs, dtype=np.float16).data)
+            row += len(vecs)
     if row != n:
+        tmp.unlink()
         raise ClirError(f"refine vectors: expected {n} rows, got {row}")
-    out.flush()
-    del out
     tmp.replace(path)
     return path
 
@@ -79,7 +86,15 @@ class RefinedIndex:
         path = folder / search["refine"]
         if not path.is_file():
             raise ClirError(f"{folder}: missing {search['refine']} (the index folder is incomplete)")
-        return cls(base, np.load(path, mmap_mode="r"), int(search.get("k_factor", 10)))
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ClirError(f"{path}: unreadable refine vectors ({e})") from None
+        if vectors.dtype.kind != "f" or vectors.ndim != 2 or vectors.shape[1] != base.d:
+            raise ClirError(
+                f"{path}: expected {base.d}-dimensional float vectors, got {vectors.dtype} {vectors.shape}"
+            )
+        return cls(base, vectors, int(search.get("k_factor", 10)))
 
     @property
     def ntotal(self) -> int:
@@ -122,9 +137,21 @@ def open_index(folder: Path, manifest: dict[str, Any]):
     import faiss
 
     from clir.index import store
-    from clir.index.faiss_index import use_blas_for_flat
+    from clir.index.faiss_index import faiss_message, use_blas_for_flat
 
-    index = faiss.read_index(str(folder / store.INDEX_FILE))
+    path = folder / store.INDEX_FILE
+    try:
+        index = faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as e:  # FAISS reports a truncated or foreign file as a RuntimeError
+        raise ClirError(
+            f"{path}: not a readable FAISS index ({faiss_message(e)}): the index folder is damaged"
+        ) from None
+    dim = manifest.get("dim", index.d)  # read_manifest requires it; write_faiss's fields have none
+    if index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ClirError(
+            f"{path}: a {index.d}-dimensional index (metric {index.metric_type}), but the manifest says "
+            f"{dim} dimensions, inner product: the index folder is damaged"
+        )
     use_blas_for_flat(index.d)
     search = manifest.get("search") or {}
     if search.get("refine"):
@@ -146,8 +173,6 @@ def write_faiss(
     """Build the FAISS index (``factory``, or the one ``preset`` plans for ``n`` vectors) from ``chunks()``
     (a callable giving the vectors in order) and write it, plus the refine vectors a preset asks for, into
     ``folder``. Returns the manifest fields: factory, preset, search."""
-    import os
-
     import faiss
 
     from clir.index import store
@@ -157,8 +182,10 @@ def write_faiss(
     if preset:
         factory, search = plan(preset, n, dim)
     index = build_faiss_index(dim, factory, n, chunks, train_sample=sample, max_train=max_train)
-    faiss.write_index(index, str(folder / (store.INDEX_FILE + ".tmp")))
-    os.replace(folder / (store.INDEX_FILE + ".tmp"), folder / store.INDEX_FILE)
+    with store.replacing(folder / store.INDEX_FILE) as tmp, open(tmp, "wb") as f:
+        # through Python's file: FAISS's own writer reports a write that fails when its file is closed (a
+        # full disk) on stderr only, and the build went on with a truncated index
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
     del index
     if search and search.get("refine"):
         write_refine(folder, chunks(), n, dim)

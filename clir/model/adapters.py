@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 from clir.config import ModelConfig
+from clir.config.model import check_reduction
 from clir.errors import ClirError
+from clir.model.checks import check_adapter_folder
 
 Side = Literal["query", "passage"]
 
@@ -84,6 +86,29 @@ def language_adapter_for(config: ModelConfig, side: Side, lang: str | None) -> s
             "or give documents a 'lang' field"
         )
     return config.routing.doc_map.get(lang, lang) if side == "passage" else lang
+
+
+def check_task_adapters(config: ModelConfig, model_dir: Path | None, hidden: int) -> None:
+    """Before any adapter is built: a model folder holds the task adapters of its mode (without them it
+    would encode with fresh random ones), saved ones describe sane sizes, new ones get a sane bottleneck."""
+    for name in task_adapter_names(config):
+        saved = saved_adapter(model_dir, name)
+        if saved is not None:
+            check_adapter_folder(saved, hidden)
+        elif model_dir is not None:
+            raise ClirError(
+                f"model folder {model_dir} is in {config.adapter_mode} mode but has no adapters/{name}/ (its "
+                "trained adapter): the folder is incomplete; copy it again or retrain"
+            )
+    check_reduction(config.task_adapter.reduction_factor, hidden, "task_adapter")
+
+
+def check_language_adapter(config: ModelConfig, source: str, hidden: int) -> None:
+    """A language adapter's sizes before it is built: a new one's settings, a local folder's config."""
+    if source == "new":
+        check_reduction(config.language_adapter.reduction_factor, hidden, "language_adapter")
+    elif Path(source).expanduser().is_dir():
+        check_adapter_folder(Path(source).expanduser(), hidden)
 
 
 def task_adapter_for(config: ModelConfig, side: Side) -> str:

@@ -26,6 +26,7 @@ from clir.config.model import Route
 from clir.errors import ClirError
 from clir.model import adapters as adapter_rules
 from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
+from clir.model.checks import torch_device
 from clir.model.cut import cut_long_text
 from clir.model.fingerprint import fingerprint
 from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
@@ -66,7 +67,7 @@ class DualEncoder:
         self.config = config
         self.model_dir = Path(model_dir) if model_dir else None
         self.source = source or (str(model_dir) if model_dir else config.backbone)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch_device(device)
         self._lock = threading.RLock()
         # HF fast tokenizers raise "Already borrowed" when two threads use one at once; replicas share both
         self._tokenizer_lock = threading.Lock()
@@ -120,6 +121,7 @@ class DualEncoder:
         import adapters
 
         model = self.query_model
+        adapter_rules.check_task_adapters(self.config, self.model_dir, self.dim)
         adapters.init(model)
         arch = self.config.task_adapter.to_adapters_config()
         for name in self.task_adapter_names():
@@ -140,6 +142,7 @@ class DualEncoder:
             return
         source = self.language_adapter_source(lang)
         model = self.query_model
+        adapter_rules.check_language_adapter(self.config, source, self.dim)
         with self._lock:
             if source == "new":
                 # a fresh, untrained language adapter (for MLM training or ablations)

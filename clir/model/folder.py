@@ -30,6 +30,15 @@ class WeightSources:
 
 
 def weight_sources(config: ModelConfig, model_dir: Path | None) -> WeightSources:
+    if model_dir is not None and config.adapter_mode == "full":
+        # a full-mode folder holds its trained weights; without them the base backbone would load silently
+        need = ["backbone"] if config.tied else ["query", "passage"]
+        missing = [n for n in need if not (model_dir / n).is_dir()]
+        if missing:
+            raise ClirError(
+                f"model folder {model_dir} is in full mode but has no {'/, '.join(missing)}/ (its trained "
+                "weights): the folder is incomplete; copy it again or retrain"
+            )
     full_dir = model_dir / "backbone" if model_dir and config.adapter_mode == "full" else None
     tok_dir = model_dir / "tokenizer" if model_dir and (model_dir / "tokenizer").is_dir() else None
     tokenizer = str(tok_dir or full_dir or config.backbone)
@@ -54,18 +63,33 @@ def load_tokenizer(path: str) -> Any:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ClirError(_hub_message("tokenizer", path, e)) from None
+    except Exception as e:  # a damaged file: json's RecursionError, the tokenizers library's bare Exception
+        raise ClirError(_damaged("tokenizer", path, e)) from None
 
 
 def load_backbone(path: str) -> Any:
     from transformers import AutoModel
 
+    from clir.model.checks import backbone_config
+
     path = local_path(path)
     try:
-        return AutoModel.from_pretrained(path, add_pooling_layer=False)
-    except TypeError:  # encoders without a pooler argument
-        return AutoModel.from_pretrained(path)
+        config = backbone_config(path)  # sizes checked before any weight is allocated
+        try:
+            return AutoModel.from_pretrained(path, config=config, add_pooling_layer=False)
+        except TypeError:  # encoders without a pooler argument
+            return AutoModel.from_pretrained(path, config=config)
     except (OSError, ValueError) as e:
         raise ClirError(_hub_message("backbone", path, e)) from None
+    except ClirError:
+        raise
+    except Exception as e:  # a damaged weights file (safetensors' own error type, torch's RuntimeError ...)
+        raise ClirError(_damaged("backbone", path, e)) from None
+
+
+def _damaged(what: str, path: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return f"could not load the {what} {path!r}, its files are damaged or not a model's ({first})"
 
 
 def _hub_message(what: str, path: str, err: Exception) -> str:

@@ -6,6 +6,7 @@ and the error messages are the same everywhere. Nothing is loaded or downloaded 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,5 +122,8 @@ def resolve_model(spec: str | Path, *, what: str | None = None) -> ModelRef:
         data = load_yaml(path)
         return ModelRef(s, "config", dict(data.get("model", data)))
     if looks_like_path(s) or path.exists():
-        raise ClirError(f"{what}: no such folder (resolved against {Path.cwd()}: {path.resolve()})")
+        link = " (a symbolic link to nothing: a loop?)" if path.is_symlink() else ""
+        raise ClirError(
+            f"{what}: no such folder{link} (resolved against {Path.cwd()}: {os.path.abspath(path)})"
+        )
     return ModelRef(s, "hub", {"backbone": s})  # loading says clearly if the hub is unreachable

@@ -96,6 +96,10 @@ class Searcher:
             raise ClirError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self.path = Path(index_dir)
+        if device:
+            from clir.model.checks import torch_device
+
+            torch_device(device)  # before the index opens; and not reported as the manifest's encoder failing
         # a caller that already read the manifest (the server, to group indexes by encoder) passes it on
         self._open_snapshot(manifest)
         # search settings recorded by a preset (`clir index --preset`) apply unless the caller names others
@@ -291,8 +295,19 @@ class Searcher:
         return [self.hits(scores[i], rows[i], return_text=return_text) for i in range(len(queries))]
 
 
+def check_run_tag(tag: str) -> str:
+    """A run tag is the last field of each TREC line: one word (whitespace would add fields, or lines)."""
+    from clir.data.collections import check_text
+
+    if not tag or any(c.isspace() for c in tag) or not tag.isprintable():
+        raise ClirError(f"--tag {tag!r:.60}: a run tag is one word of printable characters, without spaces")
+    check_text(tag, "--tag")
+    return tag
+
+
 def write_trec_run(path: str | Path, results: dict[str, list[Hit]], tag: str = "clir") -> Path:
     """TREC run file ``qid Q0 docid rank score tag``, written atomically."""
+    check_run_tag(tag)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -307,12 +322,9 @@ def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
     path = Path(path)
     if not path.is_file():
         raise ClirError(f"run file not found: {path}")
-    from clir.data.collections import trec_rows
+    from clir.data.collections import parse_score, trec_rows
 
     run: dict[str, dict[str, float]] = {}
     for lineno, parts in trec_rows(path, "a TREC run", "qid Q0 docid rank score tag"):
-        try:
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-        except ValueError:
-            raise ClirError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+        run.setdefault(parts[0], {})[parts[2]] = parse_score(parts[4], f"{path}:{lineno}")
     return run

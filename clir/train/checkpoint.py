@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clir.errors import ClirError
+from clir.safe_load import read_json
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -136,13 +137,43 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
         raise ClirError(f"checkpoint {ckpt / TENSORS_FILE} is unreadable ({_short(e)}): {hint}") from None
     path = ckpt / STATE_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path, what="a checkpoint state", allow_nan=True)  # a diverged loss is NaN
         state = _decode(doc, tensors)
         if not isinstance(state, dict) or not {"step", "data", "model", "optimizer", "rng"} <= set(state):
             raise ValueError("not a clir training state")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except ClirError as e:
+        raise ClirError(
+            f"checkpoint {path} is unreadable ({str(e).removeprefix(f'{path}: ')}): {hint}"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ClirError(f"checkpoint {path} is unreadable ({_short(e)}): {hint}") from None
+    wrong = _position_problem(state, ckpt)
+    if wrong:
+        raise ClirError(
+            f"checkpoint {ckpt} does not fit this run ({wrong}): delete it to resume from an earlier one, or "
+            "start over with --overwrite"
+        )
     return state
+
+
+def _position_problem(state: dict[str, Any], ckpt: Path) -> str | None:
+    """What is wrong with where a checkpoint resumes: the step its folder is named after (``step-N``), and
+    for ``clir train`` a data position of non-negative integers."""
+    step = state["step"]
+    if not _count(step):
+        return f"step {step!r:.40} is not a step number"
+    if ckpt.name.startswith("step-") and ckpt.name[5:].isdigit() and int(ckpt.name[5:]) != step:
+        return f"step {step} in a folder named {ckpt.name}"
+    data = state["data"]
+    if isinstance(data, dict) and "epoch" in data:
+        for key in ("epoch", "index"):
+            if not _count(data.get(key)):
+                return f"data.{key} {data.get(key)!r:.40} is not a position"
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53
 
 
 def _short(e: BaseException) -> str:

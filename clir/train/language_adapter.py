@@ -26,6 +26,7 @@ from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
 from clir.model.card import write_language_adapter_card
+from clir.safe_load import read_json
 from clir.train import mlm
 from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm
 from clir.train.mlm_loop import LoopSettings, train_mlm
@@ -125,8 +126,8 @@ def _check_head_split(head: str | None, dev: mlm.DevSettings) -> None:
     """A head trained here held out its dev slices by one rule; an adapter scored on another slice could be
     scored on text the head was trained on."""
     try:
-        info = json.loads((Path(head) / HEAD_INFO).read_text(encoding="utf-8")) if head else {}
-    except (OSError, ValueError):
+        info = read_json(Path(head) / HEAD_INFO) if head else {}
+    except (ClirError, OSError, ValueError):
         return  # not a head folder: loading it says so
     if isinstance(info, dict) and info.get("dev_split") not in (None, dev.__dict__):
         raise ClirError(
@@ -266,7 +267,7 @@ def _references(args, work: Path, model, head, tokenizer, source, dev, device, p
     adapter, and the unigram table of the training text."""
     saved = work / "references.json"
     if saved.is_file():
-        return json.loads(saved.read_text(encoding="utf-8"))
+        return read_json(saved)
     train_texts = 0
 
     def counted():

@@ -151,9 +151,9 @@ def load_tokenizer(backbone: str):
 
 
 def pick_device(device: str | None):
-    import torch
+    from clir.model.checks import torch_device
 
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch_device(device)
 
 
 def packs(model, tokenizer, device) -> bool:
@@ -172,12 +172,14 @@ def prepare_work(out: Path, record: dict[str, Any], *, resume: bool, overwrite: 
     import json
     import shutil
 
+    from clir.safe_load import read_json
+
     work = out.with_name(out.name + ".partial")
     saved = work / "run.json"
     if work.exists() and resume and saved.is_file():
         try:
-            before = json.loads(saved.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            before = read_json(saved)
+        except (ClirError, OSError, ValueError):
             before = None
         if before != json.loads(json.dumps(record)):
             raise ClirError(

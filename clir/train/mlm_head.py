@@ -95,13 +95,15 @@ def _load_head(model, folder: Path, backbone: str) -> str:
     import torch
     from safetensors.torch import load_file
 
+    from clir.safe_load import read_json
+
     weights, info_file = folder / HEAD_WEIGHTS, folder / HEAD_INFO
     if not weights.is_file() or not info_file.is_file():
         raise ClirError(f"--head {folder}: not a head folder ({HEAD_WEIGHTS} and {HEAD_INFO} expected)")
     try:
         saved = load_file(str(weights))
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        info = read_json(info_file)
+    except (ClirError, OSError, ValueError) as e:
         raise ClirError(f"--head {folder}: unreadable ({e})") from None
     own = _own_head_params(model)
     if set(saved) != set(own) or any(saved[n].shape != p.shape for n, p in own.items()):

@@ -7,7 +7,6 @@ half-written model under ``OUT``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from clir.config import TrainConfig, to_dict
 from clir.errors import ClirError
 from clir.model.card import write_model_folder_cards
 from clir.model.resolve import MODEL_FILE
+from clir.safe_load import loads_json
 from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,18 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
+def discard_unstarted(out: Path, *, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind: its config and log go, and the
+    folder too when this run created it (a failed run with a checkpoint keeps everything: --resume)."""
+    if list_checkpoints(out):
+        return
+    for name in (CONFIG_FILE, LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # at most a checkpoint that failed half-written
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def config_record(cfg: TrainConfig) -> dict[str, Any]:
     data = to_dict(cfg)
     data["resolved"] = {
@@ -109,11 +121,12 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
-            if json.loads(line).get("step", 0) <= step:
+            rec = loads_json(line, f"{path}:{i}", allow_nan=True)  # a diverged run logs NaN losses
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
                 keep.append(line)
-        except json.JSONDecodeError:
+        except (ClirError, TypeError):
             continue
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
@@ -150,7 +163,7 @@ def training_facts(folder: Path) -> dict[str, Any]:
     facts["lr"] = resolved.get("lr")
     try:
         last = (folder / LOG_FILE).read_text(encoding="utf-8").strip().splitlines()[-1]
-        facts["final_train_loss"] = json.loads(last)["loss"]
+        facts["final_train_loss"] = loads_json(last, str(folder / LOG_FILE))["loss"]
     except (OSError, IndexError, ValueError, KeyError):
         pass
     return {k: v for k, v in facts.items() if v is not None}

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from clir.atomic import disk_errors
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
 from clir.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
@@ -34,6 +35,7 @@ from clir.train.optim import Optimisation
 from clir.train.run_folder import (
     LOG_FILE,
     check_same_run,
+    discard_unstarted,
     prepare_out,
     truncate_log,
     write_config,
@@ -185,11 +187,34 @@ def train(
     ``stop_after``: stop (with a checkpoint) once that many optimiser steps are done, keeping the schedule of
     the whole run, so ``resume=True`` later finishes it. ``on_step(step, loss)`` runs after every step.
     ``encoder``: train this DualEncoder (built from ``cfg.model``) in place instead of building one."""
+    folder, ckpt, saved, source, created = _open_run(cfg, out, resume=resume, overwrite=overwrite)
+    try:
+        with disk_errors(
+            folder, "checkpoints already written are intact: free space, then --resume continues"
+        ):
+            return _train(
+                cfg, (folder, ckpt, saved, source), stop_after, device, on_step, show_progress, encoder
+            )
+    except BaseException:
+        discard_unstarted(folder, created=created)
+        raise
+
+
+def _train(
+    cfg: TrainConfig,
+    run_files: tuple[Path, Path | None, dict[str, Any] | None, Any],
+    stop_after: int | None,
+    device: str | None,
+    on_step: Callable[[int, float], None] | None,
+    show_progress: bool | None,
+    encoder: Any,
+) -> TrainResult:
+    """:func:`train` once its run folder is open: (folder, checkpoint, its state, triples source)."""
     import torch
 
     from clir.data.triples import TripleStream
 
-    folder, ckpt, saved, source = _open_run(cfg, out, resume=resume, overwrite=overwrite)
+    folder, ckpt, saved, source = run_files
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
     if opt_cfg.threads:
@@ -247,10 +272,10 @@ def train(
 
 def _open_run(
     cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool
-) -> tuple[Path, Path | None, dict[str, Any] | None, Any]:
-    """(run folder, checkpoint to resume from, its state, triples source): the folder checked against the
-    flags, the checkpoint against ``cfg``, the triples' files found, all before the model loads; then the
-    run's config is written."""
+) -> tuple[Path, Path | None, dict[str, Any] | None, Any, bool]:
+    """(run folder, checkpoint to resume from, its state, triples source, whether the folder is new): the
+    folder checked against the flags, the checkpoint against ``cfg``, the triples' files found, all before
+    the model loads; then the run's config is written."""
     from clir.data.triples import open_triples
 
     target = out or cfg.out
@@ -265,9 +290,10 @@ def _open_run(
     source = open_triples(cfg.data.triples)
     if hasattr(source, "ensure_available"):
         source.ensure_available()  # fail before the model loads, with one message naming every file
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     write_config(folder, cfg)
-    return folder, ckpt, saved, source
+    return folder, ckpt, saved, source, created
 
 
 def _run_steps(
