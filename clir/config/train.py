@@ -63,7 +63,8 @@ class OptimConfig:
     #: gradient clipping (null: none)
     max_grad_norm: float | None = 1.0
     seed: int = 42
-    #: autocast: auto is bf16 on GPUs that support it (fp16 with loss scaling otherwise), fp32 on CPU
+    #: autocast: auto is bf16 on GPUs that support it (fp16 with loss scaling otherwise) and on CPUs that
+    #: compute it natively (AVX512-BF16, AMX), fp32 elsewhere
     precision: TrainPrecision = "auto"
     #: torch.compile the backbone(s)
     compile: bool = False

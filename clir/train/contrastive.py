@@ -150,7 +150,7 @@ class ContrastiveStep:
             inputs, lengths = packing.pack(model, [ids[i] for i in order], enc.device)
             with KeyedDropout([texts[i].key for i in order], lengths, packed=True):
                 hidden = self._runner(model)(**inputs).last_hidden_state
-            vecs = enc.finish(packing.pool_packed(hidden, lengths, enc.config.pooling))
+            vecs = enc.finish(pool_packed(hidden, lengths, enc.config.pooling))
             back = [0] * len(order)
             for row, i in enumerate(order):
                 back[i] = row
@@ -245,3 +245,24 @@ def _side_order(texts: Sequence[TrainText]) -> list[int]:
     ps = [i for i, t in enumerate(texts) if t.side != "query"]
     at = {i: j for j, i in enumerate(qs + ps)}
     return [at[i] for i in range(len(texts))]
+
+
+def pool_packed(hidden: Any, lengths: Sequence[int], pooling: str) -> Any:
+    """One vector per text of a packed row: its first token (``cls``) or the mean of its tokens, in a few
+    tensor operations (a GPU would launch kernels per text in a loop), fp32."""
+    import torch
+
+    rows = hidden[0]
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    if pooling == "cls":
+        return rows[torch.tensor(starts, device=rows.device)].float()
+    width = max(lengths)
+    idx = torch.tensor(
+        [[s + min(j, n - 1) for j in range(width)] for s, n in zip(starts, lengths, strict=True)],
+        device=rows.device,
+    )
+    n = torch.tensor(lengths, device=rows.device)
+    valid = torch.arange(width, device=rows.device)[None, :] < n[:, None]
+    return (rows[idx].float() * valid[..., None]).sum(1) / n[:, None]

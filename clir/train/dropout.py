@@ -15,18 +15,19 @@ fused kernels draw their own bits.
 :class:`KeyedDropout` is a TorchFunctionMode over one forward of a batch whose texts are laid out either
 padded (text i is row i) or packed (texts end to end in one row, ``lengths`` each). The n-th dropout call
 of the forward is call n for every text, so a text's masks are the same in any batch, chunk or process,
-provided its key is."""
+provided its key is. Packed attention runs in a few buckets of similar lengths (:func:`buckets`), not one
+call per text, which on a GPU would be a kernel launch each."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from clir.model.packing import SegmentedAttention
+from torch.overrides import TorchFunctionMode
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
@@ -87,28 +88,37 @@ def keep_mask(index: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, p: 
     return mix32(index * mult + offset) >= keep_threshold(p)
 
 
-class KeyedDropout(SegmentedAttention):
+def buckets(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive texts of a packed row grouped for attention: (first text, end) spans whose lengths stay
+    above half of the span's first (longest when the row is sorted longest first), so padding a bucket to
+    its longest text at most quadruples its attention work, and a row takes a few calls, not one per text."""
+    out: list[tuple[int, int]] = []
+    for i, n in enumerate(lengths):
+        if out and lengths[out[-1][0]] >= n > lengths[out[-1][0]] // 2:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+class KeyedDropout(TorchFunctionMode):
     """Within the block, dropout in the texts' forward uses keyed masks (see the module docstring).
 
     ``keys``: one per text, in layout order; ``lengths``: each text's tokens; ``packed``: texts end to end in
-    one row (attention then runs per text, as :class:`~clir.model.packing.SegmentedAttention` does) rather
-    than one padded row each."""
+    one row (attention then runs per text, in :func:`buckets` of similar lengths padded to their longest)
+    rather than one padded row each. Training only: the packed vectors equal padded ones within float
+    tolerance, not bit for bit (inference packs with :class:`clir.model.packing.SegmentedAttention`)."""
 
     def __init__(self, keys: Sequence[int], lengths: Sequence[int], *, packed: bool) -> None:
-        super().__init__(lengths if packed else [1])
+        super().__init__()
         if len(keys) != len(lengths):
             raise ValueError("one key per text")
         self.keys = list(keys)
         self.lengths = list(lengths)
         self.packed = packed
+        self.total = sum(lengths)
         self.calls = 0
-        # each run of equal-length texts starts at text number ...
-        self.run_text: list[int] = []
-        done = 0
-        for _, _, count in self.runs if packed else ():
-            self.run_text.append(done)
-            done += count
-        self._token_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._cache: dict[tuple[Any, ...], Any] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -126,16 +136,35 @@ class KeyedDropout(SegmentedAttention):
         offset = torch.tensor([o for _, o in pairs], dtype=torch.int32, device=device)
         return mult, offset
 
-    def _tokens(self, what: str, device) -> torch.Tensor:
-        """Per token of the packed row: its text's number (``text``) or its position in the text (``pos``)."""
-        key = (what, device)
-        if key not in self._token_cache:
-            if what == "text":
-                values = [i for i, n in enumerate(self.lengths) for _ in range(n)]
-            else:
-                values = [j for n in self.lengths for j in range(n)]
-            self._token_cache[key] = torch.tensor(values, dtype=torch.long, device=device)
-        return self._token_cache[key]
+    def _tokens(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per token of the packed row: its text's number and its position in the text."""
+        key = ("tokens", device)
+        if key not in self._cache:
+            text = [i for i, n in enumerate(self.lengths) for _ in range(n)]
+            pos = [j for n in self.lengths for j in range(n)]
+            self._cache[key] = (
+                torch.tensor(text, dtype=torch.long, device=device),
+                torch.tensor(pos, dtype=torch.int32, device=device),
+            )
+        return self._cache[key]
+
+    def _bucket_index(self, first: int, end: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token index (texts, width) into the packed row, clamped within each text; validity mask) of the
+        texts ``first:end`` padded to the longest."""
+        key = ("bucket", first, end, device)
+        if key not in self._cache:
+            starts = [sum(self.lengths[:t]) for t in range(first, end)]
+            width = max(self.lengths[first:end])
+            idx = [
+                [s + min(j, n - 1) for j in range(width)]
+                for s, n in zip(starts, self.lengths[first:end], strict=True)
+            ]
+            valid = [[j < n for j in range(width)] for n in self.lengths[first:end]]
+            self._cache[key] = (
+                torch.tensor(idx, dtype=torch.long, device=device),
+                torch.tensor(valid, dtype=torch.bool, device=device),
+            )
+        return self._cache[key]
 
     # ------------------------------------------------------------------ hidden-state dropout
     def _dropout(self, x, p=0.5, training=True, inplace=False):
@@ -151,8 +180,7 @@ class KeyedDropout(SegmentedAttention):
                 raise ValueError(
                     f"keyed dropout: {tuple(x.shape)} is not the packed row of {self.total} tokens"
                 )
-            text = self._tokens("text", x.device)
-            pos = self._tokens("pos", x.device).to(torch.int32)
+            text, pos = self._tokens(x.device)
             index = pos[:, None] * width + torch.arange(width, dtype=torch.int32, device=x.device)
             keep = keep_mask(index, mult[text][:, None], offset[text][:, None], p).unsqueeze(0)
         else:
@@ -163,39 +191,42 @@ class KeyedDropout(SegmentedAttention):
             keep = keep_mask(index.unsqueeze(0), mult[:, None, None], offset[:, None, None], p)
         return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
-    # ------------------------------------------------------------------ attention dropout
+    # ------------------------------------------------------------------ attention
     def _attend(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        if is_causal or kw:
+            raise ValueError("keyed dropout: causal or grouped attention is not supported")
         if not self.packed:
             if dropout_p == 0.0:
-                return F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **kw
-                )
-            if is_causal or kw:
-                raise ValueError("keyed dropout: causal or grouped attention is not supported")
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
             n = torch.tensor(self.lengths, dtype=torch.int32, device=q.device)
             out = self._attention(q, k, v, attn_mask, dropout_p, scale, range(len(self.keys)), n)
             self.calls += 1
             return out
-        if dropout_p == 0.0:
-            return super()._attend(q, k, v, attn_mask, 0.0, is_causal, scale=scale, **kw)
-        if attn_mask is not None or is_causal or kw:
-            raise ValueError("keyed dropout: the packed row takes no attention mask or causal attention")
+        if attn_mask is not None:
+            raise ValueError("keyed dropout: the packed row takes no attention mask")
         if not (q.shape[0] == k.shape[0] == 1 and q.shape[-2] == k.shape[-2] == self.total):
             raise ValueError(f"attention over {tuple(q.shape)} is not one packed row of {self.total} tokens")
         out = []
-        for (first, length, count), t0 in zip(self.runs, self.run_text, strict=True):
-            span = slice(first, first + length * count)
+        for first, end in buckets(self.lengths):
+            idx, valid = self._bucket_index(first, end, q.device)
 
-            def per_text(x, span=span, count=count, length=length):
-                return x[0, :, span].unflatten(1, (count, length)).transpose(0, 1)  # (texts, heads, len, dim)
+            def per_text(x, idx=idx):
+                return x[0][:, idx].transpose(0, 1)  # (texts, heads, width, dim)
 
-            n = torch.full((count,), length, dtype=torch.int32, device=q.device)
-            o = self._attention(
-                per_text(q), per_text(k), per_text(v), None, dropout_p, scale, range(t0, t0 + count), n
-            )
-            out.append(o.transpose(0, 1).flatten(1, 2))
-        self.calls += 1
-        return torch.cat(out, dim=1).unsqueeze(0)
+            mask = valid[:, None, None, :]
+            if dropout_p == 0.0:
+                o = F.scaled_dot_product_attention(
+                    per_text(q), per_text(k), per_text(v), attn_mask=mask, scale=scale
+                )
+            else:
+                n = torch.tensor(self.lengths[first:end], dtype=torch.int32, device=q.device)
+                o = self._attention(
+                    per_text(q), per_text(k), per_text(v), mask, dropout_p, scale, range(first, end), n
+                )
+            out.append(o.transpose(1, 2)[valid])  # (tokens, heads, dim), in row order
+        if dropout_p != 0.0:
+            self.calls += 1
+        return torch.cat(out).transpose(0, 1).unsqueeze(0)
 
     def _attention(self, q, k, v, attn_mask, p, scale, texts: range, n: torch.Tensor):
         """Softmax attention with keyed dropout on the probabilities of ``texts`` (batch rows of q/k/v),

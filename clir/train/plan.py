@@ -195,7 +195,8 @@ def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = Fa
     plan.add("optimiser", f"AdamW lr {cfg.lr:g}, weight decay {o.weight_decay:g}, clip {o.max_grad_norm}")
     plan.add("loss", f"contrastive, temperature {cfg.temperature:g}")
     plan.add(
-        "precision", f"{o.precision} (auto: bf16 on GPU, fp32 on CPU){', torch.compile' if o.compile else ''}"
+        "precision",
+        f"{o.precision} (auto: bf16 on GPUs and on CPUs with native bf16, else fp32){', torch.compile' if o.compile else ''}",
     )
     plan.add("seed", str(o.seed))
     plan.add("checkpoints", f"every {cfg.checkpoint.every} steps, keep {cfg.checkpoint.keep}")

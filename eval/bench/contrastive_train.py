@@ -1,0 +1,321 @@
+"""Benchmark: contrastive training steps of ``clir train`` against the trainer before issue 31, side by side
+in one run: the paper-small task arm (multilingual-e5-small, task adapter, WikiQA triples, batch 16 x 1 hard
+negative, 32/64 tokens), each contender its own encoder and optimiser on the same triples in the same order,
+steps alternating between contenders, one thread per process (the configs' ``threads: 1``).
+
+Contenders: the old step (a padded batch per side, two forwards, torch's dropout, fp32; its code kept below
+as it was), the new step in fp32 (packed, keyed dropout), the new step with bf16 autocast, and optionally
+GradCache. Each is scored by steps per second (median step time) and by its dev loss at equal steps: the
+in-batch loss (batches of 16, fp32, dropout off) of held-out questions (every 20th by a hash of its text).
+
+    python -m eval.bench.contrastive_train [--steps 60] [--grad-cache] [--ddp]     # ~10 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from eval.bench import common
+
+log = logging.getLogger(__name__)
+TITLE = "Contrastive training step (clir train)"
+CONFIG = common.REPO / "configs" / "train" / "e5-small-task-wikiqa.yaml"
+TRIPLES = common.SHARED / "data" / "train" / "wikiqa-triples.jsonl"
+TODAY = "before issue 31: padded, 2 forwards, fp32"
+
+
+def is_dev(query: str) -> bool:
+    """Every 20th question (by a hash of its text) is held out: the dev loss never sees a training query."""
+    return int(hashlib.sha1(query.encode()).hexdigest(), 16) % 20 == 0
+
+
+def split(triples: Path, folder: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """(training file without the dev questions, dev records)."""
+    train_path = folder / "train.jsonl"
+    dev = []
+    with open(triples, encoding="utf-8") as f, open(train_path, "w", encoding="utf-8") as out:
+        for line in f:
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if is_dev(rec["query"]):
+                dev.append(rec)
+            else:
+                out.write(line)
+    return train_path, dev
+
+
+def legacy_step(run: Any, batch: list[Any]) -> float:
+    """The step of ``clir train`` before issue 31 (clir/train/trainer.py ``_train_step``, grad_accum 1):
+    queries and passages each padded to their longest text, two forwards, torch's generator for dropout."""
+    import torch
+
+    from clir.train.loss import contrastive_loss, false_negative_mask
+
+    encoder, opt, cfg = run.encoder, run.opt, run.cfg
+    queries = [e.query for e in batch]
+    passages = [e.positive for e in batch] + [n for e in batch for n in e.negatives]
+    own = list(range(len(batch)))
+    mask = false_negative_mask([e.positives for e in batch], passages, own)
+    with opt.autocast(encoder.device):
+        qv = encoder.forward(encoder.tokenize(queries, "query"), "query", cfg.train_lang)
+        pv = encoder.forward(encoder.tokenize(passages, "passage"), "passage", cfg.train_lang)
+        loss = contrastive_loss(qv, pv, torch.tensor(own), cfg.temperature, mask)
+    opt.backward(loss)
+    opt.step(cfg.optim.max_grad_norm)
+    return float(loss.detach())
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    cfg: Any
+    encoder: Any
+    opt: Any
+    stepper: Any
+    examples: Any
+    legacy: bool = False
+    times: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+    dev: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def step(self) -> None:
+        batch = [next(self.examples) for _ in range(self.cfg.optim.batch_size)]
+        t = time.perf_counter()
+        if self.legacy:
+            loss = legacy_step(self, batch)
+        else:
+            loss = self.stepper.run([batch], len(self.times))
+            self.opt.step(self.cfg.optim.max_grad_norm)
+        self.times.append(time.perf_counter() - t)
+        self.losses.append(loss)
+
+
+def contender(name: str, cfg: Any, train_path: Path, *, legacy: bool = False, **optim: Any) -> Contender:
+    from clir.data.triples import TripleStream, open_triples
+    from clir.train.contrastive import ContrastiveStep
+    from clir.train.distributed import Dist
+    from clir.train.optim import Optimisation
+    from clir.train.trainer import _seed_everything, _training_encoder
+
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **optim))
+    _seed_everything(cfg.optim.seed)
+    encoder = _training_encoder(cfg, None, "cpu")
+    opt = Optimisation.build(cfg, encoder)
+    stream = TripleStream(
+        open_triples(train_path),
+        negatives=cfg.data.negatives,
+        shuffle_block=cfg.data.shuffle_block,
+        seed=cfg.optim.seed,
+    )
+    return Contender(
+        name, cfg, encoder, opt, ContrastiveStep(cfg, encoder, opt, Dist()), iter(stream), legacy
+    )
+
+
+def dev_loss(c: Contender, dev: list[dict[str, Any]], batch: int = 16) -> float:
+    """Mean in-batch loss of the dev records (fp32, dropout off; the same code for every contender)."""
+    import torch
+
+    from clir.data.triples import Example
+    from clir.train.contrastive import layout
+    from clir.train.distributed import Dist
+
+    for m in c.encoder.models():
+        m.eval()
+    losses = []
+    with torch.no_grad():
+        for i in range(0, len(dev) - batch + 1, batch):
+            ex = [
+                Example(
+                    r["query"], r["positive"], [r["negative"]] if "negative" in r else [], [r["positive"]]
+                )
+                for r in dev[i : i + batch]
+            ]
+            lay = layout(ex, Dist(), ("dev", i))
+            reps = c.stepper.encode(lay.queries + lay.passages)
+            n = len(lay.queries)
+            losses.append(float(c.stepper.loss(lay, reps[:n], reps[n:])[0]))
+    for m in c.encoder.models():
+        m.train()
+    return sum(losses) / len(losses)
+
+
+def ddp_rows(config: Path, train_path: Path, steps: int, rounds: int) -> list[list[Any]]:
+    """``clir train`` as a user runs it: torchrun with 2 processes (1 thread each by the thread rule; batch 8
+    each, global 16) against one process with 2 threads at batch 16, alternating runs; steps/s from
+    train_log.jsonl, the first interval (model loading, the packing probe) left out."""
+    import yaml
+
+    env = dict(os.environ, PYTHONPATH=str(common.REPO), CLIR_E5_SMALL=str(common.E5_DIR))
+    runs: dict[str, list[float]] = {
+        "torchrun, 2 processes x 1 thread, batch 8 each": [],
+        "1 process x 2 threads, batch 16": [],
+    }
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data["optim"]["threads"] = None  # the thread rule decides
+        data["log_every"] = max(1, steps // 3)
+        cfg = Path(tmp) / "config.yaml"
+        cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+        for r in range(rounds):
+            for name in runs if r % 2 == 0 else reversed(list(runs)):
+                out = Path(tmp) / f"out-{r}-{name[:3]}"
+                args = [
+                    "-m",
+                    "clir",
+                    "-q",
+                    "train",
+                    "--config",
+                    str(cfg),
+                    "--out",
+                    str(out),
+                    "--triples",
+                    str(train_path),
+                ]
+                args += ["--max-steps", str(steps)]
+                if name.startswith("torchrun"):
+                    cmd = [
+                        py,
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        "--nproc_per_node",
+                        "2",
+                        *args,
+                        "--batch-size",
+                        "8",
+                    ]
+                else:
+                    cmd = [py, *args, "--batch-size", "16"]
+                subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=common.REPO)
+                recs = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+                runs[name] += [rec["triples_per_s"] / 16 for rec in recs[1:]]
+    return [[name, common.median(v), common.spread(v)] for name, v in runs.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=60, help="optimiser steps per contender")
+    p.add_argument("--dev-every", type=int, default=30, help="dev loss every N steps (and at the end)")
+    p.add_argument(
+        "--grad-cache", action="store_true", help="add GradCache (chunks of 16 texts) as a contender"
+    )
+    p.add_argument(
+        "--ddp", type=int, default=0, metavar="STEPS", help="also time torchrun x 2 against 1 process"
+    )
+    p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
+    args = p.parse_args(argv)
+    common.quiet_libraries()
+    common.require_shared()
+    load = common.load_avg()
+    os.environ.setdefault("CLIR_E5_SMALL", str(common.E5_DIR))
+    os.environ.setdefault("CLIR_SHARED", str(common.SHARED))
+    import torch
+
+    from clir.config import load_train_config
+
+    torch.set_num_threads(1)
+    cfg = load_train_config(CONFIG)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_path, dev = split(TRIPLES, Path(tmp))
+        contenders = [
+            contender(TODAY, cfg, train_path, legacy=True, precision="fp32"),
+            contender("issue 31: packed, keyed dropout, fp32", cfg, train_path, precision="fp32"),
+            contender("issue 31: packed, keyed dropout, bf16 autocast", cfg, train_path, precision="bf16"),
+        ]
+        if args.grad_cache:
+            contenders.append(
+                contender(
+                    "issue 31: bf16 + GradCache, chunks of 16 texts",
+                    cfg,
+                    train_path,
+                    precision="bf16",
+                    grad_cache=True,
+                    grad_cache_chunk=16,
+                )
+            )
+        for s in range(1, args.steps + 1):
+            for c in contenders if s % 2 else reversed(contenders):
+                c.step()
+            if s % args.dev_every == 0 or s == args.steps:
+                for c in contenders:
+                    c.dev[s] = dev_loss(c, dev)
+                log.info("step %d: %s", s, {c.name: round(c.dev[s], 4) for c in contenders})
+        ddp = ddp_rows(CONFIG, train_path, args.ddp, 2) if args.ddp else []
+    body = report(contenders, dev, args, ddp, load)
+    print(body)
+    if not args.no_write:
+        common.save_json(
+            "contrastive_train",
+            {
+                "contenders": {
+                    c.name: {"times": c.times, "losses": c.losses, "dev": c.dev} for c in contenders
+                },
+                "ddp": ddp,
+                "machine": common.machine(),
+            },
+        )
+        common.write_section(TITLE, body)
+    return 0
+
+
+def report(
+    contenders: list[Contender], dev: list[dict[str, Any]], args: Any, ddp: list[list[Any]], load: str
+) -> str:
+    today = common.median(contenders[0].times[1:])
+    rows = []
+    for c in contenders:
+        t = common.median(c.times[1:])  # the first step probes packing and warms caches
+        rows.append(
+            [
+                c.name,
+                t,
+                1 / t,
+                today / t,
+                *(c.dev[s] for s in sorted(c.dev)),
+                sum(c.losses[-10:]) / len(c.losses[-10:]),
+            ]
+        )
+    steps = sorted(contenders[0].dev)
+    headers = [
+        "trainer",
+        "s / step",
+        "steps / s",
+        "speed-up vs before",
+        *(f"dev loss @ {s}" for s in steps),
+        "train loss, last 10 steps",
+    ]
+    parts = [
+        f"Task-adapter arm of paper-small (`configs/train/e5-small-task-wikiqa.yaml`): multilingual-e5-small, "
+        f"batch 16 WikiQA triples (1 hard negative), {args.steps} steps per trainer on the same triples in the "
+        f"same order, steps alternating between trainers, one thread; median step time (first step left out). "
+        f"Dev loss: {len(dev) // 16 * 16} held-out WikiQA triples (every 20th question), in-batch loss over "
+        "batches of 16, fp32, dropout off.",
+        common.table(headers, rows),
+    ]
+    if ddp:
+        parts.append(
+            "`clir train` end to end on the 2 cores, the new trainer with the config's precision (fp32 here): "
+            "steps/s from train_log.jsonl over 2 alternating runs each (the same global batch of 16; model "
+            "loading left out):\n\n" + common.table(["run", "steps / s (median)", "steps / s (spread)"], ddp)
+        )
+    parts.append(common.conditions(load))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    raise SystemExit(main())
