@@ -225,7 +225,18 @@ def _ddp_worker(rank: int, world: int, port: int, tiny_bert: str, triples: str, 
     assert not part.finished and part.checkpoint is not None and part.checkpoint.name == "step-00000003"
     assert train(cfg, out=out / "P", resume=True, show_progress=False).finished
     train(cfg, out=out / "Q", stop_after=3, show_progress=False)
-    torch.save({"losses": losses, "grads": grads[:6], "written": written}, Path(root) / f"rank{rank}.pt")
+    cached = dataclasses.replace(
+        cfg, optim=dataclasses.replace(cfg.optim, grad_cache=True, grad_cache_chunk=5)
+    )
+    train(cached, out=out / "G", show_progress=False)
+    local = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, cross_device_negatives=False))
+    local_losses: list[float] = []
+    train(local, out=out / "L", on_step=lambda s, loss: local_losses.append(loss), show_progress=False)
+    losses += local_losses
+    torch.save(
+        {"losses": losses[:6], "local": losses[6:], "grads": grads[:6], "written": written},
+        Path(root) / f"rank{rank}.pt",
+    )
 
 
 def test_two_processes_equal_one_at_double_batch(tiny_bert, triples, tmp_path):
@@ -264,6 +275,12 @@ def test_two_processes_equal_one_at_double_batch(tiny_bert, triples, tmp_path):
     assert sorted(p.name for p in (runs / "A").iterdir()) == sorted(p.name for p in (runs / "B").iterdir())
     log = [json.loads(x) for x in (runs / "A" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+    # GradCache under DDP (chunks of 5 texts, gradients exchanged once) trains the same weights
+    g = adapter_weights(runs / "G")
+    assert max((a[k] - g[k]).abs().max().item() for k in a) < 1e-4
+    # local negatives: each rank's loss over its own share, averaged for the log (the same on both ranks)
+    assert ranks[0]["local"] == ranks[1]["local"] and ranks[0]["local"][0] != ranks[0]["losses"][0]
 
     # resumed on the same world size: byte for byte the uninterrupted run
     for f in (runs / "A").rglob("*"):
@@ -304,6 +321,24 @@ def test_resume_on_another_world_size_keeps_the_global_batch(tiny_bert, triples,
     # a config written before a setting existed matches that setting's default
     del saved["optim"]["grad_cache"], saved["optim"]["cross_device_negatives"]
     resume(2, 4)
+
+
+def test_thread_rule_and_shares(monkeypatch):
+    from clir.train import distributed
+    from clir.train.distributed import Dist, thread_count
+
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    assert thread_count(None, Dist()) is None  # a lone process: torch's default
+    assert thread_count(None, Dist(rank=1, world=2, local_rank=1, local_world=2)) == 1
+    assert thread_count(None, Dist(rank=3, world=4, local_rank=3, local_world=4)) == 1
+    assert thread_count(3, Dist(rank=1, world=2, local_rank=1, local_world=2)) == 3  # optim.threads wins
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 16)
+    assert thread_count(None, Dist(rank=9, world=16, local_rank=1, local_world=8)) == 2
+    assert Dist(rank=1, world=2).share(list(range(8))) == [4, 5, 6, 7]
+    stream = iter(range(100))
+    assert Dist(rank=1, world=2).take(stream, 3) == [3, 4, 5] and next(stream) == 6
+    with pytest.raises(ValueError):
+        Dist(rank=0, world=3).share(list(range(8)))
 
 
 # ---------------------------------------------------------------------- a rank killed

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,6 +56,11 @@ class Dist:
         size = len(items) // self.world
         return list(items[self.rank * size : (self.rank + 1) * size])
 
+    def take(self, items: Iterator[T], per_rank: int) -> list[T]:
+        """This rank's share of the next global batch of ``per_rank x world`` items from ``items`` (every
+        rank iterates the same seeded stream, so the global batch is the same for any world size)."""
+        return self.share([next(items) for _ in range(per_rank * self.world)])
+
     # ------------------------------------------------------------------ control
     def on_main(self, fn: Callable[[], T]) -> T | None:
         """Run ``fn`` on rank 0 only and wait for it everywhere; a ClirError it raises is raised on every
@@ -90,8 +95,8 @@ class Dist:
 
             td.barrier()
 
-    def mean(self, value: float) -> float:
-        """The mean of a float over ranks (for logging a rank-local loss)."""
+    def sum(self, value: float) -> float:
+        """The sum of a number over ranks (e.g. masked tokens in a global MLM batch, to normalise a loss)."""
         if not self.enabled:
             return value
         import torch
@@ -99,7 +104,11 @@ class Dist:
 
         t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
         td.all_reduce(t)
-        return float(t.item()) / self.world
+        return float(t.item())
+
+    def mean(self, value: float) -> float:
+        """The mean of a float over ranks (for logging a rank-local loss)."""
+        return self.sum(value) / self.world if self.enabled else value
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any (a stop request seen by one rank stops all)."""

@@ -191,6 +191,16 @@ def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = Fa
         f"{o.batch_size} triples x {o.grad_accum} accumulation = {o.batch_size * o.grad_accum} per step, "
         f"{cfg.data.negatives} hard negative(s) each + in-batch negatives",
     )
+    plan.add(
+        "under torchrun",
+        f"x processes (global batch {o.batch_size} x N), negatives "
+        + ("shared across processes" if o.cross_device_negatives else "local to each process"),
+    )
+    plan.add(
+        "steps run",
+        ("packed where the model allows" if o.packing else "padded")
+        + (f", GradCache in chunks of {o.grad_cache_chunk} texts" if o.grad_cache else ""),
+    )
     plan.add("steps", f"{o.max_steps} ({cfg.warmup_steps} warm-up, linear decay)")
     plan.add("optimiser", f"AdamW lr {cfg.lr:g}, weight decay {o.weight_decay:g}, clip {o.max_grad_norm}")
     plan.add("loss", f"contrastive, temperature {cfg.temperature:g}")

@@ -207,22 +207,11 @@ def train(
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see clir/train/distributed.py."""
     from clir.data.triples import TripleStream
 
-    dist = distributed.setup(device)
-    if not dist.is_main:
-        logging.getLogger("clir").setLevel(logging.WARNING)  # one process reports
+    dist = _join(cfg, device)
     folder, ckpt, saved, source = _open_run(cfg, out, resume=resume, overwrite=overwrite, dist=dist)
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
-    threads = distributed.apply_threads(opt_cfg.threads, dist)
-    if dist.enabled:
-        log.info(
-            "%d processes (%s), %d thread(s) each; global batch %d x %d",
-            dist.world,
-            dist.backend,
-            threads,
-            opt_cfg.batch_size,
-            dist.world,
-        )
+    distributed.apply_threads(opt_cfg.threads, dist)
     encoder = _training_encoder(cfg, encoder, dist.device or device)
     opt = Optimisation.build(cfg, encoder)
     step, data_state = 0, {"epoch": 0, "index": 0}
@@ -231,13 +220,7 @@ def train(
         step, data_state = opt.restore(saved, ckpt)
         if dist.is_main:
             truncate_log(folder / LOG_FILE, step)
-        log.info(
-            "resumed from %s (step %d, epoch %d, record %d)",
-            ckpt,
-            step,
-            data_state["epoch"],
-            data_state["index"],
-        )
+        log.info("resumed from %s (step %d, epoch %d, record %d)", ckpt, step, *data_state.values())
     del saved
 
     stream = TripleStream(
@@ -276,6 +259,23 @@ def train(
     dist.on_main(lambda: write_model(encoder, folder, keep_checkpoints=cfg.checkpoint.keep_after_training))
     log.info("wrote %s (%d steps, %.1f triples/s)", folder, run.step, tps)
     return TrainResult(folder, run.step, True, run.last_loss, tps, seconds, None, dist.rank)
+
+
+def _join(cfg: TrainConfig, device: str | None) -> Dist:
+    """This process's place in the run (one process, or a rank under torchrun); only rank 0 reports."""
+    dist = distributed.setup(device)
+    if not dist.is_main:
+        logging.getLogger("clir").setLevel(logging.WARNING)
+    if dist.enabled:
+        log.info(
+            "%d processes (%s), %s thread(s) each; global batch %d x %d",
+            dist.world,
+            dist.backend,
+            distributed.thread_count(cfg.optim.threads, dist) or "default",
+            cfg.optim.batch_size,
+            dist.world,
+        )
+    return dist
 
 
 def _open_run(

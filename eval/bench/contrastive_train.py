@@ -159,6 +159,7 @@ def ddp_rows(config: Path, train_path: Path, steps: int, rounds: int) -> list[li
     import yaml
 
     env = dict(os.environ, PYTHONPATH=str(common.REPO), CLIR_E5_SMALL=str(common.E5_DIR))
+    env.pop("OMP_NUM_THREADS", None)  # the thread rule decides: torchrun's processes 1 each, a lone one all
     runs: dict[str, list[float]] = {
         "torchrun, 2 processes x 1 thread, batch 8 each": [],
         "1 process x 2 threads, batch 16": [],
