@@ -154,7 +154,7 @@ def _optimizer(named: list[tuple[str, Any]], lr: float, weight_decay: float):
 
 def _amp(precision: str, device) -> tuple[Any, bool]:
     """(autocast dtype or None, use a loss scaler). ``auto``: bf16 where the hardware computes it natively
-    (a GPU with bf16, else fp16 with a loss scaler; a CPU with AVX512-BF16 or AMX: 1.45x fp32 per step on
+    (a GPU with bf16, else fp16 with a loss scaler; a CPU with AVX512-BF16 or AMX: 1.48x packed fp32 per step on
     e5-small with the same dev loss, eval/bench/RESULTS.md), fp32 elsewhere."""
     import torch
 
