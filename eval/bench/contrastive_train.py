@@ -280,9 +280,7 @@ def run_contenders(cfg: Any, train_path: Path, dev: list[dict[str, Any]], args: 
     return contenders
 
 
-def report(
-    contenders: list[Contender], dev: list[dict[str, Any]], args: Any, ddp: list[list[Any]], load: str
-) -> str:
+def report(contenders: list[Contender], dev: list[dict[str, Any]], args: Any, load: str) -> str:
     today = common.median(contenders[0].times[1:])
     rows = []
     for c in contenders:
@@ -314,13 +312,14 @@ def report(
         "batches of 16, fp32, dropout off.",
         common.table(headers, rows),
     ]
-    parts.append(notes(contenders))
-    parts.append(common.conditions(load))
-    return "\n\n".join(parts)
+    parts += [notes(contenders), common.conditions(load)]
+    return "\n\n".join(p for p in parts if p)
 
 
 def notes(contenders: list[Contender]) -> str:
-    """What the table says, with its numbers."""
+    """What the table says, with its numbers (the three main contenders; nothing without them)."""
+    if len(contenders) < 3:
+        return ""
     before, fp32, bf16 = contenders[:3]
     t = {c.name: common.median(c.times[1:]) for c in contenders}
     last = max(before.dev)
