@@ -203,6 +203,10 @@ def ddp_report(rows: list[list[Any]], steps: int, load: str) -> str:
             common.table(
                 ["run", "steps / s (median)", "steps / s (spread)", "vs 1 process x 1 thread"], table
             ),
+            "Two processes can only gain what the second core is free for: on a quiet machine up to ~2x, under "
+            "other jobs' load much less. Two OpenMP threads in one process are the worst choice on a shared "
+            "machine: they spin-wait for each other at every parallel region while other jobs hold a core, "
+            "hence the thread rule (one thread per process when processes share the cores).",
             common.conditions(load),
         ]
     )
