@@ -174,3 +174,36 @@ def test_serve_load_reports_the_machines_steal_over_its_slices():
     sum(i * i for i in range(200_000))  # some CPU time passes
     shares = common.cpu_shares(common.ticks_between(before, common.cpu_ticks()))
     assert not shares or 0 <= shares["steal"] <= 1 and 0 <= shares["idle"] <= 1
+
+
+def test_contrastive_train_contenders_on_the_tiny_model(tiny_bert, tmp_path, one_torch_thread):
+    import json
+
+    from clir.config import AdapterArch, DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from clir.testing import _LINES
+    from eval.bench.contrastive_train import contender, dev_loss, report, split
+
+    en, de = _LINES["en"], _LINES["de"]
+    triples = tmp_path / "t.jsonl"
+    rows = [
+        {"query": f"{en[i % 8]} {r}", "positive": de[i % 8], "negative": de[(i + 1) % 8]}
+        for r in range(40)
+        for i in range(8)
+    ]
+    triples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_path, dev = split(triples, tmp_path)
+    assert dev and len(dev) + len(train_path.read_text().splitlines()) == len(rows)
+    cfg = TrainConfig(
+        model=ModelConfig(
+            backbone=str(tiny_bert), adapter_mode="task", task_adapter=AdapterArch(reduction_factor=2)
+        ),
+        data=DataConfig(triples=str(train_path), shuffle_block=8),
+        optim=OptimConfig(batch_size=4, max_steps=10, lr=1e-2, precision="fp32"),
+    )
+    cs = [contender("before", cfg, train_path, legacy=True), contender("now", cfg, train_path)]
+    for c in cs:
+        c.step()
+        c.step()
+        c.dev[2] = dev_loss(c, dev, batch=4)
+    assert all(len(c.times) == 2 and c.dev[2] > 0 for c in cs)
+    assert "| before |" in report(cs, dev, type("A", (), {"steps": 2})(), "0 0 0")

@@ -17,11 +17,14 @@ modes it holds only the adapters and the encoder settings.
   clir train --config configs/train/e5-small-task-wikiqa.yaml --max-steps 200
   clir train --config configs/train/mbert-madx-msmarco.yaml --dry-run
   clir train --config configs/train/mbert-task-msmarco.yaml --resume
+  torchrun --nproc_per_node 8 -m clir train --config configs/train/mbert-task-msmarco.yaml   # 8 GPUs, DDP
 
 Triples: a JSONL file ({"query", "positive", "negative"} or {"query", "positives": [...], "negatives": [...]})
 or irds:<id> with docpairs (irds:msmarco-passage/train/triples-small), streamed.
 Checkpoints go to OUT/checkpoints every checkpoint.every steps; --resume continues the last one exactly.
-Ctrl-C stops after the current step with a checkpoint."""
+Ctrl-C stops after the current step with a checkpoint.
+Under torchrun each process trains on its share of every global batch (optim.batch_size per process, negatives
+shared across processes: optim.cross_device_negatives); rank 0 writes OUT (docs/training-at-scale.md)."""
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +115,22 @@ def run(args: argparse.Namespace) -> int:
 
     from clir.model.checks import torch_device
     from clir.train import train
+    from clir.train.distributed import teardown
 
     torch_device(args.device)  # before the run folder is touched
-    res = train(
-        cfg,
-        out=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        stop_after=args.stop_after,
-        device=args.device,
-    )
+    try:
+        res = train(
+            cfg,
+            out=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            stop_after=args.stop_after,
+            device=args.device,
+        )
+    finally:
+        teardown()
+    if res.rank != 0:
+        return 0  # under torchrun rank 0 reports for the run
     print(
         json.dumps(
             {

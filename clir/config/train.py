@@ -45,7 +45,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    #: triples per micro-batch: the pool of in-batch negatives
+    #: triples per micro-batch in each process: under torchrun the global batch (the pool of in-batch
+    #: negatives with cross_device_negatives) is batch_size x processes
     batch_size: int = 32
     #: micro-batches per optimiser step (the effective batch is batch_size x grad_accum)
     grad_accum: int = 1
@@ -62,7 +63,8 @@ class OptimConfig:
     #: gradient clipping (null: none)
     max_grad_norm: float | None = 1.0
     seed: int = 42
-    #: autocast: auto is bf16 on GPUs that support it (fp16 with loss scaling otherwise), fp32 on CPU
+    #: autocast: auto is bf16 on GPUs that support it (fp16 with loss scaling otherwise) and on CPUs that
+    #: compute it natively (AVX512-BF16, AMX), fp32 elsewhere
     precision: TrainPrecision = "auto"
     #: torch.compile the backbone(s)
     compile: bool = False
@@ -71,11 +73,21 @@ class OptimConfig:
     threads: int | None = None
     #: fresh task adapters start as the identity (zero up-projection) or with the library's random init
     adapter_init: Literal["identity", "library"] = "identity"
+    #: under torchrun: score every query against every passage of the global batch (batch_size x processes),
+    #: as one process at that batch would; false: each process's queries against its own passages only
+    cross_device_negatives: bool = True
+    #: texts of a step laid end to end in one row, no padding (where the model's attention allows it,
+    #: probed once; otherwise padded batches)
+    packing: bool = True
+    #: cached gradients (GradCache, Gao et al. 2021): encode the batch without a graph, then again in chunks
+    #: of ``grad_cache_chunk`` texts with one, so a batch larger than memory holds trains exactly
+    grad_cache: bool = False
+    grad_cache_chunk: int = 64
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ClirError(f"optim.threads must be >= 1, got {self.threads}")
-        for key in ("batch_size", "grad_accum", "max_steps"):
+        for key in ("batch_size", "grad_accum", "max_steps", "grad_cache_chunk"):
             if getattr(self, key) < 1:
                 raise ClirError(f"optim.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

@@ -269,7 +269,8 @@ class DualEncoder:
         self.load_language_adapter(la)
         return Stack(la, task)
 
-    def _activate(self, side: Side, lang: str | None):
+    def activate(self, side: Side, lang: str | None):
+        """The model that encodes ``side``, with the adapters for ``lang`` text on that side active."""
         model = self.query_model if side == "query" else self.passage_model
         if self.config.adapter_mode != "full":
             model.active_adapters = self.adapter_setup(side, lang)
@@ -308,9 +309,10 @@ class DualEncoder:
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return self._finish(out)
+        return self.finish(out)
 
-    def _finish(self, pooled):
+    def finish(self, pooled):
+        """Pooled vectors as the encoder returns them: fp32, L2-normalised if configured."""
         import torch
 
         out = pooled.float()
@@ -355,7 +357,7 @@ class DualEncoder:
 
     def forward(self, batch, side: Side, lang: str | None = None):
         """Differentiable encoding of a tokenised batch (training path)."""
-        model = self._activate(side, lang)
+        model = self.activate(side, lang)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = model(**batch)
         return self.pool(out.last_hidden_state, batch["attention_mask"])
@@ -390,7 +392,7 @@ class DualEncoder:
         if show_progress or (show_progress is None and len(texts) >= 10 * batch_size):
             bar = progress(total=len(texts), desc=f"encode {side}s", unit="text")
         with self._lock, torch.inference_mode(), self._autocast():
-            model = self._activate(side, lang)
+            model = self.activate(side, lang)
             dtype = self._autocast_dtype()
             cast = self._cast_params(model, dtype) if dtype is not None else {}
             packed = self._packs_texts(model, side)
@@ -403,7 +405,7 @@ class DualEncoder:
                 if packed:
                     inputs, lengths = packing.pack(model, [ids[i] for i in b], self.device)
                     hidden = packing.hidden_packed(model, inputs, lengths, cast, blocks)
-                    vecs = self._finish(packing.pool_packed(hidden, lengths, self.config.pooling))
+                    vecs = self.finish(packing.pool_packed(hidden, lengths, self.config.pooling))
                 else:
                     padded = self._pad(
                         [{k: enc[k][i] for k in keys} for i in b],
@@ -445,6 +447,12 @@ class DualEncoder:
             self._blocks[key] = model_row_blocks(model, dtype or torch.float32, self.device)
             log.debug("row blocks for query products: %s", self._blocks[key])
         return self._blocks[key]
+
+    def packs(self, side: Side, lang: str | None = None) -> bool:
+        """Whether ``side``'s model, with the adapters for ``lang`` active, encodes packed texts exactly as
+        padded ones (probed once per model and adapter setup)."""
+        with self._lock:
+            return self._packs_texts(self.activate(side, lang), side)
 
     def _packs_texts(self, model, side: Side) -> bool:
         """Whether ``model``, under its active adapters, encodes packed: probed once per model and setup

@@ -138,7 +138,19 @@ def pool_packed(hidden, lengths: Sequence[int], pooling: str):
 
 def packs_like_padding(model: Any, ids: Sequence[Sequence[int]], pad_id: int, device: Any) -> bool:
     """Whether ``model`` gives the same token states packed as in a padded batch (fp32, two texts of
-    different lengths ``ids``): False for attention that cannot be split per text or ignores positions."""
+    different lengths ``ids``): False for attention that cannot be split per text or ignores positions.
+    Runs in eval mode (a model in training mode would compare two dropout draws)."""
+    training = bool(getattr(model, "training", False))
+    if training:
+        model.eval()
+    try:
+        return _packs_like_padding(model, ids, pad_id, device)
+    finally:
+        if training:
+            model.train()
+
+
+def _packs_like_padding(model: Any, ids: Sequence[Sequence[int]], pad_id: int, device: Any) -> bool:
     with (
         torch.inference_mode(),
         torch.autocast(device.type if hasattr(device, "type") else "cpu", enabled=False),

@@ -191,11 +191,22 @@ def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = Fa
         f"{o.batch_size} triples x {o.grad_accum} accumulation = {o.batch_size * o.grad_accum} per step, "
         f"{cfg.data.negatives} hard negative(s) each + in-batch negatives",
     )
+    plan.add(
+        "under torchrun",
+        f"x processes (global batch {o.batch_size} x N), negatives "
+        + ("shared across processes" if o.cross_device_negatives else "local to each process"),
+    )
+    plan.add(
+        "steps run",
+        ("packed where the model allows" if o.packing else "padded")
+        + (f", GradCache in chunks of {o.grad_cache_chunk} texts" if o.grad_cache else ""),
+    )
     plan.add("steps", f"{o.max_steps} ({cfg.warmup_steps} warm-up, linear decay)")
     plan.add("optimiser", f"AdamW lr {cfg.lr:g}, weight decay {o.weight_decay:g}, clip {o.max_grad_norm}")
     plan.add("loss", f"contrastive, temperature {cfg.temperature:g}")
     plan.add(
-        "precision", f"{o.precision} (auto: bf16 on GPU, fp32 on CPU){', torch.compile' if o.compile else ''}"
+        "precision",
+        f"{o.precision} (auto: bf16 on GPUs and on CPUs with native bf16, else fp32){', torch.compile' if o.compile else ''}",
     )
     plan.add("seed", str(o.seed))
     plan.add("checkpoints", f"every {cfg.checkpoint.every} steps, keep {cfg.checkpoint.keep}")

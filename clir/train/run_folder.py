@@ -95,13 +95,29 @@ def config_record(cfg: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
-    """A resumed run must use the settings that produced the checkpoint, or it would not equal one run."""
+def check_same_run(
+    saved: dict[str, Any], cfg: TrainConfig, ckpt: Path, *, saved_world: int = 1, world: int = 1
+) -> None:
+    """A resumed run must use the settings that produced the checkpoint, or it would not equal one run.
+
+    The world size may change when the global batch (batch_size x processes) stays the same and negatives
+    cross devices: each process then encodes another share of the same global batches, and the loss is
+    the same. A setting the checkpoint's config lacks (written before it existed) matches its default."""
+    from clir.config import DataConfig, ModelConfig, OptimConfig
+
     now = to_dict(cfg)
+    defaults = {
+        name: to_dict(kind())
+        for name, kind in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig))
+    }
     diffs = []
     for section in ("model", "data", "optim"):
         a, b = saved.get(section, {}), now[section]
         for key in sorted(set(a) | set(b)):
+            if section == "optim" and key == "batch_size":
+                continue  # checked with the world size below
+            if key not in a and b.get(key) == defaults[section].get(key):
+                continue
             if a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
     if diffs:
@@ -109,6 +125,29 @@ def check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
             f"--resume: the config differs from the one that wrote {ckpt} ({'; '.join(diffs[:6])}); resume with "
             "the same settings, or start a new run with --overwrite / another --out"
         )
+    _check_world(saved.get("optim", {}).get("batch_size"), saved_world, cfg, world, ckpt)
+
+
+def _check_world(saved_batch: Any, saved_world: int, cfg: TrainConfig, world: int, ckpt: Path) -> None:
+    batch = cfg.optim.batch_size
+    if saved_batch is None or (saved_batch, saved_world) == (batch, world):
+        return
+    was = f"{saved_world} process(es) x batch {saved_batch} = {saved_world * saved_batch}"
+    now = f"{world} x {batch} = {world * batch}"
+    if saved_world * saved_batch != world * batch:
+        fit = saved_world * saved_batch / world
+        hint = f"--batch-size {int(fit)}" if fit == int(fit) else f"{saved_world} processes"
+        raise ClirError(
+            f"--resume: {ckpt} was written with a global batch of {was} triples, this run has {now}: resume "
+            f"with the same global batch ({hint} on {world} process(es)), or start over with --overwrite"
+        )
+    if not cfg.optim.cross_device_negatives and max(world, saved_world) > 1:
+        raise ClirError(
+            f"--resume: {ckpt} was written by {was} with local negatives (optim.cross_device_negatives: "
+            f"false), whose loss depends on how the batch is split; this run has {now}: resume on "
+            f"{saved_world} process(es) with --batch-size {saved_batch}"
+        )
+    log.info("resuming a run of %s on %s: the same global batches", was, now)
 
 
 def write_config(out: Path, cfg: TrainConfig) -> None:

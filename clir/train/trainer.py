@@ -9,7 +9,12 @@ always finds the last complete checkpoint.
 
 A checkpoint holds the trainable weights, optimiser, scheduler, loss scaler, RNG states and the data
 position (in a data-only format, clir/train/checkpoint.py), so a resumed run reproduces an uninterrupted one
-with the same seed bit for bit."""
+with the same seed bit for bit.
+
+Under ``torchrun --nproc_per_node N -m clir train`` the same loop runs in N processes
+(clir/train/distributed.py): each encodes its share of every global batch, rank 0 alone writes the run
+folder, and the step itself (clir/train/contrastive.py) makes N processes at batch b compute what one
+process at batch N x b does."""
 
 from __future__ import annotations
 
@@ -30,7 +35,10 @@ import numpy as np
 from clir.atomic import disk_errors
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
+from clir.train import distributed
 from clir.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from clir.train.contrastive import ContrastiveStep
+from clir.train.distributed import Dist
 from clir.train.optim import Optimisation
 from clir.train.run_folder import (
     LOG_FILE,
@@ -54,10 +62,12 @@ class TrainResult:
     finished: bool
     #: mean loss of the last logged interval
     loss: float | None
-    #: training triples per second in this process (checkpoint writing excluded)
+    #: training triples per second, over all processes (checkpoint writing excluded)
     triples_per_s: float
     seconds: float
     checkpoint: Path | None = None
+    #: this process's rank under torchrun (0 in a single process): rank 0 wrote the folder and reports
+    rank: int = 0
 
 
 def _seed_everything(seed: int) -> None:
@@ -157,8 +167,15 @@ class _Run:
     examples: Iterator[Any]
     step: int
     meter: _Meter
+    dist: Dist
+    stepper: ContrastiveStep
     last_loss: float | None = None
     last_ckpt: Path | None = None
+
+    @property
+    def global_batch(self) -> int:
+        """Triples per micro-batch over all processes."""
+        return self.cfg.optim.batch_size * self.dist.world
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -167,6 +184,7 @@ class _Run:
             **self.opt.state(),
             "rng": rng_state(),
             "config": to_dict(self.cfg),
+            "world_size": self.dist.world,
         }
 
 
@@ -186,22 +204,27 @@ def train(
 
     ``stop_after``: stop (with a checkpoint) once that many optimiser steps are done, keeping the schedule of
     the whole run, so ``resume=True`` later finishes it. ``on_step(step, loss)`` runs after every step.
-    ``encoder``: train this DualEncoder (built from ``cfg.model``) in place instead of building one."""
-    folder, ckpt, saved, source, created = _open_run(cfg, out, resume=resume, overwrite=overwrite)
+    ``encoder``: train this DualEncoder (built from ``cfg.model``) in place instead of building one.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see clir/train/distributed.py."""
+    dist = _join(cfg, device)
+    folder, ckpt, saved, source, created = _open_run(cfg, out, resume=resume, overwrite=overwrite, dist=dist)
     try:
         with disk_errors(
             folder, "checkpoints already written are intact: free space, then --resume continues"
         ):
             return _train(
-                cfg, (folder, ckpt, saved, source), stop_after, device, on_step, show_progress, encoder
+                cfg, dist, (folder, ckpt, saved, source), stop_after, device, on_step, show_progress, encoder
             )
     except BaseException:
-        discard_unstarted(folder, created=created)
+        if dist.is_main:
+            discard_unstarted(folder, created=created)
         raise
 
 
 def _train(
     cfg: TrainConfig,
+    dist: Dist,
     run_files: tuple[Path, Path | None, dict[str, Any] | None, Any],
     stop_after: int | None,
     device: str | None,
@@ -210,29 +233,21 @@ def _train(
     encoder: Any,
 ) -> TrainResult:
     """:func:`train` once its run folder is open: (folder, checkpoint, its state, triples source)."""
-    import torch
-
     from clir.data.triples import TripleStream
 
     folder, ckpt, saved, source = run_files
     opt_cfg = cfg.optim
     _seed_everything(opt_cfg.seed)
-    if opt_cfg.threads:
-        torch.set_num_threads(opt_cfg.threads)
-    encoder = _training_encoder(cfg, encoder, device)
+    distributed.apply_threads(opt_cfg.threads, dist)
+    encoder = _training_encoder(cfg, encoder, dist.device or device)
     opt = Optimisation.build(cfg, encoder)
     step, data_state = 0, {"epoch": 0, "index": 0}
     if saved is not None:
         assert ckpt is not None  # a saved state comes from a checkpoint folder
         step, data_state = opt.restore(saved, ckpt)
-        truncate_log(folder / LOG_FILE, step)
-        log.info(
-            "resumed from %s (step %d, epoch %d, record %d)",
-            ckpt,
-            step,
-            data_state["epoch"],
-            data_state["index"],
-        )
+        if dist.is_main:
+            truncate_log(folder / LOG_FILE, step)
+        log.info("resumed from %s (step %d, epoch %d, record %d)", ckpt, step, *data_state.values())
     del saved
 
     stream = TripleStream(
@@ -243,7 +258,10 @@ def _train(
         epoch=data_state["epoch"],
         index=data_state["index"],
     )
-    run = _Run(cfg, folder, encoder, opt, stream, iter(stream), step, _Meter(time.perf_counter()))
+    stepper = ContrastiveStep(cfg, encoder, opt, dist)
+    run = _Run(
+        cfg, folder, encoder, opt, stream, iter(stream), step, _Meter(time.perf_counter()), dist, stepper
+    )
     end = opt_cfg.max_steps if stop_after is None else min(opt_cfg.max_steps, stop_after)
     try:
         with _GracefulStop() as stopper:
@@ -264,35 +282,67 @@ def _train(
         )
         if stopper.requested:
             raise KeyboardInterrupt
-        return TrainResult(folder, run.step, False, run.last_loss, tps, seconds, run.last_ckpt)
-    write_model(encoder, folder, keep_checkpoints=cfg.checkpoint.keep_after_training)
+        return TrainResult(folder, run.step, False, run.last_loss, tps, seconds, run.last_ckpt, dist.rank)
+    dist.on_main(lambda: write_model(encoder, folder, keep_checkpoints=cfg.checkpoint.keep_after_training))
     log.info("wrote %s (%d steps, %.1f triples/s)", folder, run.step, tps)
-    return TrainResult(folder, run.step, True, run.last_loss, tps, seconds, None)
+    return TrainResult(folder, run.step, True, run.last_loss, tps, seconds, None, dist.rank)
+
+
+def _join(cfg: TrainConfig, device: str | None) -> Dist:
+    """This process's place in the run (one process, or a rank under torchrun); only rank 0 reports."""
+    dist = distributed.setup(device)
+    if not dist.is_main:
+        logging.getLogger("clir").setLevel(logging.WARNING)
+    if dist.enabled:
+        log.info(
+            "%d processes (%s), %s thread(s) each; global batch %d x %d",
+            dist.world,
+            dist.backend,
+            distributed.thread_count(cfg.optim.threads, dist) or "default",
+            cfg.optim.batch_size,
+            dist.world,
+        )
+    return dist
 
 
 def _open_run(
-    cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool
+    cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool, dist: Dist
 ) -> tuple[Path, Path | None, dict[str, Any] | None, Any, bool]:
     """(run folder, checkpoint to resume from, its state, triples source, whether the folder is new): the
     folder checked against the flags, the checkpoint against ``cfg``, the triples' files found, all before
-    the model loads; then the run's config is written."""
+    the model loads; then the run's config is written. Rank 0 does the checks and writes, and hands the
+    checkpoint to the others."""
     from clir.data.triples import open_triples
 
     target = out or cfg.out
     if not target:
         raise ClirError("no output folder: give --out DIR or `out:` in the config")
     folder = Path(target).expanduser()
-    ckpt = prepare_out(folder, resume=resume, overwrite=overwrite)
-    saved = None
-    if ckpt is not None:
-        saved = load_checkpoint(ckpt)
-        check_same_run(saved.get("config") or {}, cfg, ckpt)
+
+    def check_and_prepare() -> tuple[Path | None, dict[str, Any] | None, bool]:
+        ckpt = prepare_out(folder, resume=resume, overwrite=overwrite)
+        saved = None
+        if ckpt is not None:
+            saved = load_checkpoint(ckpt)
+            check_same_run(
+                saved.get("config") or {},
+                cfg,
+                ckpt,
+                saved_world=int(saved.get("world_size", 1)),
+                world=dist.world,
+            )
+        source = open_triples(cfg.data.triples)
+        if hasattr(source, "ensure_available"):
+            source.ensure_available()  # fail before the model loads, with one message naming every file
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        write_config(folder, cfg)
+        return ckpt, saved, created
+
+    ckpt, saved, created = dist.broadcast(dist.on_main(check_and_prepare) or (None, None, False))
     source = open_triples(cfg.data.triples)
-    if hasattr(source, "ensure_available"):
-        source.ensure_available()  # fail before the model loads, with one message naming every file
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder, cfg)
+    if hasattr(source, "ensure_available") and not dist.is_main:
+        source.ensure_available()  # rank 0 fetched them; another machine may not see its files
     return folder, ckpt, saved, source, created
 
 
@@ -304,75 +354,75 @@ def _run_steps(
     show_progress: bool | None,
 ) -> bool:
     """Steps up to ``end``, each logged and checkpointed as configured; True when it stopped early (Ctrl-C,
-    or ``end`` short of the run's ``max_steps``), with a checkpoint to resume from."""
+    or ``end`` short of the run's ``max_steps``), with a checkpoint to resume from. Rank 0 alone logs and
+    writes checkpoints; a stop request seen by any rank stops every rank after the same step."""
     from clir.progress import progress
 
     cfg = run.cfg
     max_steps = cfg.optim.max_steps
-    bar = progress(total=max_steps, desc="train", unit="step") if show_progress is not False else None
+    main = run.dist.is_main
+    bar = (
+        progress(total=max_steps, desc="train", unit="step") if show_progress is not False and main else None
+    )
     if bar is not None and run.step:
         bar.update(run.step)
-    logf = open(run.out / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed below, one record a step
+    # closed below; one record a step
+    logf = open(run.out / LOG_FILE, "a", encoding="utf-8") if main else None  # noqa: SIM115
     try:
         while run.step < end:
             t0 = time.perf_counter()
             step_loss, grad_norm = _train_step(run)
             run.step += 1
             dt = time.perf_counter() - t0
-            done = cfg.optim.batch_size * cfg.optim.grad_accum
+            done = run.global_batch * cfg.optim.grad_accum
             run.meter.add(step_loss, done, dt)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", triples_s=f"{done / dt:.1f}")
             if run.step % cfg.log_every == 0 or run.step == end:
                 _log_interval(run, logf, grad_norm)
+            if run.dist.any(stopper.requested):
+                stopper.requested = True  # Ctrl-C reached one rank: every rank stops after this step
             stop_now = stopper.requested or (run.step == end and end < max_steps)
             if (run.step % cfg.checkpoint.every == 0 and run.step < max_steps) or stop_now:
-                run.last_ckpt = save_checkpoint(
-                    run.out, run.step, run.checkpoint_state(), cfg.checkpoint.keep
-                )
+                run.last_ckpt = _checkpoint(run)
             if on_step is not None:
                 on_step(run.step, step_loss)
             if stop_now:
                 return True
         return False
     finally:
-        logf.close()
+        if logf is not None:
+            logf.close()
         if bar is not None:
             bar.close()
 
 
+def _checkpoint(run: _Run) -> Path | None:
+    """Rank 0 writes a checkpoint of the run as it stands; every rank learns its path."""
+
+    def write() -> Path:
+        return save_checkpoint(run.out, run.step, run.checkpoint_state(), run.cfg.checkpoint.keep)
+
+    return run.dist.broadcast(run.dist.on_main(write))
+
+
 def _train_step(run: _Run) -> tuple[float, float | None]:
-    """One optimiser step over ``grad_accum`` batches of in-batch-negative contrastive loss; returns
-    (loss, gradient norm)."""
-    import torch
-
-    from clir.train.loss import contrastive_loss, false_negative_mask
-
-    encoder, opt, optim_cfg = run.encoder, run.opt, run.cfg.optim
-    lang = run.cfg.train_lang
-    step_loss = 0.0
-    for _ in range(optim_cfg.grad_accum):
-        batch = [next(run.examples) for _ in range(optim_cfg.batch_size)]
-        queries = [e.query for e in batch]
-        passages = [e.positive for e in batch] + [n for e in batch for n in e.negatives]
-        own = list(range(len(batch)))
-        mask = false_negative_mask([e.positives for e in batch], passages, own)
-        with opt.autocast(encoder.device):
-            qv = encoder.forward(encoder.tokenize(queries, "query"), "query", lang)
-            pv = encoder.forward(encoder.tokenize(passages, "passage"), "passage", lang)
-            loss = contrastive_loss(qv, pv, torch.tensor(own), run.cfg.temperature, mask)
-        loss = loss / optim_cfg.grad_accum
-        opt.backward(loss)
-        step_loss += float(loss.detach())
+    """One optimiser step over ``grad_accum`` global micro-batches of contrastive loss (this process encodes
+    its share, clir/train/contrastive.py); returns (loss, gradient norm)."""
+    optim_cfg = run.cfg.optim
+    batches = [[next(run.examples) for _ in range(run.global_batch)] for _ in range(optim_cfg.grad_accum)]
+    step_loss = run.stepper.run(batches, run.step)
     if not np.isfinite(step_loss):
         raise ClirError(f"loss is {step_loss} at step {run.step + 1}: lower optim.lr or use precision fp32")
-    return step_loss, opt.step(optim_cfg.max_grad_norm)
+    return step_loss, run.opt.step(optim_cfg.max_grad_norm)
 
 
-def _log_interval(run: _Run, logf: TextIO, grad_norm: float | None) -> None:
-    """One ``train_log.jsonl`` record: the interval's mean loss and throughput, the learning rate."""
+def _log_interval(run: _Run, logf: TextIO | None, grad_norm: float | None) -> None:
+    """One ``train_log.jsonl`` record (rank 0): the interval's mean loss and throughput, the learning rate."""
     run.last_loss, triples_per_s = run.meter.close_interval()
+    if logf is None:
+        return
     rec = {
         "step": run.step,
         "epoch": run.stream.epoch,

@@ -30,6 +30,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("flat_search", [], ["--size", "20000", "--rounds", "1"]),
     ("int8", [], ["--per-lang", "2", "--rounds", "1", "--no-quality"]),
     ("mlm_train", [], ["--rounds", "1", "--batch-size", "4"]),
+    ("contrastive_train", [], ["--steps", "2", "--dev-every", "2"]),
     (
         "serve_load",
         [],  # its defaults: 30 s per server and level in 3 slices
