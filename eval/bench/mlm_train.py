@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (training pins one per process)")
     p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     args = p.parse_args(argv)
     common.quiet_libraries()
@@ -48,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     model.add_adapter("de", config=AdapterArch(config="seq_bn_inv", reduction_factor=2).to_adapters_config())
     head = head_module(model)
     lines = (common.SHARED / "data" / "mono" / "de.txt").read_text(encoding="utf-8").splitlines()
-    enc = mlm.tokenize(tok, lines[: args.batch_size], 128)
+    import random
+
+    torch.set_num_threads(args.threads)
+    # a batch as training draws it: a seeded sample of the text, so its lengths vary as they do in training
+    enc = mlm.tokenize(tok, random.Random(0).sample(lines, args.batch_size), 128)
     ids, labels = mlm.mask_tokens(enc, tok, 0.15, torch.Generator().manual_seed(0))
     mask = enc["attention_mask"]
 
