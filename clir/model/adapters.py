@@ -123,3 +123,17 @@ def adapter_message(lang: str, source: str, err: Exception) -> str:
         f"and pytorch_adapter.bin or safetensors) and map it locally (language_adapters: {{{lang}: /path/to/folder}}), "
         f"or train one here with `clir train-language-adapter --lang {lang}`"
     )
+
+
+def name_backbone(folder: Path, backbone: str) -> None:
+    """Write ``backbone`` as the ``model_name`` of an adapter folder's ``adapter_config.json``: ``adapters``
+    records the path the weights were loaded from (a cache folder of this machine); the name the user gave
+    (a registered model, a hub id, a folder) is what travels with the folder."""
+    import json
+
+    from clir.portable import portable_path
+
+    cfg = folder / "adapter_config.json"
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    data["model_name"] = portable_path(backbone) if Path(backbone).is_absolute() else backbone
+    cfg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ from typing import Any
 from clir.atomic import swap_into_place
 from clir.config import ModelConfig, to_dict
 from clir.errors import ClirError
-from clir.model.adapters import LANGUAGE_ADAPTER_INFO, task_adapter_names
+from clir.model.adapters import LANGUAGE_ADAPTER_INFO, name_backbone, task_adapter_names
 from clir.model.card import write_model_folder_cards
 from clir.model.resolve import MODEL_FILE, local_path
 
@@ -128,6 +128,7 @@ def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = 
         (tmp / "adapters").mkdir()
         for name in task_adapter_names(cfg):
             encoder.query_model.save_adapter(str(tmp / "adapters" / name), name)
+            name_backbone(tmp / "adapters" / name, cfg.backbone)
         lang_to_copy = set(save_lang)
         loaded = encoder.loaded_languages()
         for lang, src in cfg.language_adapters.items():
@@ -137,6 +138,7 @@ def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = 
             encoder.load_language_adapter(lang)
             dest = tmp / "adapters" / f"lang_{lang}"
             encoder.query_model.save_adapter(str(dest), lang)
+            name_backbone(dest, cfg.backbone)
             # its metadata (head_sha256, dev losses) goes with it: the copy is checked like the original
             info = Path(encoder.language_adapter_source(lang)).expanduser() / LANGUAGE_ADAPTER_INFO
             if info.is_file():

@@ -168,7 +168,7 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
         }
         log.info("head dev loss %s: %s", lang, per_lang[lang])
     info = {
-        "backbone": backbone,
+        "backbone": args.backbone,  # as given: the resolved cache folder is this machine's
         "texts": dict(_sources(args.texts)),
         "seed": args.seed,
         "steps": run["steps"],

@@ -25,6 +25,7 @@ from typing import Any
 from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
+from clir.model.adapters import name_backbone
 from clir.model.card import write_language_adapter_card
 from clir.safe_load import read_json
 from clir.train import mlm
@@ -214,9 +215,10 @@ def train_language_adapter(
         for p in adapter_params:
             p.data = p.data.half()
     model.save_adapter(str(work / "weights"), args.lang, with_head=False)
+    name_backbone(work / "weights", args.backbone)
     info = {
         "lang": args.lang,
-        "backbone": backbone,
+        "backbone": args.backbone,  # as given (a registered name travels; the resolved cache folder does not)
         "text": args.text,
         "head": head_info.source,
         "head_sha256": head_info.sha256,
