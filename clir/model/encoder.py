@@ -11,7 +11,6 @@ adapter, ``target`` swaps in the adapter of the text's language, ``none`` drops 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import threading
@@ -26,7 +25,7 @@ from clir.config.model import Route
 from clir.errors import ClirError
 from clir.model import adapters as adapter_rules
 from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
-from clir.model.checks import torch_device
+from clir.model.checks import position_limit, torch_device
 from clir.model.cut import cut_long_text
 from clir.model.fingerprint import fingerprint
 from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
@@ -88,8 +87,7 @@ class DualEncoder:
         self.passage_model = self.query_model if sources.passage is None else load_backbone(sources.passage)
         self._lang_loaded: set[str] = set()
         self._lang_heads: dict[str, str] = {}  # language -> head_sha256 its adapter was trained against
-        self._position_limit: int | None = None
-        self._check_lengths()
+        self._position_limit: int | None = position_limit(self.query_model.config, self.config)
         if config.adapter_mode != "full":
             self._init_adapters()
         for m in self.models():
@@ -97,23 +95,6 @@ class DualEncoder:
             m.eval()
 
     # ------------------------------------------------------------------ loading
-    def _check_lengths(self) -> None:
-        """Token limits above the model's position table fail inside the model (or pass unnoticed on short
-        texts): refused here, before any text is encoded."""
-        mc = self.query_model.config
-        limit = getattr(mc, "max_position_embeddings", None)
-        if not limit:
-            return
-        if "roberta" in str(getattr(mc, "model_type", "")) or "camembert" in str(mc.model_type):
-            limit -= (mc.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
-        self._position_limit = limit
-        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
-        for key in ("max_query_length", "max_passage_length"):
-            value = getattr(self.config, key)
-            if value is None or 1 <= value <= limit or value == defaults.get(key):
-                continue  # a default above a small model's limit is capped when tokenizing
-            raise ClirError(f"{key.replace('_', '-')} {value} is outside 1..{limit}, this model's limit")
-
     def task_adapter_names(self) -> list[str]:
         return adapter_rules.task_adapter_names(self.config)
 
@@ -148,7 +129,7 @@ class DualEncoder:
                 # a fresh, untrained language adapter (for MLM training or ablations)
                 model.add_adapter(lang, config=self.config.language_adapter.to_adapters_config())
             else:
-                self._check_head(lang, source)
+                adapter_rules.check_same_head(self._lang_heads, lang, source)
                 try:
                     model.load_adapter(source, load_as=lang, set_active=False)
                 except Exception as e:  # the adapters/hub stack raises many types; all mean "could not load"
@@ -156,21 +137,6 @@ class DualEncoder:
             model.to(self.device)
             self._lang_loaded.add(lang)
             self._fingerprint = None
-
-    def _check_head(self, lang: str, source: str) -> None:
-        """Language adapters stack or swap under one task adapter only when they were trained against the
-        same frozen MLM head (MAD-X's common anchor): refuse two whose recorded ``head_sha256`` differ."""
-        sha = adapter_rules.adapter_head_sha(source)
-        if sha is None:  # not recorded (AdapterHub adapters: trained against the backbone's pretrained head)
-            return
-        for other, other_sha in self._lang_heads.items():
-            if other_sha != sha:
-                raise ClirError(
-                    f"the language adapters for {other!r} and {lang!r} ({source}) were trained against different "
-                    f"MLM heads (head_sha256 {other_sha[:12]}... vs {sha[:12]}...): they share no output space, so "
-                    "one task adapter cannot use both; train them with one `--head` (clir train-mlm-head)"
-                )
-        self._lang_heads[lang] = sha
 
     @contextlib.contextmanager
     def routed(

@@ -3,11 +3,10 @@ error shape ``{"error", "detail", "request_id"?}``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clir.config.model import Route
 from clir.serve.config import MAX_K
 
 ERROR_CODES = {
@@ -52,7 +51,8 @@ def _unicode(v: str) -> str:
 
 
 #: a request's query-side language-adapter routing (madx models): see :data:`QUERY_ROUTING_DOC`
-QueryRouting = Route  # "source" | "target" | "none"
+#: a query's language adapter per request (the config's Route also has "random", an experiment control only)
+QueryRouting = Literal["source", "target", "none"]
 QUERY_ROUTING_DOC = (
     "language adapter under the task adapter for the query, on an index of a madx model (one with language "
     "adapters): `source` (the model's source language's, English), `target` (the adapter of `query_lang`), "

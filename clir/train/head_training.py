@@ -5,8 +5,8 @@ held out by the same rule the adapters use, so no adapter's dev loss is scored o
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +14,9 @@ from typing import Any
 
 from clir.atomic import swap_into_place
 from clir.errors import ClirError
+from clir.safe_load import read_json
 from clir.train import mlm
-from clir.train.mlm_head import attach_inverse, head_module, load_mlm, save_head
+from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm, save_head
 from clir.train.mlm_loop import LoopSettings, train_mlm
 
 log = logging.getLogger(__name__)
@@ -105,19 +106,7 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
         lang: mlm.prepare_dev(tokenizer, src, args.dev, args.max_length, args.mlm_probability)
         for lang, src in langs
     }
-    settings = LoopSettings(
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_ratio=args.warmup_ratio,
-        max_length=args.max_length,
-        mlm_probability=args.mlm_probability,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        bf16=args.bf16,
-        packed=args.packed,
-    )
+    settings = LoopSettings.of(args, bf16=args.bf16, packed=args.packed)
     record = {
         "backbone": backbone,
         "texts": args.texts,
@@ -154,19 +143,9 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
         desc="mlm head",
         show_progress=show_progress,
     )
-    per_lang = {}
-    for lang, src in langs:
-        batches, dev_texts = dev[lang]
-        unigram, k = mlm.unigram_loss(
-            tokenizer, split.train(src.records()), batches, max_length=args.max_length
-        )
-        per_lang[lang] = {
-            "dev_texts": len(dev_texts),
-            "dev_loss": round(mlm.dev_loss(model, head, batches, device, packed=packed), 5),
-            "dev_loss_unigram": round(unigram, 5),
-            "unigram_smoothing": k,
-        }
-        log.info("head dev loss %s: %s", lang, per_lang[lang])
+    per_lang = {
+        lang: _scores(args, model, head, tokenizer, src, dev[lang], device, packed) for lang, src in langs
+    }
     info = {
         "backbone": args.backbone,  # as given: the resolved cache folder is this machine's
         "texts": dict(_sources(args.texts)),
@@ -183,8 +162,20 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
     weights = work / "weights"
     save_head(model, weights, info)
     swap_into_place(weights, out)
-    info = json.loads((out / "clir_mlm_head.json").read_text(encoding="utf-8"))
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
-    return info
+    return read_json(out / HEAD_INFO)
+
+
+def _scores(args: MlmHeadArgs, model, head, tokenizer, src, dev, device, packed: bool) -> dict[str, Any]:
+    """A language's dev loss under the trained head, beside its unigram table's on the same masked tokens."""
+    batches, dev_texts = dev
+    split = args.dev.split()
+    unigram, k = mlm.unigram_loss(tokenizer, split.train(src.records()), batches, max_length=args.max_length)
+    scores = {
+        "dev_texts": len(dev_texts),
+        "dev_loss": round(mlm.dev_loss(model, head, batches, device, packed=packed), 5),
+        "dev_loss_unigram": round(unigram, 5),
+        "unigram_smoothing": k,
+    }
+    log.info("head dev loss %s: %s", src.name, scores)
+    return scores

@@ -176,19 +176,7 @@ def train_language_adapter(
     if not trainable or any(f".{args.lang}." not in n for n in trainable):  # the head must stay frozen
         raise ClirError(f"internal: only {args.lang}'s adapter should train, not {trainable[:3]}")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-    settings = LoopSettings(
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_ratio=args.warmup_ratio,
-        max_length=args.max_length,
-        mlm_probability=args.mlm_probability,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        bf16=bf16,
-        packed=packed,
-    )
+    settings = LoopSettings.of(args, bf16=bf16, packed=packed)
     split = args.dev.split()
 
     def texts() -> Iterator[str]:
@@ -205,44 +193,8 @@ def train_language_adapter(
         desc=f"mlm {args.lang}",
         show_progress=show_progress,
     )
-    adapter_params = [p for n, p in model.named_parameters() if f".{args.lang}." in n]
-    if args.save_dtype == "fp16":
-        with torch.no_grad():  # score what is saved: the weights rounded to fp16
-            for p in adapter_params:
-                p.copy_(p.half().float())
-    loss = mlm.dev_loss(model, head, dev, device, packed=packed)
-    if args.save_dtype == "fp16":
-        for p in adapter_params:
-            p.data = p.data.half()
-    model.save_adapter(str(work / "weights"), args.lang, with_head=False)
-    name_backbone(work / "weights", args.backbone)
-    info = {
-        "lang": args.lang,
-        "backbone": args.backbone,  # as given (a registered name travels; the resolved cache folder does not)
-        "text": args.text,
-        "head": head_info.source,
-        "head_sha256": head_info.sha256,
-        "arch": _arch(args).__dict__,
-        "seed": args.seed,
-        "steps": run["steps"],
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "mlm_probability": args.mlm_probability,
-        "precision": "bf16" if bf16 else "fp32",
-        "save_dtype": args.save_dtype,
-        "packed": packed,
-        "train_texts": refs["train_texts"],
-        "texts_seen": run["steps"] * args.batch_size,
-        "dev": {**args.dev.__dict__, "texts": len(dev_texts)},
-        "dev_loss": round(loss, 5),
-        "dev_loss_no_adapter": refs["dev_loss_no_adapter"],
-        "dev_loss_unigram": refs["dev_loss_unigram"],
-        "unigram_smoothing": refs["unigram_smoothing"],
-        "trainable_parameters": run["trainable_parameters"],
-        "seconds": run["seconds"],
-        "texts_per_s": run["texts_per_s"],
-        "loss": run["loss"],
-    }
+    loss = _save(args, model, head, dev, device, packed, work / "weights")
+    info = _info(args, head_info, settings, run, refs, loss, len(dev_texts))
     weights = work / "weights"
     (weights / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_language_adapter_card(weights, info)  # README.md, AdapterHub's model-card layout
@@ -262,6 +214,56 @@ def train_language_adapter(
         dev_loss_unigram=refs["dev_loss_unigram"],
         dev_texts=len(dev_texts),
     )
+
+
+def _save(args: LanguageAdapterArgs, model, head, dev, device, packed: bool, weights: Path) -> float:
+    """Save the adapter (in ``args.save_dtype``) into ``weights``; returns its dev loss, scored on the
+    weights as saved (rounded to fp16 first when saved in fp16)."""
+    import torch
+
+    adapter_params = [p for n, p in model.named_parameters() if f".{args.lang}." in n]
+    if args.save_dtype == "fp16":
+        with torch.no_grad():
+            for p in adapter_params:
+                p.copy_(p.half().float())
+    loss = mlm.dev_loss(model, head, dev, device, packed=packed)
+    if args.save_dtype == "fp16":
+        for p in adapter_params:
+            p.data = p.data.half()
+    model.save_adapter(str(weights), args.lang, with_head=False)
+    name_backbone(weights, args.backbone)
+    return loss
+
+
+def _info(args, head_info, settings: LoopSettings, run, refs, loss: float, dev_texts: int) -> dict[str, Any]:
+    """What ``clir_language_adapter.json`` records."""
+    return {
+        "lang": args.lang,
+        "backbone": args.backbone,  # as given (a registered name travels; the resolved cache folder does not)
+        "text": args.text,
+        "head": head_info.source,
+        "head_sha256": head_info.sha256,
+        "arch": _arch(args).__dict__,
+        "seed": args.seed,
+        "steps": run["steps"],
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "mlm_probability": args.mlm_probability,
+        "precision": "bf16" if settings.bf16 else "fp32",
+        "save_dtype": args.save_dtype,
+        "packed": settings.packed,
+        "train_texts": refs["train_texts"],
+        "texts_seen": run["steps"] * args.batch_size,
+        "dev": {**args.dev.__dict__, "texts": dev_texts},
+        "dev_loss": round(loss, 5),
+        "dev_loss_no_adapter": refs["dev_loss_no_adapter"],
+        "dev_loss_unigram": refs["dev_loss_unigram"],
+        "unigram_smoothing": refs["unigram_smoothing"],
+        "trainable_parameters": run["trainable_parameters"],
+        "seconds": run["seconds"],
+        "texts_per_s": run["texts_per_s"],
+        "loss": run["loss"],
+    }
 
 
 def _references(args, work: Path, model, head, tokenizer, source, dev, device, packed) -> dict[str, Any]:

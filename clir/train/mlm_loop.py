@@ -34,6 +34,12 @@ class LoopSettings:
     #: encode each batch packed (no padding), where the model's attention allows it
     packed: bool = False
 
+    @classmethod
+    def of(cls, args: Any, *, bf16: bool, packed: bool) -> LoopSettings:
+        """The loop settings of a trainer's arguments (fields of the same names)."""
+        names = [f for f in cls.__dataclass_fields__ if f not in ("bf16", "packed")]
+        return cls(**{f: getattr(args, f) for f in names}, bf16=bf16, packed=packed)
+
 
 @dataclass
 class MlmRun:
