@@ -14,16 +14,28 @@ REPORTS = [
     ROOT / "eval" / "results",
     ROOT / "eval" / "bench" / "RESULTS.md",
     ROOT / "eval" / "bench" / "results",
+    ROOT / "shipped",  # trained adapters' metadata and model cards
 ]
 TEXT_SUFFIXES = {".md", ".json", ".jsonl", ".yaml", ".yml", ".txt", ".tsv", ".csv", ".trec"}
 
 
 def _report_files() -> list[Path]:
-    out = []
-    for p in REPORTS:
-        files = [p] if p.is_file() else sorted(p.rglob("*"))
-        out += [f for f in files if f.is_file() and f.suffix in TEXT_SUFFIXES]
-    return out
+    """What a commit would hold under REPORTS: tracked files and untracked ones git does not ignore (an
+    experiment's indexes and runs are ignored: they name this machine's model folders and stay here)."""
+    import subprocess
+
+    paths = [str(p.relative_to(ROOT)) for p in REPORTS if p.exists()]
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *paths],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        files = [ROOT / f for f in listed.split("\0") if f]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file under REPORTS
+        files = [f for p in REPORTS for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return [f for f in files if f.is_file() and f.suffix in TEXT_SUFFIXES]
 
 
 def test_committed_reports_hold_no_absolute_host_path():
