@@ -111,13 +111,7 @@ def compare_runs(
                     raw[(a, b)] = paired_t_test(scores[a][m], scores[b][m])
                 else:
                     raise ValueError(f"unknown significance test {test!r}")
-            adjusted = adjust(raw, correction)
-            for pair in pairs:
-                out[pair].setdefault(test, {})[m] = {
-                    "p_value": raw[pair],
-                    "p_adjusted": adjusted[pair],
-                    "significant": adjusted[pair] < max_p,
-                }
+            _record(out, test, m, pairs, raw, adjust(raw, correction), max_p)
     return out
 
 
@@ -277,12 +271,16 @@ def compare_seeded(
                     raw[(a, b)] = seed_t_test(A, B, paired_seeds=(a, b) in paired)
                 else:
                     raise ValueError(f"unknown significance test {test!r}")
-            adjusted = adjust(raw, correction)
-            for pair in pairs:
-                out[pair].setdefault(test, {})[m] = {
-                    "p_value": raw[pair],
-                    "p_adjusted": adjusted[pair],
-                    "significant": adjusted[pair] < max_p,
-                    **extra.get(pair, {}),
-                }
+            _record(out, test, m, pairs, raw, adjust(raw, correction), max_p, extra)
     return out
+
+
+def _record(out, test: str, metric: str, pairs, raw, adjusted, max_p: float, extra=None) -> None:
+    """One test's p-values of a family of pairs on one metric, raw and adjusted, into ``out[pair][test]``."""
+    for pair in pairs:
+        out[pair].setdefault(test, {})[metric] = {
+            "p_value": raw[pair],
+            "p_adjusted": adjusted[pair],
+            "significant": adjusted[pair] < max_p,
+            **(extra or {}).get(pair, {}),
+        }

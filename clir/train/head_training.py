@@ -93,14 +93,7 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
     losses of the head and of the unigram reference)."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
-    backbone = mlm.resolve_backbone(args.backbone)
-    tokenizer = mlm.load_tokenizer(backbone)
-    device = mlm.pick_device(args.device)
+    out, backbone, tokenizer, device = mlm.open_run(args)
     langs = [(lang, mlm.TextSource(src)) for lang, src in _sources(args.texts)]
     dev = {
         lang: mlm.prepare_dev(tokenizer, src, args.dev, args.max_length, args.mlm_probability)

@@ -146,15 +146,8 @@ def train_language_adapter(
     import torch
 
     _check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
+    out, backbone, tokenizer, device = mlm.open_run(args)
     source = mlm.TextSource(args.text)
-    backbone = mlm.resolve_backbone(args.backbone)
-    device = mlm.pick_device(args.device)
-    tokenizer = mlm.load_tokenizer(backbone)
     _arch(args).to_adapters_config()  # a bad --non-linearity or reduction factor fails before any work
     _check_head_split(args.head, args.dev)
     dev, dev_texts = mlm.prepare_dev(tokenizer, source, args.dev, args.max_length, args.mlm_probability)

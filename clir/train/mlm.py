@@ -150,6 +150,20 @@ def load_tokenizer(backbone: str):
     return tokenizer
 
 
+def open_run(args: Any) -> tuple[Path, str, Any, Any]:
+    """(output folder, backbone, tokenizer, device) of an MLM trainer's arguments (``threads``, ``out``,
+    ``overwrite``, ``backbone``, ``device``), checked before any work: an existing --out needs --overwrite."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
+    backbone = resolve_backbone(args.backbone)
+    return out, backbone, load_tokenizer(backbone), pick_device(args.device)
+
+
 def pick_device(device: str | None):
     from clir.model.checks import torch_device
 
