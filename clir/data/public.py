@@ -403,6 +403,24 @@ def dataset_ids() -> list[str]:
     return ids + [f"{NAME}/xquad-r-mlir/de-ru-zh"] + [f"{NAME}/tatoeba/{lang}" for lang in TATOEBA_MD5]
 
 
+def register_missing(ids: list[str], build) -> None:
+    """Register each of ``ids`` that ir_datasets does not know yet (an earlier copy of a module may have
+    registered it) with the dataset ``build(id)`` makes."""
+    import ir_datasets
+
+    known = set(ir_datasets.registry)
+    for ds_id in ids:
+        if ds_id not in known:
+            ir_datasets.registry.register(ds_id, build(ds_id))
+
+
+def _build(ds_id: str):
+    kind, lang = ds_id.split("/")[1:]
+    if kind == "tatoeba":
+        return tatoeba_dataset(lang)
+    return xquad_dataset(lang.split("-"), "article" if kind == "xquad-r-articles" else "sentence")
+
+
 def register() -> None:
     """Add the ``clir/...`` datasets to ir_datasets' registry, once per process."""
     global _registered
@@ -410,18 +428,8 @@ def register() -> None:
         return
     import ir_datasets
 
-    registry = ir_datasets.registry
-    known = set(registry)
-    for ds_id in dataset_ids():
-        if ds_id in known:  # registered by an earlier copy of this module
-            continue
-        kind, lang = ds_id.split("/")[1:]
-        if kind == "tatoeba":
-            ds = tatoeba_dataset(lang)
-        else:
-            ds = xquad_dataset(lang.split("-"), "article" if kind == "xquad-r-articles" else "sentence")
-        registry.register(ds_id, ds)
-    registry.register_pattern(MLIR_PATTERN, _mlir)
+    register_missing(dataset_ids(), _build)
+    ir_datasets.registry.register_pattern(MLIR_PATTERN, _mlir)
     _registered = True
     log.debug(
         "registered %d clir datasets under IR_DATASETS_HOME=%s",

@@ -361,13 +361,11 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    import ir_datasets
+    from clir.data.public import register_missing
 
-    registry = ir_datasets.registry
-    known = set(registry)
-    for ds_id in dataset_ids():
-        if ds_id in known:
-            continue
+    def build(ds_id: str):
         kind, sub = ds_id.split("/")[1:]
-        registry.register(ds_id, ud_dataset(sub) if kind == "ud" else wikiqa_dataset())
+        return ud_dataset(sub) if kind == "ud" else wikiqa_dataset()
+
+    register_missing(dataset_ids(), build)
     _registered = True
