@@ -28,6 +28,11 @@ A dev slice (--dev-fraction, by a hash of each text seeded with --dev-seed) is h
 MLM loss is reported beside the frozen head without the adapter and a unigram table of the training text.
 Checkpoints go to OUT.partial; --resume continues an interrupted run.
 
+Data parallel: `torchrun --nproc_per_node N -m clir train-language-adapter ...` trains on N processes, each
+on --batch-size texts of every global batch of N x --batch-size (gloo on CPUs, NCCL on GPUs); it takes the
+same steps as one process at --batch-size N x b (every process draws the global batch's masks, and dropout
+is keyed by each text's place in it). Rank 0 writes OUT; a run resumes on another N when the global batch is the same.
+
 --text: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder (its docs) or irds:<id>."""
 
 
@@ -42,7 +47,12 @@ def add_dev_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, every: int) -> None:
     p.add_argument("--max-steps", type=positive_int, default=steps)
-    p.add_argument("--batch-size", type=positive_int, default=batch)
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch,
+        help=f"texts per step, per process under torchrun (default {batch})",
+    )
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
     p.add_argument("--mlm-probability", type=float, default=0.15)
@@ -155,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from clir.model.folder import load_tokenizer
     from clir.safe_load import read_json
     from clir.train import train_language_adapter
+    from clir.train.distributed import teardown
     from clir.train.mlm import resolve_backbone
 
     typed = adapter_args(args)
@@ -169,8 +180,13 @@ def run(args: argparse.Namespace) -> int:
         for name in RESUME_RECORDS:
             if (work / name).is_file():
                 read_json(work / name)
-    with disk_errors(work, f"checkpoints in {work} are intact: free space, then --resume continues"):
-        res = train_language_adapter(typed)
+    try:
+        with disk_errors(work, f"checkpoints in {work} are intact: free space, then --resume continues"):
+            res = train_language_adapter(typed)
+    finally:
+        teardown()
+    if res.rank != 0:
+        return 0  # under torchrun rank 0 reports for the run
     print(
         json.dumps(
             {

@@ -63,8 +63,13 @@ def head_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from clir.errors import ClirError
     from clir.train.head_training import train_mlm_head
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would race to write one folder
+        raise ClirError("clir train-mlm-head runs in one process: start it without torchrun")
     info = train_mlm_head(head_args(args))
     print(json.dumps({k: info[k] for k in ("head_sha256", "steps", "seconds", "languages")}))
     return 0

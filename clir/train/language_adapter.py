@@ -28,7 +28,7 @@ from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
 from clir.model.adapters import name_backbone
 from clir.model.card import write_language_adapter_card
 from clir.safe_load import read_json
-from clir.train import mlm
+from clir.train import distributed, mlm
 from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm
 from clir.train.mlm_loop import LoopSettings, train_mlm
 
@@ -87,6 +87,8 @@ class LanguageAdapterResult:
     dev_loss_no_adapter: float
     dev_loss_unigram: float
     dev_texts: int
+    #: this process's rank under torchrun (0 in a single process): rank 0 reports for the run
+    rank: int = 0
 
 
 def _check_args(args: LanguageAdapterArgs) -> None:
@@ -106,11 +108,12 @@ def _check_args(args: LanguageAdapterArgs) -> None:
     args.dev.check()
 
 
-def _run_record(args: LanguageAdapterArgs, backbone: str) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote its checkpoints."""
-    skip = {"out", "overwrite", "resume", "device", "threads", "log_every", "checkpoint_every"}
+def _run_record(args: LanguageAdapterArgs, backbone: str, world: int) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoints: the global batch, not the
+    per-process one (a run resumes on another world size when the global batch is the same)."""
+    skip = {"out", "overwrite", "resume", "device", "threads", "log_every", "checkpoint_every", "batch_size"}
     record = {k: v for k, v in args.__dict__.items() if k not in skip and k != "dev"}
-    return {"backbone": backbone, **record, "dev": args.dev.__dict__}
+    return {"backbone": backbone, **record, "global_batch": args.batch_size * world, "dev": args.dev.__dict__}
 
 
 def _arch(args: LanguageAdapterArgs):
@@ -146,12 +149,18 @@ def train_language_adapter(
     import torch
 
     _check_args(args)
+    dist = distributed.setup(args.device)  # under torchrun: this rank's place (one process otherwise)
     out, backbone, tokenizer, device = mlm.open_run(args)
+    if dist.enabled:
+        distributed.apply_threads(args.threads, dist)
+        device = mlm.pick_device(dist.device)
     source = mlm.TextSource(args.text)
     _arch(args).to_adapters_config()  # a bad --non-linearity or reduction factor fails before any work
     _check_head_split(args.head, args.dev)
     dev, dev_texts = mlm.prepare_dev(tokenizer, source, args.dev, args.max_length, args.mlm_probability)
-    work = mlm.prepare_work(out, _run_record(args, backbone), resume=args.resume, overwrite=args.overwrite)
+    record = _run_record(args, backbone, dist.world)
+    work = out.with_name(out.name + ".partial")
+    dist.on_main(lambda: mlm.prepare_work(out, record, resume=args.resume, overwrite=args.overwrite))
 
     model, head_info = load_mlm(backbone, args.head)
     adapters.init(model)
@@ -159,7 +168,10 @@ def train_language_adapter(
     head = head_module(model)
     model.to(device)
     packed = args.packed and mlm.packs(model, tokenizer, device)
-    refs = _references(args, work, model, head, tokenizer, source, dev, device, packed)
+    refs = dist.broadcast(
+        dist.on_main(lambda: _references(args, work, model, head, tokenizer, source, dev, device, packed))
+    )
+    assert refs is not None
 
     torch.manual_seed(args.seed)  # the adapter's initial weights
     model.add_adapter(args.lang, config=_arch(args).to_adapters_config())
@@ -185,14 +197,22 @@ def train_language_adapter(
         device,
         desc=f"mlm {args.lang}",
         show_progress=show_progress,
+        dist=dist,
     )
-    loss = _save(args, model, head, dev, device, packed, work / "weights")
-    info = _info(args, head_info, settings, run, refs, loss, len(dev_texts))
-    weights = work / "weights"
-    (weights / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_language_adapter_card(weights, info)  # README.md, AdapterHub's model-card layout
-    swap_into_place(weights, out)
-    shutil.rmtree(work, ignore_errors=True)
+
+    def finish() -> dict[str, Any]:
+        weights = work / "weights"
+        loss = _save(args, model, head, dev, device, packed, weights)
+        info = _info(args, head_info, settings, run, refs, loss, len(dev_texts), dist.world)
+        text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
+        (weights / INFO_FILE).write_text(text, encoding="utf-8")
+        write_language_adapter_card(weights, info)  # README.md, AdapterHub's model-card layout
+        swap_into_place(weights, out)
+        shutil.rmtree(work, ignore_errors=True)
+        return info
+
+    info = dist.broadcast(dist.on_main(finish))  # rank 0 scores and writes; every rank returns the result
+    assert info is not None
     hist = run["loss"] or [{"loss": float("nan")}]
     return LanguageAdapterResult(
         out=out,
@@ -206,6 +226,7 @@ def train_language_adapter(
         dev_loss_no_adapter=refs["dev_loss_no_adapter"],
         dev_loss_unigram=refs["dev_loss_unigram"],
         dev_texts=len(dev_texts),
+        rank=dist.rank,
     )
 
 
@@ -228,8 +249,10 @@ def _save(args: LanguageAdapterArgs, model, head, dev, device, packed: bool, wei
     return loss
 
 
-def _info(args, head_info, settings: LoopSettings, run, refs, loss: float, dev_texts: int) -> dict[str, Any]:
-    """What ``clir_language_adapter.json`` records."""
+def _info(
+    args, head_info, settings: LoopSettings, run, refs, loss: float, dev_texts: int, world: int
+) -> dict[str, Any]:
+    """What ``clir_language_adapter.json`` records (``batch_size``: texts per step over all processes)."""
     return {
         "lang": args.lang,
         "backbone": args.backbone,  # as given (a registered name travels; the resolved cache folder does not)
@@ -239,14 +262,16 @@ def _info(args, head_info, settings: LoopSettings, run, refs, loss: float, dev_t
         "arch": _arch(args).__dict__,
         "seed": args.seed,
         "steps": run["steps"],
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size * world,
+        "processes": world,
         "lr": args.lr,
         "mlm_probability": args.mlm_probability,
+        "dropout": "keyed",  # masks keyed by (seed, step, text): the same for any number of processes
         "precision": "bf16" if settings.bf16 else "fp32",
         "save_dtype": args.save_dtype,
         "packed": settings.packed,
         "train_texts": refs["train_texts"],
-        "texts_seen": run["steps"] * args.batch_size,
+        "texts_seen": run["steps"] * args.batch_size * world,
         "dev": {**args.dev.__dict__, "texts": dev_texts},
         "dev_loss": round(loss, 5),
         "dev_loss_no_adapter": refs["dev_loss_no_adapter"],

@@ -9,7 +9,7 @@ import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,18 +284,29 @@ def _packed_hidden(model, input_ids, attention_mask, labels):
 
 
 def masked_loss(
-    model, head, input_ids, attention_mask, labels, *, encoder_grad: bool = True, packed: bool = False
+    model,
+    head,
+    input_ids,
+    attention_mask,
+    labels,
+    *,
+    encoder_grad: bool = True,
+    packed: bool = False,
+    keys: Sequence[int] | None = None,
 ):
     """Cross entropy over the masked tokens, with logits computed only there (the 250k-word output layer of
     XLM-R vocabularies dominates otherwise). ``packed``: run the encoder packed (:func:`_packed_hidden`).
-    Returns (sum of token losses, number of tokens)."""
+    ``keys``: one per row, for keyed dropout (:mod:`clir.train.dropout`) in training, so that a text's
+    dropout does not depend on its batch or process. Returns (sum of token losses, number of tokens)."""
     import contextlib
 
     import torch
 
     ctx = contextlib.nullcontext() if encoder_grad else torch.no_grad()
     with ctx:
-        if packed:
+        if keys is not None:
+            hidden, labels = _keyed_hidden(model, input_ids, attention_mask, labels, keys, packed=packed)
+        elif packed:
             hidden, labels = _packed_hidden(model, input_ids, attention_mask, labels)
         else:
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -303,6 +314,27 @@ def masked_loss(
     logits = head(hidden[sel])
     loss = torch.nn.functional.cross_entropy(logits.float(), labels[sel], reduction="sum")
     return loss, int(sel.sum())
+
+
+def _keyed_hidden(model, input_ids, attention_mask, labels, keys: Sequence[int], *, packed: bool):
+    """(hidden states, labels) of a training batch under keyed dropout: packed texts end to end in one row
+    (attention per text, as :class:`~clir.train.dropout.KeyedDropout` runs it), or the padded rows."""
+    import torch
+
+    from clir.model.packing import pack
+    from clir.train.dropout import KeyedDropout
+
+    lengths = attention_mask.sum(1).tolist()
+    if not packed:
+        with KeyedDropout(list(keys), lengths, packed=False):
+            out = model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, labels
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # equal lengths in runs: fewer calls
+    ids = [input_ids[i, : lengths[i]].tolist() for i in order]
+    inputs, _ = pack(model.base_model, ids, input_ids.device)
+    with KeyedDropout([keys[i] for i in order], [lengths[i] for i in order], packed=True):
+        hidden = model.base_model(**inputs).last_hidden_state[0]
+    return hidden, torch.cat([labels[i, : lengths[i]] for i in order])
 
 
 def dev_loss(model, head, batches: list[DevBatch], device, *, packed: bool = False) -> float:

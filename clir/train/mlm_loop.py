@@ -1,6 +1,11 @@
 """The checkpointed masked-LM training loop that the shared MLM head (``clir train-mlm-head``) and the
-language adapters (``clir train-language-adapter``) both run: seeded masks, AdamW with linear warm-up and
-decay, atomic data-only checkpoints and an exact resume."""
+language adapters (``clir train-language-adapter``) both run: seeded masks, keyed dropout, AdamW with linear
+warm-up and decay, atomic data-only checkpoints and an exact resume.
+
+Under ``torchrun`` (:mod:`clir.train.distributed`) every rank reads the same stream, tokenises and masks the
+whole global batch of ``batch_size x world`` texts with the same generator, and trains on its contiguous
+share; dropout is keyed by (seed, step, global index) and the loss is normalised by the global count of
+masked tokens, so N processes at batch b take the steps of one process at batch N x b."""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from clir.train import mlm
+from clir.train.distributed import Dist, allreduce_grads
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +95,12 @@ class MlmRun:
         self.interval = [float(x) for x in saved["interval"]]
         log.info("resumed at step %d from %s", self.step, ckpt)
 
-    def save(self, s: LoopSettings, folder: Path, seconds: float) -> None:
+    def save(self, s: LoopSettings, folder: Path, seconds: float, world: int = 1) -> None:
         from clir.train.checkpoint import rng_state, save_checkpoint
 
         state = {
             "step": self.step,
-            "data": {"texts": self.step * s.batch_size},
+            "data": {"texts": self.step * s.batch_size * world, "world": world},
             "model": {n: p.detach().cpu().clone() for n, p in self.named},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -116,22 +123,27 @@ def train_mlm(
     *,
     desc: str,
     show_progress: bool | None,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Train the parameters of ``model`` that require grad by masked LM on ``texts()`` (an endless stream),
-    resuming from ``folder``'s last checkpoint. Returns the run's record: steps, seconds, speed, loss curve."""
+    resuming from ``folder``'s last checkpoint. Returns the run's record: steps, seconds, speed, loss curve.
+    ``dist``: this process's place under torchrun (rank 0 alone writes checkpoints)."""
     from clir.progress import progress
 
+    dist = dist or Dist()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     run = MlmRun.start(s, named, folder)
-    stream = itertools.islice(texts(), run.step * s.batch_size, None)
-    bar = progress(total=s.max_steps, desc=desc, unit="step") if show_progress is not False else None
+    per_step = s.batch_size * dist.world
+    stream = itertools.islice(texts(), run.step * per_step, None)
+    show = show_progress is not False and dist.is_main
+    bar = progress(total=s.max_steps, desc=desc, unit="step") if show else None
     if bar is not None and run.step:
         bar.update(run.step)
     model.train()
     t0 = time.perf_counter()
     try:
         while run.step < s.max_steps:
-            loss = _step(s, model, head, tokenizer, stream, device, run)
+            loss = _step(s, model, head, tokenizer, stream, device, run, dist)
             run.interval.append(loss)
             if bar is not None:
                 bar.update(1)
@@ -142,7 +154,8 @@ def train_mlm(
                 )
                 run.interval = []
             if run.step % s.checkpoint_every == 0 and run.step < s.max_steps:
-                run.save(s, folder, run.seconds + time.perf_counter() - t0)
+                elapsed = run.seconds + time.perf_counter() - t0
+                dist.on_main(partial(run.save, s, folder, elapsed, dist.world))
     finally:
         if bar is not None:
             bar.close()
@@ -151,17 +164,26 @@ def train_mlm(
         "trainable_parameters": sum(p.numel() for _, p in named),
         "steps": run.step,
         "seconds": round(seconds, 1),
-        "texts_per_s": round(run.step * s.batch_size / seconds, 2) if seconds > 0 else None,
+        "texts_per_s": round(run.step * per_step / seconds, 2) if seconds > 0 else None,
         "loss": run.history,
     }
 
 
-def _step(s: LoopSettings, model, head, tokenizer, texts: Iterator[str], device, run: MlmRun) -> float:
-    """One optimiser step of masked-LM loss on the next batch of texts; returns the loss."""
+def _step(
+    s: LoopSettings, model, head, tokenizer, texts: Iterator[str], device, run: MlmRun, dist: Dist
+) -> float:
+    """One optimiser step of masked-LM loss on the next global batch of texts; returns its loss."""
     import torch
 
-    enc = mlm.tokenize(tokenizer, [next(texts) for _ in range(s.batch_size)], s.max_length)
-    ids, labels = mlm.mask_tokens(enc, tokenizer, s.mlm_probability, run.gen)
+    from clir.train.dropout import text_key
+
+    batch = [next(texts) for _ in range(s.batch_size * dist.world)]
+    enc = mlm.tokenize(tokenizer, batch, s.max_length)
+    ids, labels = mlm.mask_tokens(enc, tokenizer, s.mlm_probability, run.gen)  # the global batch's masks
+    rows = dist.share(range(len(batch)))
+    mine = slice(rows[0], rows[-1] + 1)
+    attention = enc["attention_mask"][mine]
+    width = int(attention.sum(1).max())  # this share's own padding
     # the encoder needs gradients only when something inside it trains (an adapter); a head alone does not
     encoder_grad = any(p.requires_grad for p in model.base_model.parameters())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
@@ -169,17 +191,22 @@ def _step(s: LoopSettings, model, head, tokenizer, texts: Iterator[str], device,
         loss_sum, n = mlm.masked_loss(
             model,
             head,
-            ids.to(device),
-            enc["attention_mask"].to(device),
-            labels.to(device),
+            ids[mine, :width].to(device),
+            attention[:, :width].to(device),
+            labels[mine, :width].to(device),
             encoder_grad=encoder_grad,
             packed=s.packed,
+            keys=[text_key(s.seed, "mlm", run.step, i) for i in rows],
         )
-    loss = loss_sum / max(n, 1)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for _, p in run.named], 1.0)
+    total = dist.sum(n)  # masked tokens of the global batch: every rank's loss is a share of one mean
+    # DDP-style averaging of the gradients over ranks: scaled by the world size, their mean is the gradient
+    # of the global batch's mean loss
+    (loss_sum * (dist.world / max(total, 1))).backward()
+    params = [p for _, p in run.named]
+    allreduce_grads(params, dist)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    return float(loss.detach())
+    return dist.sum(float(loss_sum.detach())) / max(total, 1)

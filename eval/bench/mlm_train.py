@@ -7,6 +7,11 @@ Levers: logits only at the masked positions (vs the whole 250k-word output layer
 ``clir train-language-adapter`` runs by default) and bf16 autocast.
 
     python -m eval.bench.mlm_train [--rounds 3] [--batch-size 16]      # ~3-5 minutes on 2 cores
+    python -m eval.bench.mlm_train --curve 60     # + dev loss at equal steps: padded fp32 vs packed bf16
+
+``--curve N`` trains the German adapter N steps against the committed shared head
+(shipped/paper-small-v2/head) twice, as clir did before packing (padded, fp32) and with both levers (packed,
+bf16 autocast), and reports the dev losses at equal steps beside the wall time of each run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads (training pins one per process)")
     p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
+    p.add_argument("--curve", type=int, default=0, help="also train N steps each way and compare dev losses")
     args = p.parse_args(argv)
     common.quiet_libraries()
     common.require_shared()
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = mlm.tokenize(tok, random.Random(0).sample(lines, args.batch_size), 128)
     ids, labels = mlm.mask_tokens(enc, tok, 0.15, torch.Generator().manual_seed(0))
     mask = enc["attention_mask"]
+    keys = list(range(args.batch_size))  # keyed dropout, as the trainer runs it
 
     def step(masked_only: bool, bf16: bool, packed: bool = False, adapter: bool = True):
         def run():
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             with ctx:
                 if masked_only:
                     loss, n = mlm.masked_loss(
-                        model, head, ids, mask, labels, encoder_grad=adapter, packed=packed
+                        model, head, ids, mask, labels, encoder_grad=adapter, packed=packed, keys=keys
                     )
                     loss = loss / n
                 else:
@@ -116,11 +123,77 @@ def main(argv: list[str] | None = None) -> int:
             common.conditions(load),
         ]
     )
+    curve = _curve(args) if args.curve else None
+    if curve is not None:
+        body = body.replace(common.conditions(load), curve[0] + "\n\n" + common.conditions(load))
     print(body)
     if not args.no_write:
-        common.save_json("mlm_train", {"times": times, "machine": common.machine()})
+        common.save_json(
+            "mlm_train", {"times": times, "curve": curve and curve[1], "machine": common.machine()}
+        )
         common.write_section(TITLE, body)
     return 0
+
+
+def _curve(args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """Dev loss at equal steps: the German adapter trained ``args.curve`` steps padded in fp32 and packed in
+    bf16 (the same seed, texts, masks and dropout keys), each scored on the same dev tokens in fp32."""
+    import tempfile
+    from pathlib import Path
+
+    from clir.train.language_adapter import LanguageAdapterArgs, train_language_adapter
+
+    head = Path(__file__).resolve().parents[2] / "shipped" / "paper-small-v2" / "head"
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, packed, precision in (
+            ("padded, fp32", False, "fp32"),
+            ("packed, bf16 autocast", True, "bf16"),
+        ):
+            res = train_language_adapter(
+                LanguageAdapterArgs(
+                    lang="de",
+                    text=str(common.SHARED / "data" / "mono" / "de.txt"),
+                    backbone=str(common.E5_DIR),
+                    head=str(head),
+                    out=f"{tmp}/{packed}",
+                    max_steps=args.curve,
+                    batch_size=args.batch_size,
+                    lr=1e-3,
+                    seed=0,
+                    threads=args.threads,
+                    packed=packed,
+                    precision=precision,
+                    checkpoint_every=10**6,
+                ),
+                show_progress=False,
+            )
+            runs.append(
+                {
+                    "variant": name,
+                    "dev_loss": res.dev_loss,
+                    "no_adapter": res.dev_loss_no_adapter,
+                    "seconds": res.seconds,
+                    "texts_per_s": res.texts_per_s,
+                    "train_loss": res.last_loss,
+                }
+            )
+    base = runs[0]["seconds"]
+    rows = [
+        [r["variant"], r["dev_loss"], r["no_adapter"], r["train_loss"], r["seconds"], base / r["seconds"]]
+        for r in runs
+    ]
+    text = "\n\n".join(
+        [
+            f"Dev loss at equal steps: the German adapter trained {args.curve} steps x {args.batch_size} UD "
+            "sentences (lr 1e-3, seed 0, keyed dropout) against the committed shared head, each way; dev loss in "
+            "fp32 on the same held-out masked tokens; wall time includes the dev scoring.",
+            common.table(
+                ["run", "dev loss", "no-adapter dev loss", "last train loss", "s", "speed-up"], rows
+            ),
+        ]
+    )
+    return text, runs
 
 
 if __name__ == "__main__":
