@@ -104,3 +104,22 @@ def test_benchmark_writers_are_portable(tmp_path):
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["model"] == ".cache/e5"
     assert {"cpu", "cores", "accelerator"} <= set(saved["machine"])
+
+
+def test_shipped_checksums_cover_every_file():
+    """`SHA256SUMS` of a shipped folder lists every file in it with its current hash (users check
+    downloads with `sha256sum -c`; a stale list would fail them)."""
+    import hashlib
+
+    for sums in (ROOT / "shipped").rglob("SHA256SUMS"):
+        folder = sums.parent
+        listed = {}
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            digest, name = line.split(maxsplit=1)
+            listed[name.lstrip("*").removeprefix("./")] = digest
+        files = {
+            str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS"
+        }
+        assert set(listed) == files, f"{sums}: listed and present files differ"
+        for name, digest in listed.items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{sums}: {name}"
