@@ -273,3 +273,35 @@ def test_seeds_and_claims_are_checked_when_the_config_loads(tmp_path, change, me
     path.write_text(f"name: c\ncollections: [{{source: sample}}]\n{models}{change}\n")
     with pytest.raises(ClirError, match=message):
         load_eval_config(path)
+
+
+def test_cka_routes_documents_by_the_configured_language(tiny_bert, tiny_collection, tmp_path):
+    """A collection whose records name their language in another code (Tatoeba's "deu") is routed by the
+    config's doc_lang, in the CKA analysis as in its index: d-target goes through the German adapter."""
+    from clir.cli.main import main
+
+    coll = tmp_path / "coded"
+    coll.mkdir()
+    for name in ("queries.tsv", "qrels.txt"):
+        shutil.copy(tiny_collection / name, coll / name)
+    recs = [json.loads(x) for x in (tiny_collection / "docs.jsonl").read_text().splitlines()]
+    with open(coll / "docs.jsonl", "w", encoding="utf-8") as f:
+        for r in recs:  # every record in a three-letter code (deu, ruu, ...): none names an adapter
+            f.write(json.dumps({**r, "lang": r["lang"] + r["lang"][-1]}) + "\n")
+    adapters = ", ".join(f"{lang}: new" for lang in LANGS)
+    cfg = tmp_path / "coded.yaml"
+    cfg.write_text(
+        f"""
+name: coded
+collections: [{{source: {coll}, name: coded, doc_lang: de}}]
+models:
+  - {{name: madx, model: {tiny_bert}, overrides: {{adapter_mode: madx, language_adapters: {{{adapters}}}}}}}
+routings: [{{query: source, doc: source}}, {{query: source, doc: target}}]
+metrics: [mrr@100]
+analysis: {{enabled: true, cka_docs: 12, neighbour_docs: 10}}
+"""
+    )
+    assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    cka = json.loads((tmp_path / "out" / "runs" / "coded__madx.cka.json").read_text())
+    # a fresh German adapter is near identity, but not the source adapter (which would give exactly 1.0)
+    assert min(cka["routings"]["target"][1:]) < 1.0

@@ -56,7 +56,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, steps: int, batch: int, lr:
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
     p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16 autocast for training steps; auto: where the device computes bf16 natively (GPUs, CPUs with "
+        "AVX512-BF16 or AMX); dev losses are always fp32",
+    )
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
         "--packed",

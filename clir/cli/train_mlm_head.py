@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def head_args(args: argparse.Namespace):
     from clir.train.head_training import MlmHeadArgs
+    from clir.train.mlm import pick_device, use_bf16
 
     return MlmHeadArgs(
         texts=args.text,
@@ -53,7 +54,7 @@ def head_args(args: argparse.Namespace):
         seed=args.seed,
         dev=dev_settings(args),
         checkpoint_every=args.checkpoint_every,
-        bf16=args.precision == "bf16",
+        bf16=use_bf16(args.precision, pick_device(args.device)),
         packed=args.packed,
         device=args.device,
         threads=args.threads,

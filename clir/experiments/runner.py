@@ -276,7 +276,9 @@ def _write_cka(plan: Plan, enc, model: GridModel, coll: GridCollection) -> None:
     routings = [
         r.routing for r in plan.rows if r.model is model and r.collection is coll and r.routing is not None
     ]
-    docs = [(d.full_text(), d.lang or coll.doc_lang) for d in coll.collection().docs()]
+    # the configured doc_lang wins over the records' own field, as when the index is built (Tatoeba's
+    # records say "deu", an ISO 639-3 code no adapter is named by)
+    docs = [(d.full_text(), coll.doc_lang or d.lang) for d in coll.collection().docs()]
     n = min(plan.config.analysis.cka_docs, len(docs))
     pick = sorted(np.random.default_rng(plan.config.seed).choice(len(docs), n, replace=False).tolist())
     seed = plan.fresh_seed(model)

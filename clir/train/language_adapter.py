@@ -180,7 +180,7 @@ def train_language_adapter(
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not trainable or any(f".{args.lang}." not in n for n in trainable):  # the head must stay frozen
         raise ClirError(f"internal: only {args.lang}'s adapter should train, not {trainable[:3]}")
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    bf16 = mlm.use_bf16(args.precision, device)
     settings = LoopSettings.of(args, bf16=bf16, packed=packed)
     split = args.dev.split()
 

@@ -170,6 +170,17 @@ def pick_device(device: str | None):
     return torch_device(device)
 
 
+def use_bf16(precision: str, device) -> bool:
+    """Whether an MLM trainer's ``--precision`` means bf16 autocast on ``device``: ``auto`` picks it where the
+    device computes bf16 natively (GPUs that support it; CPUs with AVX512-BF16 or AMX), as the encoder and
+    ``clir train`` do. Dev losses are scored in fp32 either way."""
+    import torch
+
+    from clir.model.precision import autocast_dtype
+
+    return precision == "bf16" or (precision == "auto" and autocast_dtype("auto", device) == torch.bfloat16)
+
+
 def packs(model, tokenizer, device) -> bool:
     """Whether ``model`` can run MLM batches packed (the encoder's probe: packed == padded in fp32)."""
     from clir.model.packing import packs_like_padding, probe_ids

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "shared head (train-mlm-head): packed, fp32 (default)": step(True, False, packed=True, adapter=False),
     }
     times = common.alternate(contenders, args.rounds)
+    curve = _curve(args) if args.curve else None
     before = common.median(times[today])
     rows = [
         [name, common.median(t), args.batch_size / common.median(t), before / common.median(t)]
@@ -119,23 +120,20 @@ def main(argv: list[str] | None = None) -> int:
             "batch is as wide as its longest. Packed and padded give the same loss and gradients within fp32 "
             "rounding (tests/test_language_adapter.py), so dev loss at equal steps is equal by construction. "
             "CPU training pins one thread per process (`--threads 1`): under load, two OpenMP threads per "
-            "process spin-wait against other jobs. bf16 autocast is measured, not the default on CPU.",
+            "process spin-wait against other jobs. bf16 autocast is the default (`--precision auto`) where the "
+            "device computes bf16 natively (GPUs; CPUs with AVX512-BF16 or AMX).",
+            *([curve_text(curve, args.curve, args.batch_size)] if curve else []),
             common.conditions(load),
         ]
     )
-    curve = _curve(args) if args.curve else None
-    if curve is not None:
-        body = body.replace(common.conditions(load), curve[0] + "\n\n" + common.conditions(load))
     print(body)
     if not args.no_write:
-        common.save_json(
-            "mlm_train", {"times": times, "curve": curve and curve[1], "machine": common.machine()}
-        )
+        common.save_json("mlm_train", {"times": times, "curve": curve, "machine": common.machine()})
         common.write_section(TITLE, body)
     return 0
 
 
-def _curve(args: argparse.Namespace) -> tuple[str, list[dict]]:
+def _curve(args: argparse.Namespace) -> list[dict]:
     """Dev loss at equal steps: the German adapter trained ``args.curve`` steps padded in fp32 and packed in
     bf16 (the same seed, texts, masks and dropout keys), each scored on the same dev tokens in fp32."""
     import tempfile
@@ -178,22 +176,26 @@ def _curve(args: argparse.Namespace) -> tuple[str, list[dict]]:
                     "train_loss": res.last_loss,
                 }
             )
+    return runs
+
+
+def curve_text(runs: list[dict], steps: int, batch: int) -> str:
+    """The dev-loss-at-equal-steps table of :func:`_curve`'s runs."""
     base = runs[0]["seconds"]
     rows = [
         [r["variant"], r["dev_loss"], r["no_adapter"], r["train_loss"], r["seconds"], base / r["seconds"]]
         for r in runs
     ]
-    text = "\n\n".join(
+    head = ["run", "dev loss", "no-adapter dev loss", "last train loss", "training s", "speed-up"]
+    return "\n\n".join(
         [
-            f"Dev loss at equal steps: the German adapter trained {args.curve} steps x {args.batch_size} UD "
-            "sentences (lr 1e-3, seed 0, keyed dropout) against the committed shared head, each way; dev loss in "
-            "fp32 on the same held-out masked tokens; wall time includes the dev scoring.",
-            common.table(
-                ["run", "dev loss", "no-adapter dev loss", "last train loss", "s", "speed-up"], rows
-            ),
+            f"Dev loss at equal steps: the German adapter trained {steps} steps x {batch} UD sentences (lr "
+            "1e-3, seed 0, keyed dropout) against the committed shared head, each way, one after the other; "
+            "dev loss in fp32 on the same held-out masked tokens; training s: the training loop's wall time "
+            "(dev scoring excluded).",
+            common.table(head, rows),
         ]
     )
-    return text, runs
 
 
 if __name__ == "__main__":
