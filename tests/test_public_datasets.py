@@ -277,3 +277,17 @@ def test_training_verbs_take_the_ids(raw_irds_home, tiny_bert, tiny_head, tmp_pa
     assert "irds:clir/wikiqa/train-triples" in card and "Microsoft Research Data License" in card
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "irds:clir/ud/fa" in card and "CC BY-SA 4.0" in card and "- fa" in card
+
+
+@pytest.mark.shared
+def test_a_grid_finds_the_languages_of_a_multilingual_irds_collection(raw_irds_home):
+    """Target routing on an ir_datasets collection of several languages (no doc_lang): the grid reads each
+    document's own language, as the index build does, instead of refusing to route."""
+    from clir.config.eval import CollectionSpec
+    from clir.experiments.grid import GridCollection
+
+    def grid(source: str) -> GridCollection:
+        return GridCollection(CollectionSpec(source), "c", source, source[5:], None, None, "en")
+
+    assert grid("irds:clir/xquad-r-mlir/de-ru-zh").doc_langs() == ["de", "ru", "zh"]
+    assert grid("irds:clir/xquad-r/de").doc_langs() == ["de"]  # the dataset's one language

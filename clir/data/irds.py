@@ -141,6 +141,13 @@ class IrdsCollection(Collection):
                 raise ClirError(offline_message(self.ds_id, missing_files(self.ds_id, (part,)))) from None
             raise
 
+    def docs_labelled(self) -> bool:
+        """Whether each document names its own language (a ``lang`` field: clir's multilingual datasets)."""
+        try:
+            return self.ds.has_docs() and "lang" in getattr(self.ds.docs_cls(), "_fields", ())
+        except Exception:  # a dataset without a documents class
+            return False
+
     def docs(self) -> Iterator[Document]:
         if not self.ds.has_docs():
             raise ClirError(f"{self.name} has no documents")

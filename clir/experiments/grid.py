@@ -87,8 +87,8 @@ class GridCollection:
                 lang = coll.lang if self.spec.lang_id != "all" else None
                 if lang:
                     self._doc_langs = [lang]
-                elif self.irds_id:
-                    self._doc_langs = []
+                elif self.irds_id and not coll.docs_labelled():
+                    self._doc_langs = []  # no language per document: scanning would find none
                 else:
                     self._doc_langs = self._scan_langs(coll)
         return list(self._doc_langs)
