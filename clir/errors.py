@@ -18,3 +18,8 @@ class ClirError(Exception):
 
 class NotFoundError(ClirError):
     status = 404
+
+
+class ResumeRefused(ClirError):
+    """A partial build or run that cannot be continued with the settings given (callers that may start over
+    catch this type, not the message)."""

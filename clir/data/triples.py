@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from clir.data.collections import IRDS_PREFIX
 from clir.errors import ClirError
 from clir.safe_load import loads_json
 
 log = logging.getLogger(__name__)
-
-IRDS_PREFIX = "irds:"
 
 
 @dataclass

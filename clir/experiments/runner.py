@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clir.config import Routing, to_dict
-from clir.errors import ClirError
+from clir.errors import ClirError, ResumeRefused
 from clir.experiments.build import run_builds
 from clir.experiments.grid import GridCollection, GridModel, GridRow, IndexJob, Plan, config_hash
 from clir.experiments.report import write_outputs
@@ -136,9 +136,7 @@ def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
     )
     try:
         build_index(args, encoder=enc)
-    except ClirError as e:
-        if "cannot resume" not in str(e):
-            raise
+    except ResumeRefused as e:
         log.warning("%s; starting that index over", e)
         args.resume = False
         build_index(args, encoder=enc)

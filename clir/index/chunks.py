@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import atomic_write_lines, atomic_write_text
-from clir.errors import ClirError
+from clir.errors import ClirError, ResumeRefused
 from clir.index import store
 from clir.safe_load import loads_json, read_json
 
@@ -58,14 +58,14 @@ def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
             try:
                 old = read_json(state_path, what="a build state")
             except ClirError as e:
-                raise ClirError(
+                raise ResumeRefused(
                     f"cannot resume {partial}: {e}; rerun without --resume to start over"
                 ) from None
             if not isinstance(old, dict):
-                raise ClirError(f"cannot resume {partial}: its {STATE_FILE} is not a build state")
+                raise ResumeRefused(f"cannot resume {partial}: its {STATE_FILE} is not a build state")
             diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
             if diff:
-                raise ClirError(
+                raise ResumeRefused(
                     f"cannot resume {partial}: it was started with different settings ({', '.join(diff)}); "
                     "rerun without --resume to start over"
                 )
