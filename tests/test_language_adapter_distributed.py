@@ -16,7 +16,6 @@ import torch
 from clir.errors import ClirError
 from clir.testing import _LINES
 from clir.train import mlm
-from clir.train.head_training import MlmHeadArgs, train_mlm_head
 from clir.train.language_adapter import INFO_FILE, LanguageAdapterArgs, train_language_adapter
 
 LINES = [f"{s} ({i})" for i in range(12) for s in _LINES["de"]]
@@ -33,15 +32,8 @@ def text(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def head(tiny_bert, text, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("head") / "head"
-    train_mlm_head(
-        MlmHeadArgs(
-            texts=[f"de={text}"], backbone=str(tiny_bert), out=str(out), max_steps=6, batch_size=8, dev=DEV
-        ),
-        show_progress=False,
-    )
-    return out
+def head(tiny_head) -> Path:
+    return tiny_head(DEV.fraction)  # holds out the slice the adapters here are scored on
 
 
 def args(tiny_bert, text, head, out, *, batch: int, **kw) -> LanguageAdapterArgs:

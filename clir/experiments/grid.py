@@ -87,11 +87,19 @@ class GridCollection:
                 lang = coll.lang if self.spec.lang_id != "all" else None
                 if lang:
                     self._doc_langs = [lang]
-                elif self.irds_id and not coll.docs_labelled():
-                    self._doc_langs = []  # no language per document: scanning would find none
+                elif self.irds_id and not self._scannable(coll):
+                    self._doc_langs = []
                 else:
                     self._doc_langs = self._scan_langs(coll)
         return list(self._doc_langs)
+
+    def _scannable(self, coll) -> bool:
+        """An ir_datasets collection is scanned for its languages when each document names its own and the
+        documents are on this machine (a dry run plans offline; a run checks the files before any work)."""
+        from clir.data.irds import missing_files
+
+        assert self.irds_id is not None
+        return bool(coll.docs_labelled()) and not missing_files(self.irds_id, ("docs",))
 
     def _scan_langs(self, coll) -> list[str]:
         lid = None

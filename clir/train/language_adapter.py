@@ -146,7 +146,6 @@ def train_language_adapter(
     """Train ``args.lang``'s adapter against the backbone's frozen head, score it and its references on the
     held-out slice, and write the adapter folder with ``clir_language_adapter.json``."""
     import adapters
-    import torch
 
     _check_args(args)
     dist = distributed.setup(args.device)  # under torchrun: this rank's place (one process otherwise)
@@ -173,15 +172,8 @@ def train_language_adapter(
     )
     assert refs is not None
 
-    torch.manual_seed(args.seed)  # the adapter's initial weights
-    model.add_adapter(args.lang, config=_arch(args).to_adapters_config())
-    model.train_adapter(args.lang)
-    model.to(device)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable or any(f".{args.lang}." not in n for n in trainable):  # the head must stay frozen
-        raise ClirError(f"internal: only {args.lang}'s adapter should train, not {trainable[:3]}")
-    bf16 = mlm.use_bf16(args.precision, device)
-    settings = LoopSettings.of(args, bf16=bf16, packed=packed)
+    _add_adapter(args, model, device)
+    settings = LoopSettings.of(args, bf16=mlm.use_bf16(args.precision, device), packed=packed)
     split = args.dev.split()
 
     def texts() -> Iterator[str]:
@@ -228,6 +220,19 @@ def train_language_adapter(
         dev_texts=len(dev_texts),
         rank=dist.rank,
     )
+
+
+def _add_adapter(args: LanguageAdapterArgs, model, device) -> None:
+    """Add ``args.lang``'s adapter (seeded initial weights) as the only trainable part of ``model``."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    model.add_adapter(args.lang, config=_arch(args).to_adapters_config())
+    model.train_adapter(args.lang)
+    model.to(device)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable or any(f".{args.lang}." not in n for n in trainable):  # the head must stay frozen
+        raise ClirError(f"internal: only {args.lang}'s adapter should train, not {trainable[:3]}")
 
 
 def _save(args: LanguageAdapterArgs, model, head, dev, device, packed: bool, weights: Path) -> float:
