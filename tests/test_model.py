@@ -142,6 +142,15 @@ def test_target_routing_needs_a_language(tiny_bert):
         enc.encode_passages(["x"], lang="fa")
 
 
+def test_queries_default_to_the_models_source_language(tiny_bert):
+    """Target query routing without a query language routes through the model's source language's adapter
+    (a model trained on German queries takes German by default, not English)."""
+    enc = _madx(tiny_bert, source_lang="de", routing={"query": "target"}, precision="fp32")
+    default = enc.encode_queries(TEXTS)
+    np.testing.assert_array_equal(default, enc.encode_queries(TEXTS, lang="de"))
+    assert not np.allclose(default, enc.encode_queries(TEXTS, lang="en"), atol=1e-6)
+
+
 def test_pooling_and_prefixes_match_hand_computation(tiny_bert):
     from transformers import AutoModel, AutoTokenizer
 

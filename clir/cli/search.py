@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--k", type=positive_int, default=None, help="hits per query (default 10, or 1000 with --run)"
     )
-    p.add_argument("--query-lang", default="en", help="language of the queries (default en)")
+    p.add_argument(
+        "--query-lang", help="language of the queries (default: the model's source language, en for most)"
+    )
     p.add_argument("--query-field", help="irds topics: title, description or title+description")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.add_argument("--batch-size", type=positive_int, default=64)

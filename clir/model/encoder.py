@@ -444,8 +444,9 @@ class DualEncoder:
             )
         return self._packs[key]
 
-    def encode_queries(self, texts: Sequence[str], lang: str | None = "en", **kw: Any) -> np.ndarray:
-        return self.encode(texts, "query", lang, **kw)
+    def encode_queries(self, texts: Sequence[str], lang: str | None = None, **kw: Any) -> np.ndarray:
+        """Query vectors; ``lang``: the queries' language (default: the model's ``source_lang``)."""
+        return self.encode(texts, "query", lang or self.config.source_lang, **kw)
 
     def encode_passages(self, texts: Sequence[str], lang: str | None = None, **kw: Any) -> np.ndarray:
         return self.encode(texts, "passage", lang, **kw)

@@ -247,7 +247,9 @@ class Searcher:
             return self.docids[row]
         return self.passages.doc_ids[self.passages.doc[row]]
 
-    def encode(self, queries: list[str], *, query_lang: str = "en", batch_size: int = 64) -> np.ndarray:
+    def encode(
+        self, queries: list[str], *, query_lang: str | None = None, batch_size: int = 64
+    ) -> np.ndarray:
         """Query vectors for this index (the first half of :meth:`batch_search`)."""
         return self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size)
 
@@ -274,7 +276,7 @@ class Searcher:
         return hits
 
     def search(
-        self, query: str, k: int = 10, *, query_lang: str = "en", return_text: bool = False
+        self, query: str, k: int = 10, *, query_lang: str | None = None, return_text: bool = False
     ) -> list[Hit]:
         return self.batch_search([query], k, query_lang=query_lang, return_text=return_text)[0]
 
@@ -283,7 +285,7 @@ class Searcher:
         queries: list[str],
         k: int = 10,
         *,
-        query_lang: str = "en",
+        query_lang: str | None = None,
         return_text: bool = False,
         batch_size: int = 64,
     ) -> list[list[Hit]]:
