@@ -113,6 +113,23 @@ def test_get_and_batch_take_query_routing(client, reference):
         _same(item["hits"], reference(q, "none", "en"))
 
 
+def test_query_lang_defaults_to_the_models_source_language(client, reference):
+    """Without query_lang, target query routing takes the model's source language (en here) on every route,
+    rather than failing for an unknown language (a source language other than en: tests/test_model.py)."""
+    want = reference(QUERIES[2], "target", "en")
+    r = client.post("/search", json={"query": QUERIES[2], "k": 5, "index": "madx", "query_routing": "target"})
+    assert r.status_code == 200, r.text
+    _same(r.json()["hits"], want)
+    r = client.get("/search", params={"q": QUERIES[2], "k": 5, "index": "madx", "query_routing": "target"})
+    assert r.status_code == 200, r.text
+    _same(r.json()["hits"], want)
+    body = {"queries": [QUERIES[2]], "k": 5, "index": "madx", "query_routing": "target"}
+    r = client.post("/search/batch", json=body)
+    assert r.status_code == 200, r.text
+    _same(r.json()["results"][0]["hits"], want)
+    _error(client.post("/search", json={"query": "x", "index": "madx", "query_lang": " "}), "query_lang")
+
+
 def test_routings_mixed_in_one_micro_batch_each_get_their_own(indexes, reference):
     """Concurrent requests with different routings share micro-batches: each is encoded its own way."""
     import httpx

@@ -146,7 +146,7 @@ def add_search_routes(app: FastAPI, state: ServeState) -> None:
         q: str = Query(description="query text"),
         k: int = Query(10, ge=1, le=MAX_K),
         index: str | None = None,
-        query_lang: str = Query("en", min_length=1, max_length=32),
+        query_lang: str | None = Query(None, min_length=1, max_length=32),
         query_routing: QueryRouting | None = QUERY_ROUTING_PARAM,
         return_text: bool = True,
         _key: str | None = KEY_DOC,
@@ -185,7 +185,7 @@ async def _search_one(
     name: str | None,
     query: str,
     k: int,
-    lang: str,
+    lang: str | None,
     return_text: bool,
     routing: QueryRouting | None = None,
     where: tuple[str, ...] = ("body", "query_routing"),
@@ -193,7 +193,7 @@ async def _search_one(
     t0 = time.perf_counter()
     name, searcher = state.get(name)
     _check_query_routing(name, searcher, routing, where)
-    job = Job(searcher, query, k, lang, routing)
+    job = Job(searcher, query, k, lang or searcher.encoder.config.source_lang, routing)
     batcher = state.batchers.get(id(searcher.encoder))
     if batcher is not None:
         res = await batcher.submit(job)
@@ -240,7 +240,8 @@ async def _search_batch(state: ServeState, body: BatchSearchRequest, request: Re
     t0 = time.perf_counter()
     name, searcher = state.get(body.index)
     _check_query_routing(name, searcher, body.query_routing, ("body", "query_routing"))
-    jobs = [Job(searcher, q, body.k, body.query_lang, body.query_routing) for q in body.queries]
+    lang = body.query_lang or searcher.encoder.config.source_lang  # default: the model's source language
+    jobs = [Job(searcher, q, body.k, lang, body.query_routing) for q in body.queries]
     # one slice at a time: between slices the encoder is free for single searches, which wait for one
     # slice, not for the whole batch
     step = settings.max_batch_size

@@ -41,6 +41,10 @@ def nonblank(v: str) -> str:
     return _unicode(v)
 
 
+def nonblank_or_none(v: str | None) -> str | None:
+    return None if v is None else nonblank(v)
+
+
 def _unicode(v: str) -> str:
     """The one rule for text (as in clir.data.check_text): a lone surrogate (``"\\ud800"``) is refused."""
     try:
@@ -68,21 +72,24 @@ class SearchRequest(_Strict):
     )
     k: int = Field(10, ge=1, le=MAX_K, description="hits to return")
     index: str | None = Field(None, description="index name (default: the server's default index)")
-    query_lang: str = Field(
-        "en", min_length=1, max_length=32, description="language of the query (adapter routing)"
+    query_lang: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="language of the query (adapter routing; default: the index's model's source language)",
     )
     query_routing: QueryRouting | None = Field(None, description=QUERY_ROUTING_DOC)
     return_text: bool = Field(True, description="include each hit's stored text")
 
     _check_query = field_validator("query")(nonblank)
-    _check_lang = field_validator("query_lang")(nonblank)
+    _check_lang = field_validator("query_lang")(nonblank_or_none)
 
 
 class BatchSearchRequest(_Strict):
     queries: list[str] = Field(min_length=1, description="query texts")
     k: int = Field(10, ge=1, le=MAX_K)
     index: str | None = None
-    query_lang: str = Field("en", min_length=1, max_length=32)
+    query_lang: str | None = Field(None, min_length=1, max_length=32)
     query_routing: QueryRouting | None = Field(None, description=QUERY_ROUTING_DOC)
     return_text: bool = False
 
@@ -99,7 +106,7 @@ class BatchSearchRequest(_Strict):
                 raise ValueError(f"query {i}: {e}") from None
         return v
 
-    _check_lang = field_validator("query_lang")(nonblank)
+    _check_lang = field_validator("query_lang")(nonblank_or_none)
 
 
 class PassageOut(BaseModel):
