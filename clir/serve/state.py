@@ -74,7 +74,7 @@ class ServeState:
                 continue
             seen.add(id(s.encoder))
             batcher = self.batchers.get(id(s.encoder))
-            jobs = [Job(s, "warm up", 1, "en")]
+            jobs = [Job(s, "warm up", 1, s.encoder.config.source_lang)]
             if batcher is not None:
                 done = await batcher.warm_up(jobs)
             else:
