@@ -91,6 +91,13 @@ def resolve_collection(src: str | Path, *, what: str | None = None) -> Collectio
     return CollectionRef("irds", IRDS_PREFIX + s, irds_id=s)
 
 
+def names_collection(src: str | Path) -> bool:
+    """Whether ``src`` names a collection by its form alone (``irds:<id>``, a folder, a docs file), so that
+    other readers (a language adapter's ``--text``) tell it from a plain text file by the same rule."""
+    p = Path(str(src)).expanduser()
+    return str(src).startswith(IRDS_PREFIX) or p.is_dir() or p.suffix in DOC_FILE_SUFFIXES
+
+
 def load_collection(src: str | Path) -> Collection:
     """The collection a source names: a folder, a .jsonl/.tsv docs file, ``sample`` or an ir_datasets id."""
     return resolve_collection(src).open()

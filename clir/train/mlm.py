@@ -23,14 +23,13 @@ class TextSource:
     """Texts from a plain text file (one a line) or any collection source (``load_collection``)."""
 
     def __init__(self, src: str) -> None:
-        from clir.data.collections import IRDS_PREFIX
-        from clir.data.resolve import load_collection
+        from clir.data.resolve import load_collection, names_collection
 
         self.name = src
         p = Path(src).expanduser()
         self._path: Path | None = None
         self._collection = None
-        if src.startswith(IRDS_PREFIX) or p.is_dir() or p.suffix in (".jsonl", ".json", ".tsv"):
+        if names_collection(src):
             self._collection = load_collection(src)
         elif p.is_file():
             self._path = p
