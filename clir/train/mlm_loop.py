@@ -188,7 +188,7 @@ def _step(
     encoder_grad = any(p.requires_grad for p in model.base_model.parameters())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
     with autocast:
-        loss_sum, n = mlm.masked_loss(
+        loss_sum, _ = mlm.masked_loss(
             model,
             head,
             ids[mine, :width].to(device),
@@ -198,7 +198,9 @@ def _step(
             packed=s.packed,
             keys=[text_key(s.seed, "mlm", run.step, i) for i in rows],
         )
-    total = dist.sum(n)  # masked tokens of the global batch: every rank's loss is a share of one mean
+    # masked tokens of the global batch: every rank drew all of its masks, so no exchange is needed; each
+    # rank's loss is its share of one mean
+    total = int((labels != -100).sum())
     # DDP-style averaging of the gradients over ranks: scaled by the world size, their mean is the gradient
     # of the global batch's mean loss
     (loss_sum * (dist.world / max(total, 1))).backward()

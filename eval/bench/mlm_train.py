@@ -137,11 +137,10 @@ def _curve(args: argparse.Namespace) -> list[dict]:
     """Dev loss at equal steps: the German adapter trained ``args.curve`` steps padded in fp32 and packed in
     bf16 (the same seed, texts, masks and dropout keys), each scored on the same dev tokens in fp32."""
     import tempfile
-    from pathlib import Path
 
     from clir.train.language_adapter import LanguageAdapterArgs, train_language_adapter
 
-    head = Path(__file__).resolve().parents[2] / "shipped" / "paper-small-v2" / "head"
+    head = common.REPO / "shipped" / "paper-small-v2" / "head"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, packed, precision in (
