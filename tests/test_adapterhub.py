@@ -82,6 +82,7 @@ def test_adapters_load_with_plain_adapters_and_give_clirs_hidden_states(
 ):
     from adapters.composition import Stack
 
+    from clir.config import Routing
     from clir.model.encoder import load_encoder
 
     folder, la = madx_folder
@@ -91,14 +92,13 @@ def test_adapters_load_with_plain_adapters_and_give_clirs_hidden_states(
     assert names == ["task", "en", "de"]  # each folder names itself (adapter_config.json)
     enc = load_encoder(str(folder), {"precision": "fp32"})  # the same folder, inside clir (no bf16 autocast)
     for side, lang, stack in (("query", "en", Stack("en", "task")), ("passage", "de", Stack("de", "task"))):
-        with enc.routed(doc="target"):
-            batch = enc.tokenize(TEXTS, side)
-            inside = enc.query_model
-            inside.active_adapters = enc.adapter_setup(side, lang)
-            assert str(inside.active_adapters) == str(stack)
-            with torch.no_grad():
-                ours = inside(**batch).last_hidden_state
-                vectors = enc.encode(TEXTS, side, lang)
+        batch = enc.tokenize(TEXTS, side)
+        inside = enc.query_model
+        inside.active_adapters = enc.adapter_setup(side, lang, Routing(doc="target"))
+        assert str(inside.active_adapters) == str(stack)
+        with torch.no_grad():
+            ours = inside(**batch).last_hidden_state
+        vectors = enc.encode(TEXTS, side, lang, routing=Routing(doc="target"))
         model.active_adapters = stack
         with torch.no_grad():
             theirs = model(**batch).last_hidden_state

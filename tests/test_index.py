@@ -82,11 +82,11 @@ def test_resume_after_crash_equals_uninterrupted(tiny_bert, tiny_collection, tmp
     real = build.encode_records
     calls = {"n": 0}
 
-    def crash_after_two(encoder, recs, batch_size):
+    def crash_after_two(encoder, recs, batch_size, routing=None):
         calls["n"] += 1
         if calls["n"] > 2:
             raise KeyboardInterrupt  # a kill mid-build
-        return real(encoder, recs, batch_size)
+        return real(encoder, recs, batch_size, routing)
 
     monkeypatch.setattr(build, "encode_records", crash_after_two)
     with pytest.raises(KeyboardInterrupt):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clir.config import ModelConfig
+from clir.config import ModelConfig, Routing
 from clir.errors import ClirError
 from clir.model import DualEncoder, load_encoder
 
@@ -335,6 +335,7 @@ def test_a_replica_shares_the_weights_and_encodes_the_same_at_the_same_time(tiny
         runs = [pool.submit(e.encode_queries, queries, batch_size=3) for e in (enc, twin, enc, twin)]
         assert all(np.array_equal(r.result(), ref) for r in runs)
     assert np.array_equal(twin.encode_passages(TEXTS, lang="de"), ref_docs)
-    with twin.routed(query="none"):
-        assert enc.config.routing.query == "source"
+    none = twin.encode_queries(queries[:2], routing=Routing(query="none"))  # per call: no state to leak
+    assert twin.config.routing.query == "source" and np.array_equal(twin.encode_queries(queries[:2]), ref[:2])
+    assert np.array_equal(none, enc.encode_queries(queries[:2], routing=Routing(query="none")))
     assert twin.fingerprint() == enc.fingerprint()

@@ -258,11 +258,11 @@ def test_shards_and_resume_equal_one_process_on_a_split_collection(
     real = build.encode_records
     calls = {"n": 0}
 
-    def crash_after_one(encoder, recs, batch_size):
+    def crash_after_one(encoder, recs, batch_size, routing=None):
         calls["n"] += 1
         if calls["n"] > 1:
             raise KeyboardInterrupt
-        return real(encoder, recs, batch_size)
+        return real(encoder, recs, batch_size, routing)
 
     monkeypatch.setattr(build, "encode_records", crash_after_one)
     with pytest.raises(KeyboardInterrupt):  # chunks of 5 passages cut documents in the middle

@@ -61,18 +61,14 @@ def test_encoder_routes_documents_through_the_control_adapters(tiny_bert, one_to
         str(tiny_bert), {"adapter_mode": "madx", "language_adapters": {"en": "new", "de": "new", "ru": "new"}}
     )
     texts = ["der Hund schläft im Garten", "die Katze sitzt auf der Matte"]
-    with enc.routed("source", "target"):
-        as_ru = enc.encode_passages(texts, lang="ru")  # what the Russian adapter makes of them
-        own = enc.encode_passages(texts, lang="de")
-    with enc.routed("source", "target", {"de": "ru"}):
-        wrong = enc.encode_passages(texts, lang="de")
-        assert enc.fingerprint()["routing"]["doc_map"] == {"de": "ru"}
+    target, mapped = Routing("source", "target"), Routing("source", "target", {"de": "ru"})
+    as_ru = enc.encode_passages(texts, lang="ru", routing=target)  # what the Russian adapter makes of them
+    own = enc.encode_passages(texts, lang="de", routing=target)
+    wrong = enc.encode_passages(texts, lang="de", routing=mapped)
+    assert enc.fingerprint(mapped)["routing"]["doc_map"] == {"de": "ru"}
     assert np.allclose(wrong, as_ru, atol=1e-6) and not np.allclose(wrong, own, atol=1e-3)
-    with enc.routed("source", "source"):
-        src = enc.encode_passages(texts, lang="de")
-        assert "doc_map" not in enc.fingerprint()["routing"]  # as recorded before maps existed
-    with enc.routed("source", "random"):
-        rnd = enc.encode_passages(texts, lang="de")
+    src = enc.encode_passages(texts, lang="de", routing=Routing("source", "source"))
+    assert "doc_map" not in enc.fingerprint(Routing("source", "source"))["routing"]  # as before maps existed
+    rnd = enc.encode_passages(texts, lang="de", routing=Routing("source", "random"))
     assert RANDOM_ADAPTER in enc.loaded_languages() and not np.allclose(rnd, src, atol=1e-3)
-    with enc.routed(doc="target"):  # a new doc route drops the old map
-        assert enc.config.routing.doc_map == {}
+    assert enc.config.routing == Routing()  # the calls left the model's own routing alone

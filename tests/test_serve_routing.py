@@ -5,6 +5,7 @@ asked of an index without language adapters, are 422 JSON; the document side sta
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,8 @@ def reference(indexes):
     searcher = Searcher(indexes["madx"])
 
     def hits(query: str, routing: str | None, lang: str, k: int = 5) -> list:
-        with searcher.encoder.routed(query=routing) if routing else searcher.encoder.exclusive():
-            return searcher.search(query, k, query_lang=lang)
+        route = replace(searcher.encoder.config.routing, query=routing) if routing else None
+        return searcher.search(query, k, query_lang=lang, routing=route)
 
     return hits
 

@@ -99,7 +99,7 @@ def run_builds(plan: Plan) -> None:
     adapters: list[tuple[list[str], str]] = []
     # language adapters serve madx rows and the madx models trained on them; a selection without either
     # (e.g. --only '*/e5') needs none of them
-    if any(m.madx for m in plan.models if m.name in needed):
+    if any(m.routes_languages for m in plan.models if m.name in needed):
         adapters = [
             (cmd, f"language adapter {lang} ({outp})")
             for lang, outp, cmd in plan.adapter_builds
@@ -110,8 +110,12 @@ def run_builds(plan: Plan) -> None:
         if adapters and plan.head_build
         else []
     )
-    first = adapters + [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if not m.madx]
-    then = [(m.build_cmd, f"model {m.name} ({m.folder})") for m in models if m.madx]  # on the adapters
+    first = adapters + [
+        (m.build_cmd, f"model {m.name} ({m.folder})") for m in models if not m.routes_languages
+    ]
+    then = [
+        (m.build_cmd, f"model {m.name} ({m.folder})") for m in models if m.routes_languages
+    ]  # on the adapters
     _run_all([head, first, then], plan.config.build_workers)  # type: ignore[list-item]
     for m in models:
         if not m.exists():

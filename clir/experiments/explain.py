@@ -169,7 +169,7 @@ def _cka_layers(plan: Plan, collections: list[str]) -> list[dict]:
         by_arm: dict[str, list[dict]] = {}
         for m in plan.models:
             path = plan.cka_path(coll, m)
-            if m.madx and path.is_file():
+            if m.routes_languages and path.is_file():
                 by_arm.setdefault(m.arm, []).append(json.loads(path.read_text("utf-8")))
         for arm, runs in by_arm.items():
             labels = list(dict.fromkeys(k for r in runs for k in r["routings"]))

@@ -14,6 +14,9 @@ from typing import Any, Literal
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
 from clir.errors import ClirError
+from clir.index.passages import PassageSpec
+from clir.index.recipe import IndexRecipe
+from clir.model.modes import FullMode, adapter_mode, routes_languages
 from clir.model.resolve import model_ready
 from clir.safe_load import read_json
 
@@ -116,13 +119,12 @@ class GridCollection:
         self.detected_langs = detected - labelled
         return sorted(labelled | detected)
 
-    def index_settings(self) -> dict[str, Any]:
-        """What the collection's index depends on besides the encoder (non-default values only, so that
-        keys of grids written before these settings existed stay valid)."""
-        s = self.spec
-        out = {"split": s.split, "passage_length": s.passage_length, "stride": s.stride, "lang_id": s.lang_id}
-        defaults = {"split": "passages", "passage_length": None, "stride": None, "lang_id": "missing"}
-        return {k: v for k, v in out.items() if v != defaults[k]}
+    def passage_spec(self) -> PassageSpec:
+        return PassageSpec(self.spec.split, self.spec.passage_length, self.spec.stride)
+
+    def recipe(self) -> IndexRecipe:
+        """The recipe of this collection's indexes, short of the encoder (a job adds it)."""
+        return IndexRecipe(self.source, self.doc_lang, self.passage_spec(), self.spec.lang_id)
 
     def key(self) -> dict[str, Any]:
         out = {
@@ -130,7 +132,7 @@ class GridCollection:
             "doc_lang": self.doc_lang,
             "query_field": self.query_field,
             "query_lang": self.query_lang,
-            **self.index_settings(),
+            **self.recipe().key(),
         }
         if self.spec.doc_score != "maxp":
             out["doc_score"] = self.spec.doc_score
@@ -161,8 +163,13 @@ class GridModel:
         self.arm = self.arm or self.name
 
     @property
-    def madx(self) -> bool:
-        return self.mode == "madx"
+    def strategy(self) -> FullMode:
+        """The adapter mode's strategy (:mod:`clir.model.modes`)."""
+        return adapter_mode(self.mode)
+
+    @property
+    def routes_languages(self) -> bool:
+        return routes_languages(self.mode)
 
     def exists(self) -> bool:
         return self.folder is None or model_ready(self.folder)
@@ -356,7 +363,10 @@ class Plan:
     def wants_cka(self, row: GridRow) -> bool:
         """Whether the row's model and collection get the per-layer CKA of the analysis."""
         return bool(
-            self.config.analysis.cka_docs and self.analyses(row) and row.model is not None and row.model.madx
+            self.config.analysis.cka_docs
+            and self.analyses(row)
+            and row.model is not None
+            and row.model.routes_languages
         )
 
     def index_jobs(self, rows: list[GridRow]) -> list[IndexJob]:

@@ -12,19 +12,20 @@ from typing import Any
 import numpy as np
 
 from clir.config import Routing
+from clir.model.protocol import Encoder
 
 
-def layer_means(enc, texts: Sequence[str], lang: str | None, *, batch_size: int = 16) -> list[np.ndarray]:
+def layer_means(
+    enc: Encoder, texts: Sequence[str], lang: str | None, routing: Routing, *, batch_size: int = 16
+) -> list[np.ndarray]:
     """Each layer's mean-pooled token states (embeddings first, then every transformer layer) of ``texts``
-    encoded as documents in ``lang`` under the encoder's current routing: one n x hidden array per layer.
+    encoded as documents in ``lang`` under ``routing``: one n x hidden array per layer.
     Plain fp32 and padded batches: slower than :meth:`DualEncoder.encode`, and the same for every routing."""
     import torch
 
     out: list[list[np.ndarray]] = []
     with enc.exclusive(), torch.inference_mode():
-        model = enc.passage_model
-        if enc.config.adapter_mode != "full":
-            model.active_adapters = enc.adapter_setup("passage", lang)
+        model = enc.activate("passage", lang, routing)
         for start in range(0, len(texts), batch_size):
             feats = enc.tokenize(list(texts[start : start + batch_size]), "passage")
             feats = {k: v.to(enc.device) for k, v in feats.items()}
@@ -38,28 +39,24 @@ def layer_means(enc, texts: Sequence[str], lang: str | None, *, batch_size: int 
     return [np.concatenate(x) for x in out]
 
 
-def routing_states(enc, docs: list[tuple[str, str | None]], routing: Routing) -> list[np.ndarray]:
+def routing_states(enc: Encoder, docs: list[tuple[str, str | None]], routing: Routing) -> list[np.ndarray]:
     """Per-layer states of ``docs`` (text, language) under ``routing``'s document side, in their order; under
     ``target`` routing each language group through its adapter (the index build's fallback rule included)."""
-    from clir.index.build import route_lang
-
-    with enc.routed(routing.query, routing.doc, routing.doc_map):
-        groups: dict[str | None, list[int]] = {}
-        for i, (_text, lang) in enumerate(docs):
-            key = route_lang(enc, lang) if routing.doc == "target" else lang
-            groups.setdefault(key, []).append(i)
-        layers: list[np.ndarray] | None = None
-        for lang, rows in groups.items():
-            states = layer_means(enc, [docs[i][0] for i in rows], lang)
-            if layers is None:
-                layers = [np.zeros((len(docs), s.shape[1]), dtype=np.float32) for s in states]
-            for dst, s in zip(layers, states, strict=True):
-                dst[rows] = s
+    groups: dict[str | None, list[int]] = {}
+    for i, (_text, lang) in enumerate(docs):
+        groups.setdefault(enc.doc_lang(lang, routing), []).append(i)
+    layers: list[np.ndarray] | None = None
+    for lang, rows in groups.items():
+        states = layer_means(enc, [docs[i][0] for i in rows], lang, routing)
+        if layers is None:
+            layers = [np.zeros((len(docs), s.shape[1]), dtype=np.float32) for s in states]
+        for dst, s in zip(layers, states, strict=True):
+            dst[rows] = s
     return layers or []
 
 
 def layer_cka(
-    enc,
+    enc: Encoder,
     docs: list[tuple[str, str | None]],
     routings: list[Routing],
     prepare: Callable[[Routing], None] = lambda r: None,

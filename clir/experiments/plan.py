@@ -12,6 +12,7 @@ from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
 from clir.experiments.resolve import build_triples, grid_collection, grid_model
 from clir.experiments.seeds import SeededAdapter, expand_adapters, expand_models
+from clir.model.modes import routes_languages
 
 
 def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
@@ -272,7 +273,7 @@ def _check_design(
                 f"controls[{ctl.name}].collections: unknown {', '.join(bad)} (has: {', '.join(names)})"
             )
         mode = next(m.mode for m in models if m.arm == ctl.model)
-        if mode != "madx":
+        if not routes_languages(mode):
             raise ClirError(f"controls[{ctl.name}]: model {ctl.model} is {mode}; routing controls need madx")
         if ctl.against and ctl.against.replace(":", "/") not in arms:
             raise ClirError(f"controls[{ctl.name}].against {ctl.against!r} is not a row of the grid")

@@ -70,7 +70,7 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
         info.update(arm=m.arm, seed=m.seed, lang_seed=m.lang_seed)
     if m.build_cmd:
         info["built_by"] = "clir " + " ".join(m.build_cmd)
-    if m.mode == "full":
+    if not m.strategy.has_adapters:
         info["task_adapter"] = None
         info["language_adapters"] = {}
         return info
@@ -82,7 +82,7 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
         else f"untrained (`new`, random init, seed {plan.fresh_seed(m)})"
     )
     langs: dict[str, str] = {}
-    if m.mode == "madx":
+    if m.routes_languages:
         adapters = dict((m.settings or {}).get("language_adapters") or {})
         if folder is not None and (folder / "adapters").is_dir():
             for d in sorted((folder / "adapters").glob("lang_*")):

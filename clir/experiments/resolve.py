@@ -14,6 +14,7 @@ from clir.config.eval import CollectionSpec
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
 from clir.experiments.grid import GridCollection, GridModel
+from clir.model.modes import adapter_mode
 from clir.model.resolve import (
     hub_cached,
     local_path,
@@ -244,8 +245,9 @@ def grid_model(
     notes: list[str] = []
     if settings is not None and (folder is None or model_ready(folder)):
         from_dict(ModelConfig, {k: v for k, v in settings.items()}, prefix=f"models[{spec.name}]")
+    strategy = adapter_mode(mode)
     routings: list[Routing | None]
-    if mode == "madx":
+    if strategy.routes_languages:
         routings = list(spec.routings or cfg.routings)
     else:
         bad = [r.label() for r in (spec.routings or []) if "target" in (r.query, r.doc)]
@@ -255,12 +257,14 @@ def grid_model(
     build_cmd = None
     if folder is not None and not model_ready(folder):
         build_cmd = _build_command(spec, folder)
-    if mode == "madx" and settings is not None:
+    if strategy.routes_languages and settings is not None:
         on = [(r, collections) for r in routings if r is not None]
         on += [(r, [c for c in collections if not names or c.name in names]) for r, names in controls]
         needed = _needed_languages(settings, on)
         _language_adapter_sources(spec, settings, folder, needed, built_adapters, downloads, notes)
-    if settings is not None and not (folder is not None and model_ready(folder) and mode == "full"):
+    if settings is not None and not (
+        folder is not None and model_ready(folder) and not strategy.has_adapters
+    ):
         bb = settings.get("backbone")  # adapter modes load the backbone by name, and training needs it
         if (
             isinstance(bb, str)

@@ -5,7 +5,6 @@ and the report follow (:mod:`clir.experiments.scoring`, :mod:`clir.experiments.r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +20,7 @@ from clir.experiments.report import write_outputs
 from clir.experiments.scoring import GridResult, score_grid
 
 if TYPE_CHECKING:
-    from clir.model import DualEncoder
+    from clir.model.protocol import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +38,12 @@ def _lang_seed(seed: int, lang: str) -> int:
     return int(hashlib.sha256(f"{seed}:{lang}".encode()).hexdigest()[:8], 16)
 
 
-def _prepare_languages(enc, needed: set[str], seed: int) -> None:
+def _prepare_languages(enc: Encoder, needed: set[str], seed: int) -> None:
     """Exactly the source adapter plus ``needed`` loaded: fresh (``new``) adapters get a seed of their own, so
     an index's recorded fingerprint is the same whatever ran before it."""
     import torch
 
-    if enc.config.adapter_mode != "madx":
+    if not enc.routes_languages:
         return
     for lang in enc.loaded_languages():
         if lang not in needed:
@@ -55,84 +54,48 @@ def _prepare_languages(enc, needed: set[str], seed: int) -> None:
             enc.load_language_adapter(lang)
 
 
-def _doc_adapters(enc, coll: GridCollection) -> set[str]:
-    """The language adapters documents go through under the encoder's current routing (madx): the source
-    one, and the routed adapter of each document language (the fallback rule for those without one)."""
-    from clir.index.build import route_lang
-
-    needed = {enc.config.source_lang}
-    doc = enc.config.routing.doc
-    if doc == "random":
-        needed.add(enc.language_adapter_for("passage", None))
-    elif doc == "target":
-        langs = coll.doc_langs()
+def _doc_adapters(enc: Encoder, coll: GridCollection, routing: Routing | None) -> set[str]:
+    """The language adapters documents go through under ``routing``: the source one, and the routed adapter
+    of each document language (the fallback rule for those without one); none without language adapters."""
+    langs: list[str | None] = [None]
+    if enc.routes_docs_by_lang(routing):
+        langs = list(coll.doc_langs())
         if not langs:
             raise ClirError(
                 f"{coll.name}: target routing needs the documents' language: set doc_lang, or lang_id"
             )
-        needed.update(enc.language_adapter_for("passage", route_lang(enc, x)) for x in langs)
-    return needed
+    return enc.doc_adapters(langs, routing)
 
 
-def _routed(enc, r: Routing | None):
-    return enc.routed(r.query, r.doc, r.doc_map) if r is not None else contextlib.nullcontext()
-
-
-def _settings_match(manifest: dict[str, Any], coll: GridCollection) -> bool:
-    """The index was built with the collection's passage and language-id settings (indexes from before
-    these settings were recorded match: they truncated, and only labelled languages were routed)."""
-    spec, p = coll.spec, manifest.get("passages")
-    if p is not None:
-        if p.get("split") != spec.split or p.get("stride") != spec.stride:
-            return False
-        if spec.passage_length is not None and p.get("passage_length") != spec.passage_length:
-            return False
-    if "lang_id" in manifest:
-        mode = (manifest["lang_id"] or {}).get("mode", "off")
-        if mode != spec.lang_id:
-            return False
-    return True
-
-
-def _ensure_index(plan: Plan, job: IndexJob, enc) -> Path:
-    from clir.index import IndexArgs, PassageSpec, build_index
+def _ensure_index(plan: Plan, job: IndexJob, enc: Encoder) -> Path:
+    from clir.index import IndexArgs, build_index
+    from clir.index.recipe import IndexRecipe
     from clir.index.store import read_manifest
-    from clir.search.searcher import fingerprint_diff
 
     coll = job.collection
+    wanted = coll.recipe().with_encoder(enc.fingerprint(job.routing))
     if (job.path / "manifest.json").is_file():
         try:
-            manifest = read_manifest(job.path)
+            diff = wanted.diff(IndexRecipe.from_manifest(read_manifest(job.path)))
         except ClirError as e:
-            manifest = None
-            log.warning("rebuilding %s: %s", job.path, e)
-        if manifest is not None:
-            if not _settings_match(manifest, coll):
-                log.warning("rebuilding %s: built with other passage or language-id settings", job.path)
-            elif manifest.get("collection") != coll.source or manifest.get("doc_lang") != coll.doc_lang:
-                log.warning(
-                    "rebuilding %s: it indexes %s, not %s", job.path, manifest.get("collection"), coll.source
-                )
-            else:
-                diff = fingerprint_diff(manifest["encoder"], enc.fingerprint())
-                if not diff:
-                    log.info("reusing index %s", job.path)
-                    return job.path
-                log.warning(
-                    "rebuilding %s: built with another encoder (differs in %s)", job.path, ", ".join(diff)
-                )
+            diff = [str(e)]
+        if not diff:
+            log.info("reusing index %s", job.path)
+            return job.path
+        log.warning("rebuilding %s: built with other settings (%s)", job.path, ", ".join(diff))
     args = IndexArgs(
-        collection=coll.source,
+        collection=wanted.collection,
         model=job.model.source,
         out=str(job.path),
-        doc_lang=coll.doc_lang,
+        doc_lang=wanted.doc_lang,
         factory=plan.config.factory,
         batch_size=plan.config.batch_size,
         overwrite=True,
         # a build this grid started and was killed in: continue from its checkpoints
         resume=job.path.with_name(job.path.name + ".partial").is_dir(),
-        passages=PassageSpec(coll.spec.split, coll.spec.passage_length, coll.spec.stride),
+        passages=coll.passage_spec(),
         lang_id=coll.spec.lang_id,
+        routing=job.routing,
     )
     try:
         build_index(args, encoder=enc)
@@ -217,34 +180,30 @@ def _run_model(plan: Plan, model: GridModel, rows: list[GridRow], queries: _Quer
 
 
 def _run_index_job(
-    plan: Plan, enc: DualEncoder, job: IndexJob, rows: list[GridRow], qs: list, qvecs: dict, bar
+    plan: Plan, enc: Encoder, job: IndexJob, rows: list[GridRow], qs: list, qvecs: dict, bar
 ) -> None:
     """Build (or reuse) one index, then search it for each of its rows (one per query routing)."""
     from clir.search import Searcher
 
     coll, seed = job.collection, plan.fresh_seed(job.model)
-    doc_needed: set[str] = set()
-    with _routed(enc, job.routing):
-        if enc.config.adapter_mode == "madx":
-            # languages without an adapter take the fallback rule at build time (counted in the manifest)
-            doc_needed = _doc_adapters(enc, coll)
-        _prepare_languages(enc, doc_needed, seed)
-        t0 = time.perf_counter()
-        index = _ensure_index(plan, job, enc)
-        t_index = time.perf_counter() - t0
-        # checks the encoder against the manifest once more; split documents rank by doc_score
-        searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
+    # languages without an adapter take the fallback rule at build time (counted in the manifest)
+    doc_needed = _doc_adapters(enc, coll, job.routing)
+    _prepare_languages(enc, doc_needed, seed)
+    t0 = time.perf_counter()
+    index = _ensure_index(plan, job, enc)
+    t_index = time.perf_counter() - t0
+    # checks the encoder against the manifest once more; split documents rank by doc_score
+    searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
     for row in rows:
         t = time.perf_counter()
         r = row.routing
-        with _routed(enc, r):
-            if r is not None:
-                q_adapter = enc.language_adapter_for("query", coll.query_lang)
-                _prepare_languages(enc, doc_needed | ({q_adapter} if q_adapter else set()), seed)
-            # d-source and d-target rows share their query vectors: encode each query side once
-            qkey = (coll.name, enc.language_adapter_for("query", coll.query_lang))
-            if qkey not in qvecs:
-                qvecs[qkey] = searcher.encode([q.text for q in qs], query_lang=coll.query_lang)
+        q_adapter = enc.language_adapter_for("query", coll.query_lang, r)
+        if r is not None:
+            _prepare_languages(enc, doc_needed | ({q_adapter} if q_adapter else set()), seed)
+        # d-source and d-target rows share their query vectors: encode each query side once
+        qkey = (coll.name, q_adapter)
+        if qkey not in qvecs:
+            qvecs[qkey] = searcher.encode([q.text for q in qs], query_lang=coll.query_lang, routing=r)
         scores, idx = searcher.search_vectors(qvecs[qkey], plan.k)
         results = {q.query_id: searcher.hits(scores[i], idx[i]) for i, q in enumerate(qs)}
         extra = {"index": str(index), "index_seconds": round(t_index, 2)}
@@ -264,7 +223,7 @@ def _cka_due(plan: Plan, model: GridModel, pending: list[GridRow]) -> list[GridC
     return [c for n, c in colls.items() if n in fresh or not plan.cka_path(c, model).is_file()]
 
 
-def _write_cka(plan: Plan, enc, model: GridModel, coll: GridCollection) -> None:
+def _write_cka(plan: Plan, enc: Encoder, model: GridModel, coll: GridCollection) -> None:
     """Per-layer CKA of the model's document routings on a sample of the collection's documents."""
     import numpy as np
 
@@ -282,8 +241,7 @@ def _write_cka(plan: Plan, enc, model: GridModel, coll: GridCollection) -> None:
     seed = plan.fresh_seed(model)
 
     def prepare(r: Routing) -> None:
-        with _routed(enc, r):
-            _prepare_languages(enc, _doc_adapters(enc, coll), seed)
+        _prepare_languages(enc, _doc_adapters(enc, coll, r), seed)
 
     t = time.perf_counter()
     out = layer_cka(enc, [docs[i] for i in pick], routings, prepare)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clir.config import AdapterBuildSpec, EvalConfig, ModelSpec
 from clir.config.design import adapter_seeds, lang_seed_for, model_mode, model_seeds
+from clir.model.modes import routes_languages
 
 #: between a model's name and its seed in row names: ``madx@1/q-source_d-target``
 SEED_SEP = "@"
@@ -92,7 +93,7 @@ def _seeded_model(cfg: EvalConfig, m: ModelSpec, position: int, seed: int) -> Se
     overrides = dict(m.overrides)
     args = ["--seed", str(seed)]
     lang_seed = None
-    if model_mode(m) == "madx":
+    if routes_languages(model_mode(m)):
         seeded = [a for a in cfg.adapters if adapter_seeds(cfg, a)]
         if cfg.seeds.language_adapters:
             lang_seed = lang_seed_for(position, cfg.seeds.language_adapters)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import disk_errors, swap_into_place
+from clir.config.model import Routing
 from clir.data import Collection, Document, load_collection
 from clir.data.collections import check_lang
 from clir.errors import ClirError
@@ -37,6 +38,8 @@ from clir.index.chunks import (
 )
 from clir.index.faiss_index import check_factory
 from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passage_id
+from clir.index.recipe import IndexRecipe
+from clir.model.protocol import Encoder
 from clir.safe_load import read_json
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,20 @@ class IndexArgs:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: torch device of the encoder (default: cuda when available, else cpu)
     device: str | None = None
+    #: the language-adapter routing documents are encoded under (default: the model's)
+    routing: Routing | None = None
+
+    def recipe(self, fingerprint: dict[str, Any] | None = None) -> IndexRecipe:
+        """What the index these arguments build is made of (:class:`clir.index.recipe.IndexRecipe`)."""
+        return IndexRecipe(
+            self.collection,
+            self.doc_lang,
+            self.passages,
+            self.lang_id,
+            fingerprint,
+            self.shard,
+            self.chunk_size,
+        )
 
 
 LANG_ID_MODES = ("missing", "all", "off")
@@ -142,40 +159,25 @@ def _records(docs: Iterator[Document], args: IndexArgs, default_lang: str | None
             yield rec
 
 
-def has_language_adapter(encoder, lang: str | None) -> bool:
-    if not lang:
-        return False
-    try:
-        encoder.language_adapter_source(lang)
-    except ClirError:
-        return False
-    return True
-
-
-def route_lang(encoder, lang: str | None) -> str:
-    """The language a document is encoded as under ``target`` routing: its own, whose adapter
-    (:func:`clir.model.adapters.language_adapter_for`: its language's, or the one ``doc_map`` names) it goes
-    through. Fallback rule: a document whose language is unknown or has no such adapter goes through the
-    source language's (what ``source`` routing does); the index manifest counts these under
-    ``routing_fallback``."""
-    adapter = encoder.language_adapter_for("passage", lang) if lang else None
-    return str(lang) if has_language_adapter(encoder, adapter) else str(encoder.config.source_lang)
-
-
-def encode_records(encoder, recs: list[dict[str, Any]], batch_size: int) -> np.ndarray:
-    """Encode records with document-side routing: under ``target`` routing each language group gets its own
-    adapter (batched per language); otherwise one pass (the same batches whatever the languages)."""
+def encode_records(
+    encoder: Encoder, recs: list[dict[str, Any]], batch_size: int, routing: Routing | None = None
+) -> np.ndarray:
+    """Encode records under ``routing``: where documents of different languages go through different adapters,
+    each language group is batched on its own (its language as the fallback rule gives it); otherwise one pass
+    (the same batches whatever the languages)."""
     texts = [(f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]) for r in recs]
-    cfg = encoder.config
-    if cfg.adapter_mode == "madx" and cfg.routing.doc == "target":
+    if encoder.routes_docs_by_lang(routing):
         out = np.empty((len(recs), encoder.dim), dtype=np.float32)
-        groups: dict[str, list[int]] = {}
+        groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(recs):
-            groups.setdefault(route_lang(encoder, r["lang"]), []).append(i)
+            groups.setdefault(encoder.doc_lang(r["lang"], routing), []).append(i)
         for lang, rows in groups.items():
-            out[rows] = encoder.encode_passages([texts[i] for i in rows], lang=lang, batch_size=batch_size)
+            out[rows] = encoder.encode_passages(
+                [texts[i] for i in rows], lang=lang, batch_size=batch_size, routing=routing
+            )
         return out
-    return encoder.encode_passages(texts, lang=recs[0]["lang"] if recs else None, batch_size=batch_size)
+    lang = recs[0]["lang"] if recs else None
+    return encoder.encode_passages(texts, lang=lang, batch_size=batch_size, routing=routing)
 
 
 def iter_chunks(b: BuildState):
@@ -208,7 +210,7 @@ class BuildState:
     out: Path
     partial: Path
     collection: Collection
-    fingerprint: dict[str, Any]
+    recipe: IndexRecipe  # what the index is made of, the encoder's fingerprint included
     total: int | None  # documents the progress bar expects, when cheaply known
     passages: dict[str, Any]  # the resolved passage settings (PassageSpec.resolve)
     splitter: Splitter | None
@@ -263,7 +265,7 @@ def check_args(args: IndexArgs) -> tuple[Path, Path]:
     return out, out.with_name(out.name + ".partial")
 
 
-def start_build(args: IndexArgs, encoder) -> BuildState:
+def start_build(args: IndexArgs, encoder: Encoder) -> BuildState:
     """Open the collection and create (or, with ``args.resume``, reopen) ``OUT.partial``."""
     out, partial = check_args(args)
     collection = load_collection(args.collection)
@@ -273,18 +275,9 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
     # what would fail after encoding fails now: the factory (string, dimension, training points)
     if not args.preset:  # a preset plans its factory for the collection's size
         check_factory(encoder.dim, args.factory, total)
-    # language adapters that document routing will use, loaded now so the fingerprint names them
-    fingerprint = encoder.fingerprint()
-    passages = args.passages.resolve(encoder.config.max_passage_length)
-    state = {
-        "encoder": fingerprint,
-        "collection": args.collection,
-        "doc_lang": args.doc_lang,
-        "shard": list(args.shard) if args.shard else None,
-        "chunk_size": args.chunk_size,
-        "passages": passages,
-        "lang_id": args.lang_id,
-    }
+    recipe = args.recipe(encoder.fingerprint(args.routing))
+    passages = recipe.resolved_passages(encoder.config.max_passage_length)
+    state = recipe.state(encoder.config.max_passage_length)
     splitter = None
     if passages["split"] == "passages":
         splitter = Splitter(encoder.tokenizer, passages, encoder.config.passage_prefix)
@@ -303,10 +296,10 @@ def start_build(args: IndexArgs, encoder) -> BuildState:
     except BaseException:
         unlock_build(lock)
         raise
-    return BuildState(args, out, partial, collection, fingerprint, total, passages, splitter, lock=lock)
+    return BuildState(args, out, partial, collection, recipe, total, passages, splitter, lock=lock)
 
 
-def finish_build(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
+def finish_build(b: BuildState, encoder: Encoder, n_chunks: int, n_rows: int) -> int:
     """Every chunk is encoded: write the index folder and rename it into place; returns the documents."""
     skipped_empty = b.counters["skipped_empty"]
     if n_rows == 0:
@@ -318,7 +311,7 @@ def finish_build(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     return _finalize(b, encoder, n_chunks, n_rows)
 
 
-def build_index(args: IndexArgs, encoder=None) -> IndexResult:
+def build_index(args: IndexArgs, encoder: Encoder | None = None) -> IndexResult:
     """Build ``args.out`` from ``args.collection`` with ``encoder`` (or the one ``args.model`` names)."""
     import time
 
@@ -341,7 +334,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
             for no, recs in iter_chunks(b):
                 if not chunk_done(b.chunks_dir, no):
                     t = time.perf_counter()
-                    vecs = encode_records(encoder, recs, args.batch_size)
+                    vecs = encode_records(encoder, recs, args.batch_size, args.routing)
                     t_enc += time.perf_counter() - t
                     write_chunk(b.chunks_dir, no, recs, vecs)
                     encoded += len(recs)
@@ -359,7 +352,7 @@ def build_index(args: IndexArgs, encoder=None) -> IndexResult:
     )
 
 
-def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
+def _finalize(b: BuildState, encoder: Encoder, n_chunks: int, n_rows: int) -> int:
     """Chunks -> the index folder ``OUT.partial/final`` (unless a killed run already completed it), then its
     swap into place; only then do the chunks go, ``state.json`` first (see clir.index.chunks)."""
     final = b.partial / FINAL
@@ -377,7 +370,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
     return n_docs
 
 
-def _write_final(b: BuildState, encoder, final: Path, n_chunks: int, n_rows: int) -> int:
+def _write_final(b: BuildState, encoder: Encoder, final: Path, n_chunks: int, n_rows: int) -> int:
     """FAISS index + docid + doc store (+ passage map) into ``final``; the manifest, written last, marks it
     complete."""
     from clir.index.presets import write_faiss
@@ -445,27 +438,43 @@ def _write_final(b: BuildState, encoder, final: Path, n_chunks: int, n_rows: int
     return writer.count
 
 
-def _manifest(b: BuildState, encoder, langs: dict[str, int], n_docs: int, n_rows: int) -> dict[str, Any]:
+def _routing_fallback(b: BuildState, encoder: Encoder, langs: dict[str, int]) -> dict[str, int] | None:
+    """Documents per language that went through the source language's adapter for want of their own (None
+    where documents are not routed by language). Loads every adapter used (a resumed run may not have), so
+    that the fingerprint names them."""
+    routing = b.args.routing
+    if not encoder.routes_docs_by_lang(routing):
+        return None
+    fallback = {}
+    for lang, count in langs.items():
+        routed = encoder.doc_lang(None if lang == "unknown" else lang, routing)
+        adapter = encoder.language_adapter_for("passage", routed, routing)
+        if adapter is not None:
+            encoder.load_language_adapter(adapter)
+        if routed != lang:
+            fallback[lang] = count
+    if fallback:
+        log.warning(
+            "%d document(s) have no language adapter for their language (%s): encoded with the source "
+            "language's (%s) adapter",
+            sum(fallback.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(fallback.items())),
+            encoder.config.source_lang,
+        )
+    return fallback
+
+
+def _manifest(
+    b: BuildState, encoder: Encoder, langs: dict[str, int], n_docs: int, n_rows: int
+) -> dict[str, Any]:
+    from dataclasses import replace
+
     from clir.config import to_dict
 
-    args, fingerprint, c = b.args, b.fingerprint, b.counters
-    fallback = None
-    if encoder.config.adapter_mode == "madx" and encoder.config.routing.doc == "target":
-        fallback = {}
-        for lang, count in langs.items():  # a resumed run may not have loaded them: name every one used
-            routed = route_lang(encoder, None if lang == "unknown" else lang)
-            encoder.load_language_adapter(encoder.language_adapter_for("passage", routed))
-            if routed != lang:
-                fallback[lang] = count
-        if fallback:
-            log.warning(
-                "%d document(s) have no language adapter for their language (%s): encoded with the source "
-                "language's (%s) adapter",
-                sum(fallback.values()),
-                ", ".join(f"{k}: {v}" for k, v in sorted(fallback.items())),
-                encoder.config.source_lang,
-            )
-        fingerprint = encoder.fingerprint()
+    args, c = b.args, b.counters
+    fallback = _routing_fallback(b, encoder, langs)
+    recipe = b.recipe if fallback is None else b.recipe.with_encoder(encoder.fingerprint(args.routing))
+    recorded = recipe.to_manifest(encoder.config.max_passage_length)
     lang_id = None
     if args.lang_id != "off":
         from clir.data.langid import LanguageIdentifier
@@ -476,24 +485,25 @@ def _manifest(b: BuildState, encoder, langs: dict[str, int], n_docs: int, n_rows
             "detected": c["lang_detected"],
             "undetermined": c["lang_undetermined"],
         }
+    config = encoder.config if args.routing is None else replace(encoder.config, routing=args.routing)
     return {
         "format": store.FORMAT,
         "format_version": store.FORMAT_VERSION,
-        "encoder": fingerprint,
-        "model": {"source": encoder.source, "config": to_dict(encoder.config)},
+        "encoder": recorded["encoder"],
+        "model": {"source": encoder.source, "config": to_dict(config)},
         "dim": encoder.dim,
         "metric": "inner_product",
         "num_docs": n_docs,
         "num_passages": n_rows,
-        "passages": {**b.passages, "split_docs": c["split_docs"]},
+        "passages": {**recorded["passages"], "split_docs": c["split_docs"]},
         "skipped_empty": c["skipped_empty"],
-        "collection": args.collection,
-        "doc_lang": args.doc_lang,
+        "collection": recorded["collection"],
+        "doc_lang": recorded["doc_lang"],
         "doc_langs": langs,
         "lang_id": lang_id,
         # target routing: documents whose language has no adapter went through the source language's
         "routing_fallback": fallback,
-        "shard": {"index": args.shard[0], "count": args.shard[1]} if args.shard else None,
+        "shard": recorded["shard"],
         "versions": store.library_versions(),
         "created": store.now_iso(),
     }

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import disk_errors
+from clir.config.model import Routing
 from clir.errors import ClirError
 from clir.index.build import (
     BuildState,
@@ -73,7 +74,14 @@ class ChunkEncoder:
     """A Ray actor (wrapped with ``ray.remote`` at run time): loads the encoder once, encodes whole chunks
     with document-side language routing exactly like a single-process build."""
 
-    def __init__(self, model: str, overrides: dict[str, Any], batch_size: int, threads: int | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        overrides: dict[str, Any],
+        batch_size: int,
+        threads: int | None,
+        routing: Routing | None = None,
+    ) -> None:
         os.environ["CLIR_PROGRESS"] = "0"  # the one progress bar is the driver's
         if threads:
             import torch
@@ -83,19 +91,20 @@ class ChunkEncoder:
 
         self.encoder = load_encoder(model, overrides)
         self.batch_size = batch_size
+        self.routing = routing
 
     def describe(self) -> dict[str, Any]:
         import socket
 
         return {
-            "fingerprint": self.encoder.fingerprint(),
+            "fingerprint": self.encoder.fingerprint(self.routing),
             "device": str(self.encoder.device),
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
 
     def encode(self, no: int, recs: list[dict[str, Any]]) -> np.ndarray:
-        return encode_records(self.encoder, recs, self.batch_size)
+        return encode_records(self.encoder, recs, self.batch_size, self.routing)
 
 
 def build_index_ray(
@@ -127,14 +136,14 @@ def build_index_ray(
         threads = int(opts["num_cpus"]) if ra.gpus_per_worker == 0 else None
         cls = ray.remote(worker_cls or ChunkEncoder)
         actors = [
-            cls.options(**opts).remote(args.model, args.overrides, args.batch_size, threads)
+            cls.options(**opts).remote(args.model, args.overrides, args.batch_size, threads, args.routing)
             for _ in range(workers)
         ]
         ready = [a.describe.remote() for a in actors]
         # the driver's own copy (CPU) gives the manifest's fingerprint and finalizes; actors load meanwhile
         encoder = load_encoder(args.model, args.overrides, device="cpu")
         b = start_build(args, encoder)
-        _await_workers(ray, ready, b.fingerprint, str(args.model))
+        _await_workers(ray, ready, b.recipe.encoder or {}, str(args.model))
 
         t_enc = time.perf_counter()
         with disk_errors(b.partial, disk_hint(b.out)):

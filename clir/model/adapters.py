@@ -7,14 +7,14 @@ activates what they name."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from clir.config import ModelConfig
-from clir.config.model import check_reduction
+from clir.config.model import Routing, check_reduction
 from clir.errors import ClirError
 from clir.model.checks import check_adapter_folder
-
-Side = Literal["query", "passage"]
+from clir.model.modes import RANDOM_ADAPTER as RANDOM_ADAPTER  # re-exported: the controls' name
+from clir.model.modes import Side as Side
+from clir.model.modes import adapter_mode
 
 #: the metadata file a language adapter folder made by ``clir train-language-adapter`` holds
 LANGUAGE_ADAPTER_INFO = "clir_language_adapter.json"
@@ -33,15 +33,8 @@ def adapter_head_sha(folder: str | Path) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
-#: the adapter ``random`` routing puts under the task adapter: fresh and untrained (``new``), unless
-#: ``language_adapters`` names one for this key
-RANDOM_ADAPTER = "random"
-
-
 def task_adapter_names(config: ModelConfig) -> list[str]:
-    if config.adapter_mode == "full":
-        return []
-    return ["task"] if config.tied else ["task_query", "task_passage"]
+    return adapter_mode(config).task_adapters(config)
 
 
 def saved_adapter(model_dir: Path | None, name: str) -> Path | None:
@@ -66,26 +59,12 @@ def language_adapter_source(config: ModelConfig, model_dir: Path | None, lang: s
     return config.language_adapters[lang]
 
 
-def language_adapter_for(config: ModelConfig, side: Side, lang: str | None) -> str | None:
-    """The one rule for which language adapter sits under the task adapter when ``side`` encodes text in
-    ``lang``: None without one (full/task modes, ``none`` routing), the source language's for ``source``
-    routing, the untrained control adapter for ``random``, the text's own for ``target`` (documents: or the
-    language ``routing.doc_map`` sends it to, a wrong-language control)."""
-    if config.adapter_mode != "madx":
-        return None
-    route = config.routing.query if side == "query" else config.routing.doc
-    if route == "none":
-        return None
-    if route == "source":
-        return config.source_lang
-    if route == "random":
-        return RANDOM_ADAPTER
-    if not lang:
-        raise ClirError(
-            f"{side} routing is 'target' but the text's language is unknown: pass --doc-lang/--query-lang "
-            "or give documents a 'lang' field"
-        )
-    return config.routing.doc_map.get(lang, lang) if side == "passage" else lang
+def language_adapter_for(
+    config: ModelConfig, side: Side, lang: str | None, routing: Routing | None = None
+) -> str | None:
+    """Which language adapter sits under the task adapter when ``side`` encodes text in ``lang`` under
+    ``routing`` (default: the model's): :meth:`clir.model.modes.MadxMode.language_adapter`, the one rule."""
+    return adapter_mode(config).language_adapter(config, routing or config.routing, side, lang)
 
 
 def check_task_adapters(config: ModelConfig, model_dir: Path | None, hidden: int) -> None:
@@ -109,10 +88,6 @@ def check_language_adapter(config: ModelConfig, source: str, hidden: int) -> Non
         check_reduction(config.language_adapter.reduction_factor, hidden, "language_adapter")
     elif Path(source).expanduser().is_dir():
         check_adapter_folder(Path(source).expanduser(), hidden)
-
-
-def task_adapter_for(config: ModelConfig, side: Side) -> str:
-    return "task" if config.tied else f"task_{side}"
 
 
 def adapter_message(lang: str, source: str, err: Exception) -> str:

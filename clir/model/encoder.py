@@ -6,7 +6,8 @@ Adapter modes (Yang et al. 2022):
 - ``madx``: ``Stack(language adapter, task adapter)``, only the task adapter trains.
 
 At inference, each side (query, doc) routes the language adapter: ``source`` keeps the training language's
-adapter, ``target`` swaps in the adapter of the text's language, ``none`` drops it."""
+adapter, ``target`` swaps in the adapter of the text's language, ``none`` drops it. The model's settings give
+the default routing; every encoding call may pass another (``routing=``): routing is an argument, not state."""
 
 from __future__ import annotations
 
@@ -14,21 +15,21 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clir.config import ModelConfig, Routing, from_dict
-from clir.config.model import Route
 from clir.errors import ClirError
 from clir.model import adapters as adapter_rules
-from clir.model.adapters import Side, adapter_message, saved_adapter, task_adapter_for
+from clir.model.adapters import Side, adapter_message, saved_adapter
 from clir.model.checks import position_limit, torch_device
 from clir.model.cut import cut_long_text
-from clir.model.fingerprint import fingerprint
+from clir.model.fingerprint import fingerprint, with_routing
 from clir.model.folder import load_backbone, load_tokenizer, save_model, weight_sources
+from clir.model.modes import FullMode, adapter_mode
 from clir.model.precision import autocast_dtype, cast_linear_params, forward_with
 from clir.model.resolve import merge_settings, resolve_model
 
@@ -51,7 +52,8 @@ def padded_width(n_tokens: int, limit: int) -> int:
 class DualEncoder:
     """Encodes queries and passages into one vector space; see the module docstring for the modes.
 
-    Thread-safe for encoding: one lock serialises forward passes, since adapter routing is model state."""
+    Thread-safe for encoding: one lock serialises forward passes, since the active adapters are module state
+    (:meth:`replica` gives another thread its own modules)."""
 
     def __init__(
         self,
@@ -88,11 +90,21 @@ class DualEncoder:
         self._lang_loaded: set[str] = set()
         self._lang_heads: dict[str, str] = {}  # language -> head_sha256 its adapter was trained against
         self._position_limit: int | None = position_limit(self.query_model.config, self.config)
-        if config.adapter_mode != "full":
+        if self.mode.task_adapters(config):
             self._init_adapters()
         for m in self.models():
             m.to(self.device)
             m.eval()
+
+    @property
+    def mode(self) -> FullMode:
+        """The adapter mode's strategy (:mod:`clir.model.modes`)."""
+        return adapter_mode(self.config)
+
+    @property
+    def routes_languages(self) -> bool:
+        """Whether this encoder has language adapters for a routing to pick."""
+        return self.mode.routes_languages
 
     # ------------------------------------------------------------------ loading
     def task_adapter_names(self) -> list[str]:
@@ -111,7 +123,7 @@ class DualEncoder:
                 model.load_adapter(str(saved), load_as=name, set_active=False)
             else:
                 model.add_adapter(name, config=arch)
-        if self.config.adapter_mode == "madx":
+        if self.mode.routes_languages:
             self.load_language_adapter(self.config.source_lang)
 
     def language_adapter_source(self, lang: str) -> str:
@@ -138,28 +150,17 @@ class DualEncoder:
             self._lang_loaded.add(lang)
             self._fingerprint = None
 
-    @contextlib.contextmanager
-    def routed(
-        self, query: Route | None = None, doc: Route | None = None, doc_map: dict[str, str] | None = None
-    ) -> Iterator[DualEncoder]:
-        """This encoder with another language-adapter routing for the block (one side or both; a new ``doc``
-        drops the old ``doc_map`` unless one is given), the old one restored after. The block holds the
-        encoder, so no other thread encodes under the wrong routing."""
-        with self._lock:
-            old = self.config.routing
-            kept = old.doc_map if doc is None else {}
-            new = Routing(query=query or old.query, doc=doc or old.doc, doc_map=dict(doc_map or kept))
-            new.validate()
-            self.config.routing = new
-            self._fingerprint = None
-            try:
-                yield self
-            finally:
-                self.config.routing = old
-                self._fingerprint = None
+    def load_recorded_adapters(self, names: Sequence[str]) -> None:
+        """Load the configured language adapters among ``names`` (an index fingerprint's), so that this
+        encoder's fingerprint can be compared with the index's."""
+        if not self.routes_languages:
+            return
+        for name in names:
+            if name not in self.task_adapter_names() and name in self.config.language_adapters:
+                self.load_language_adapter(name)
 
     def exclusive(self) -> contextlib.AbstractContextManager[Any]:
-        """Hold the encoder for a group of calls (adapter routing is model state). Re-entrant."""
+        """Hold the encoder for a group of calls (the active adapters are module state). Re-entrant."""
         return self._lock
 
     def weights_changed(self) -> None:
@@ -167,8 +168,8 @@ class DualEncoder:
         self._fingerprint = None
 
     def replica(self) -> DualEncoder:
-        """Another encoder over the same weight tensors and tokenizer (shared, not copied), with its own lock,
-        routing state and module objects: two replicas encode at the same time, in two threads.
+        """Another encoder over the same weight tensors and tokenizer (shared, not copied), with its own lock
+        and module objects (active adapters): two replicas encode at the same time, in two threads.
 
         The server runs one per lane (clir.serve.batching). Its vectors are bit-identical to this encoder's:
         same weights, same low-precision copies, same padded widths. A language adapter loaded later goes
@@ -178,7 +179,6 @@ class DualEncoder:
         with self._lock:
             shared = {id(t): t for m in self.models() for t in itertools.chain(m.parameters(), m.buffers())}
             twin = copy.copy(self)
-            twin.config = copy.deepcopy(self.config)  # routed() swaps the routing per encoder
             twin._lock = threading.RLock()
             twin.query_model = copy.deepcopy(self.query_model, dict(shared))
             twin.passage_model = (
@@ -216,30 +216,66 @@ class DualEncoder:
             self._fingerprint = None
 
     # ------------------------------------------------------------------ routing
-    def language_adapter_for(self, side: Side, lang: str | None) -> str | None:
-        """Which language adapter ``side`` encodes ``lang`` text through: see
-        :func:`clir.model.adapters.language_adapter_for`, the one rule."""
-        return adapter_rules.language_adapter_for(self.config, side, lang)
+    def language_adapter_for(
+        self, side: Side, lang: str | None, routing: Routing | None = None
+    ) -> str | None:
+        """Which language adapter ``side`` encodes ``lang`` text through under ``routing`` (default: the
+        model's): :meth:`clir.model.modes.MadxMode.language_adapter`, the one rule."""
+        return self.mode.language_adapter(self.config, routing or self.config.routing, side, lang)
 
-    def adapter_setup(self, side: Side, lang: str | None):
+    def has_language_adapter(self, lang: str | None) -> bool:
+        """Whether an adapter for ``lang`` can be loaded (bundled, configured, or the ``random`` control)."""
+        if not lang:
+            return False
+        try:
+            self.language_adapter_source(lang)
+        except ClirError:
+            return False
+        return True
+
+    def routes_docs_by_lang(self, routing: Routing | None = None) -> bool:
+        """Whether documents of different languages go through different adapters under ``routing``."""
+        return self.mode.routes_docs_by_lang(routing or self.config.routing)
+
+    def doc_lang(self, lang: str | None, routing: Routing | None = None) -> str | None:
+        """The language a document in ``lang`` is encoded as: its own, or the source language's when it has
+        no adapter (the fallback rule, :meth:`clir.model.modes.MadxMode.doc_lang`)."""
+        return self.mode.doc_lang(
+            self.config, routing or self.config.routing, lang, self.has_language_adapter
+        )
+
+    def doc_adapters(self, langs: Sequence[str | None], routing: Routing | None = None) -> set[str]:
+        """The language adapters documents in ``langs`` go through under ``routing``, the source one included
+        (empty without language adapters)."""
+        if not self.routes_languages:
+            return set()
+        routing = routing or self.config.routing
+        out = {self.config.source_lang}
+        for lang in langs:
+            adapter = self.language_adapter_for("passage", self.doc_lang(lang, routing), routing)
+            if adapter is not None:
+                out.add(adapter)
+        return out
+
+    def adapter_setup(self, side: Side, lang: str | None, routing: Routing | None = None):
         """The ``adapters`` composition active for ``side`` encoding text in ``lang`` (None in full mode)."""
         from adapters.composition import Stack
 
-        cfg = self.config
-        if cfg.adapter_mode == "full":
+        routing = routing or self.config.routing
+        names = self.mode.stack(self.config, routing, side, lang)
+        if names is None:
             return None
-        task = task_adapter_for(cfg, side)
-        la = self.language_adapter_for(side, lang)
-        if la is None:
-            return Stack(task)
-        self.load_language_adapter(la)
-        return Stack(la, task)
+        la = self.mode.language_adapter(self.config, routing, side, lang)
+        if la is not None:
+            self.load_language_adapter(la)
+        return Stack(*names)
 
-    def activate(self, side: Side, lang: str | None):
+    def activate(self, side: Side, lang: str | None, routing: Routing | None = None):
         """The model that encodes ``side``, with the adapters for ``lang`` text on that side active."""
         model = self.query_model if side == "query" else self.passage_model
-        if self.config.adapter_mode != "full":
-            model.active_adapters = self.adapter_setup(side, lang)
+        setup = self.adapter_setup(side, lang, routing)
+        if setup is not None:
+            model.active_adapters = setup
         return model
 
     # ------------------------------------------------------------------ encoding
@@ -321,9 +357,9 @@ class DualEncoder:
             out[key] = torch.from_numpy(arr).to(self.device)
         return out
 
-    def forward(self, batch, side: Side, lang: str | None = None):
+    def forward(self, batch, side: Side, lang: str | None = None, routing: Routing | None = None):
         """Differentiable encoding of a tokenised batch (training path)."""
-        model = self.activate(side, lang)
+        model = self.activate(side, lang, routing)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = model(**batch)
         return self.pool(out.last_hidden_state, batch["attention_mask"])
@@ -336,11 +372,13 @@ class DualEncoder:
         *,
         batch_size: int = 32,
         show_progress: bool | None = None,
+        routing: Routing | None = None,
     ) -> np.ndarray:
         """Encode ``texts`` in length-sorted batches (order restored), inference mode, autocast. A batch is one
         packed row (:mod:`clir.model.packing`) where the model allows it, else padded to one width
         (:func:`padded_width`). A query gets the same vector whatever it is batched with (packed, with row
-        blocks where the CPU needs them: :meth:`_query_blocks`); a passage within bf16 rounding."""
+        blocks where the CPU needs them: :meth:`_query_blocks`); a passage within bf16 rounding. ``routing``:
+        the language-adapter routing of this call (default: the model's)."""
         import torch
 
         from clir.model import packing
@@ -358,7 +396,7 @@ class DualEncoder:
         if show_progress or (show_progress is None and len(texts) >= 10 * batch_size):
             bar = progress(total=len(texts), desc=f"encode {side}s", unit="text")
         with self._lock, torch.inference_mode(), self._autocast():
-            model = self.activate(side, lang)
+            model = self.activate(side, lang, routing)
             dtype = self._autocast_dtype()
             cast = self._cast_params(model, dtype) if dtype is not None else {}
             packed = self._packs_texts(model, side)
@@ -414,11 +452,11 @@ class DualEncoder:
             log.debug("row blocks for query products: %s", self._blocks[key])
         return self._blocks[key]
 
-    def packs(self, side: Side, lang: str | None = None) -> bool:
+    def packs(self, side: Side, lang: str | None = None, routing: Routing | None = None) -> bool:
         """Whether ``side``'s model, with the adapters for ``lang`` active, encodes packed texts exactly as
         padded ones (probed once per model and adapter setup)."""
         with self._lock:
-            return self._packs_texts(self.activate(side, lang), side)
+            return self._packs_texts(self.activate(side, lang, routing), side)
 
     def _packs_texts(self, model, side: Side) -> bool:
         """Whether ``model``, under its active adapters, encodes packed: probed once per model and setup
@@ -470,11 +508,12 @@ class DualEncoder:
         )
 
     # ------------------------------------------------------------------ identity
-    def fingerprint(self) -> dict[str, Any]:
-        """What makes two encoders produce the same document vectors (stored in index manifests)."""
+    def fingerprint(self, routing: Routing | None = None) -> dict[str, Any]:
+        """What makes two encoders produce the same document vectors under ``routing`` (default: the
+        model's), as index manifests store it. The weights' hashes are computed once."""
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self)
-        return dict(self._fingerprint)
+        return with_routing(self._fingerprint, routing or self.config.routing)
 
     # ------------------------------------------------------------------ saving
     def save(self, out_dir: str | Path, *, save_lang: Sequence[str] = ()) -> Path:

@@ -16,6 +16,7 @@ from clir.config import ModelConfig, to_dict
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO, name_backbone, task_adapter_names
 from clir.model.card import write_model_folder_cards
+from clir.model.protocol import Encoder
 from clir.model.resolve import MODEL_FILE, local_path
 
 
@@ -101,7 +102,7 @@ def _hub_message(what: str, path: str, err: Exception) -> str:
     )
 
 
-def save_model(encoder: Any, out_dir: str | Path, *, save_lang: Sequence[str] = ()) -> Path:
+def save_model(encoder: Encoder, out_dir: str | Path, *, save_lang: Sequence[str] = ()) -> Path:
     """Write ``encoder`` (a DualEncoder) as a model folder: settings YAML + adapter weights (or full weights in
     ``full`` mode) + README.md model cards (:mod:`clir.model.card`; ``clir train`` adds what it trained on).
 

@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import atomic_write_text
+from clir.config.model import Routing
 from clir.errors import ClirError
 from clir.index import store
+from clir.model.fingerprint import fingerprint_diff
 
 log = logging.getLogger(__name__)
-
-# Query-side settings may differ from the index's encoder: they never touch the stored vectors.
-QUERY_SIDE = {"query_prefix", "max_query_length", "routing"}
 
 #: how a split index (documents cut into passages) ranks: documents by their best passage (MaxP, default),
 #: by their first passage (FirstP), or the passages themselves (``docid#n`` ids)
@@ -50,22 +49,6 @@ class Hit:
         if self.lang:
             d["lang"] = self.lang
         return d
-
-
-def fingerprint_diff(index_fp: dict[str, Any], model_fp: dict[str, Any]) -> list[str]:
-    """Fields on which the encoder would produce different document vectors than the index's."""
-    out = []
-    for key in sorted(set(index_fp) | set(model_fp)):
-        if key in QUERY_SIDE:
-            continue
-        a, b = index_fp.get(key), model_fp.get(key)
-        if key == "adapters" and a is not None and b is not None:
-            for name in sorted(set(a) | set(b)):
-                if a.get(name) != b.get(name):
-                    out.append(f"adapters.{name}")
-        elif a != b:
-            out.append(key)
-    return out
 
 
 class Searcher:
@@ -172,10 +155,7 @@ class Searcher:
     def _check(self, force: bool) -> None:
         enc = self.encoder
         fp_index = self.manifest["encoder"]
-        if enc.config.adapter_mode == "madx":
-            for name in fp_index.get("adapters") or {}:
-                if name not in enc.task_adapter_names() and name in enc.config.language_adapters:
-                    enc.load_language_adapter(name)
+        enc.load_recorded_adapters(fp_index.get("adapters") or {})
         diff = fingerprint_diff(fp_index, enc.fingerprint())
         if diff:
             msg = (
@@ -248,10 +228,16 @@ class Searcher:
         return self.passages.doc_ids[self.passages.doc[row]]
 
     def encode(
-        self, queries: list[str], *, query_lang: str | None = None, batch_size: int = 64
+        self,
+        queries: list[str],
+        *,
+        query_lang: str | None = None,
+        batch_size: int = 64,
+        routing: Routing | None = None,
     ) -> np.ndarray:
-        """Query vectors for this index (the first half of :meth:`batch_search`)."""
-        return self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size)
+        """Query vectors for this index (the first half of :meth:`batch_search`); ``routing``: the query
+        side's language-adapter routing (default: the model's)."""
+        return self.encoder.encode_queries(queries, lang=query_lang, batch_size=batch_size, routing=routing)
 
     def hits(self, scores: np.ndarray, rows: np.ndarray, *, return_text: bool = False) -> list[Hit]:
         """One query's FAISS result (a row of :meth:`search_vectors`' output) as ranked hits; the one place
@@ -276,9 +262,17 @@ class Searcher:
         return hits
 
     def search(
-        self, query: str, k: int = 10, *, query_lang: str | None = None, return_text: bool = False
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        query_lang: str | None = None,
+        return_text: bool = False,
+        routing: Routing | None = None,
     ) -> list[Hit]:
-        return self.batch_search([query], k, query_lang=query_lang, return_text=return_text)[0]
+        return self.batch_search([query], k, query_lang=query_lang, return_text=return_text, routing=routing)[
+            0
+        ]
 
     def batch_search(
         self,
@@ -288,11 +282,13 @@ class Searcher:
         query_lang: str | None = None,
         return_text: bool = False,
         batch_size: int = 64,
+        routing: Routing | None = None,
     ) -> list[list[Hit]]:
+        """Encode ``queries`` (under ``routing``, default: the model's), search, and turn rows into hits."""
         if not queries:
             return []
         scores, rows = self.search_vectors(
-            self.encode(queries, query_lang=query_lang, batch_size=batch_size), k
+            self.encode(queries, query_lang=query_lang, batch_size=batch_size, routing=routing), k
         )
         return [self.hits(scores[i], rows[i], return_text=return_text) for i in range(len(queries))]
 

@@ -11,7 +11,6 @@ executor (eval/bench/RESULTS.md, "REST serving")"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -19,7 +18,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from clir.config.model import Route
 from clir.errors import ClirError
+from clir.model.protocol import Encoder
 from clir.serve.lanes import Lanes
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Overloaded(ClirError):
 
 
 def encode_grouped(
-    encoder: Any,
+    encoder: Encoder,
     queries: list[str],
     langs: list[str],
     *,
@@ -111,13 +111,13 @@ def encode_grouped(
             by_lang[(lang, route)].append(i)
         for (lang, route), idxs in by_lang.items():
             try:
-                with encoder.routed(query=route) if route else contextlib.nullcontext():
-                    vecs = encoder.encode_queries(
-                        [queries[i] for i in idxs],
-                        lang=lang,
-                        batch_size=batch_size,
-                        show_progress=False,
-                    )
+                vecs = encoder.encode_queries(
+                    [queries[i] for i in idxs],
+                    lang=lang,
+                    batch_size=batch_size,
+                    show_progress=False,
+                    routing=replace(encoder.config.routing, query=route) if route else None,
+                )
             except Exception as e:  # noqa: BLE001
                 for i in idxs:
                     vectors[i] = e
@@ -127,7 +127,7 @@ def encode_grouped(
     return vectors, counts  # type: ignore[return-value]
 
 
-def run_jobs(encoder: Any, jobs: list[Job], *, batch_size: int = 64) -> list[Result | BaseException]:
+def run_jobs(encoder: Encoder, jobs: list[Job], *, batch_size: int = 64) -> list[Result | BaseException]:
     """Encode (:func:`encode_grouped`) and search ``jobs``, all on ``encoder``: one FAISS call per index
     with the largest k asked. A failure is returned in the slots of the jobs it concerns."""
     vectors, counts = encode_grouped(
@@ -175,7 +175,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        encoder: Any,
+        encoder: Encoder,
         *,
         max_batch: int = 64,
         window_ms: float = 0.0,
@@ -430,7 +430,7 @@ _lane_threads = threading.local()
 
 
 def _run_jobs_on(
-    threads: tuple[int, int] | None, encoder: Any, jobs: list[Job], batch_size: int
+    threads: tuple[int, int] | None, encoder: Encoder, jobs: list[Job], batch_size: int
 ) -> list[Any]:
     """:func:`run_jobs` in a lane's thread with ``threads[0]`` torch and FAISS OpenMP threads (None: as
     they are); ``threads[1]`` is the process default, which torch's ``set_num_threads`` also overwrites."""

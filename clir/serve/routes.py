@@ -15,6 +15,7 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clir.errors import ClirError, NotFoundError
+from clir.model.protocol import Encoder
 from clir.serve.batching import Job, Result, run_jobs
 from clir.serve.config import MAX_K
 from clir.serve.guard import API_KEY_HEADER, CLIENT_CLOSED, key_matches
@@ -171,8 +172,8 @@ def _check_query_routing(
     name: str, searcher: Any, routing: QueryRouting | None, where: tuple[str, ...]
 ) -> None:
     """A request's query routing needs language adapters to route: an index of a madx model (422 else)."""
-    mode = searcher.encoder.config.adapter_mode
-    if routing is not None and mode != "madx":
+    if routing is not None and not searcher.encoder.routes_languages:
+        mode = searcher.encoder.config.adapter_mode
         msg = (
             f"index {name!r} has no language adapters to route (adapter mode {mode}): query_routing needs "
             "an index of a madx model; leave it out here"
@@ -272,7 +273,7 @@ def _batch_json(searcher: Any, name: str, found: list[Result], return_text: bool
     return out.model_dump_json(exclude_none=True).encode()
 
 
-async def _run_slices(encoder: Any, jobs: list[Job], step: int) -> list[Result | BaseException]:
+async def _run_slices(encoder: Encoder, jobs: list[Job], step: int) -> list[Result | BaseException]:
     """:func:`run_jobs` a slice at a time without micro-batching (asyncio's default executor)."""
     out: list[Result | BaseException] = []
     for at in range(0, len(jobs), step):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clir.errors import ClirError, NotFoundError
+from clir.model.protocol import Encoder
 from clir.serve.batching import Job, MicroBatcher, run_jobs
 from clir.serve.config import ServeSettings, check_name
 
@@ -90,7 +91,7 @@ class ServeState:
             b.close()
 
 
-def batcher_for(encoder: Any, settings: ServeSettings) -> MicroBatcher:
+def batcher_for(encoder: Encoder, settings: ServeSettings) -> MicroBatcher:
     """The micro-batcher `clir serve` runs for ``encoder``: lanes from :func:`lane_plan`, limits from
     ``settings``."""
     lanes, threads = lane_plan(settings.lanes, encoder.device.type)

@@ -12,6 +12,8 @@ from typing import Any
 
 from clir.config import TrainConfig
 from clir.errors import ClirError
+from clir.model.modes import adapter_mode
+from clir.model.protocol import Encoder
 from clir.train.checkpoint import set_rng_state
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,7 @@ def setup_trainable(encoder, adapter_init: str = "identity") -> list[tuple[str, 
     (embeddings included) and any language adapter, which stays a fixed part of ``Stack(lang, task)``."""
     import torch
 
-    cfg = encoder.config
-    if cfg.adapter_mode == "full":
+    if adapter_mode(encoder.config).trains_backbone:
         for m in encoder.models():
             m.train()
             for p in m.parameters():
@@ -68,7 +69,7 @@ class Optimisation:
     amp_dtype: Any  # the autocast dtype, or None (fp32)
 
     @classmethod
-    def build(cls, cfg: TrainConfig, encoder: Any) -> Optimisation:
+    def build(cls, cfg: TrainConfig, encoder: Encoder) -> Optimisation:
         """Make ``cfg.optim``'s weights of ``encoder`` trainable and set up everything that updates them."""
         import torch
         from transformers import get_linear_schedule_with_warmup

@@ -12,6 +12,7 @@ from typing import Any
 
 from clir.config import TrainConfig
 from clir.errors import ClirError
+from clir.model.modes import adapter_mode
 from clir.model.resolve import MODEL_FILE, hub_cached, looks_like_path
 
 _ADAPTERHUB_ID = re.compile(r"^[\w.-]+/[\w.-]+@[\w.-]+$")  # e.g. en/wiki@ukp
@@ -156,17 +157,18 @@ def training_plan(cfg: TrainConfig, *, out: str | None = None, resume: bool = Fa
         plan.add("output", f"{t} ({state})")
     plan.add("mode", m.adapter_mode)
     _backbone(plan, m.backbone)
-    if m.adapter_mode == "full":
+    mode = adapter_mode(m)
+    if mode.trains_backbone:
         plan.add(
             "trains", "every backbone weight" + ("" if m.tied else " (query and passage encoders apart)")
         )
     else:
         arch = m.task_adapter
-        names = "task" if m.tied else "task_query + task_passage"
+        names = " + ".join(mode.task_adapters(m))
         plan.add(
             "trains", f"task adapter {names} only ({arch.config}, reduction factor {arch.reduction_factor:g})"
         )
-    if m.adapter_mode == "madx":
+    if mode.routes_languages:
         for lang, source in sorted(m.language_adapters.items()):
             use = (
                 f"frozen, under the task adapter in training ({m.source_lang})"

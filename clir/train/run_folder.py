@@ -16,6 +16,7 @@ from clir.atomic import atomic_write_text, swap_into_place
 from clir.config import TrainConfig, to_dict
 from clir.errors import ClirError
 from clir.model.card import write_model_folder_cards
+from clir.model.protocol import Encoder
 from clir.model.resolve import MODEL_FILE
 from clir.safe_load import loads_json
 from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
@@ -170,7 +171,7 @@ def truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def write_model(encoder: Any, out: Path, *, keep_checkpoints: bool) -> None:
+def write_model(encoder: Encoder, out: Path, *, keep_checkpoints: bool) -> None:
     """The model folder: built beside the run folder (with its log and config), then swapped in."""
     staging = out.with_name(out.name + ".final")
     if staging.exists():

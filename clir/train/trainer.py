@@ -35,6 +35,8 @@ import numpy as np
 from clir.atomic import disk_errors
 from clir.config import Routing, TrainConfig, to_dict
 from clir.errors import ClirError
+from clir.model.modes import adapter_mode
+from clir.model.protocol import Encoder
 from clir.train import distributed
 from clir.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from clir.train.contrastive import ContrastiveStep
@@ -78,13 +80,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _training_encoder(cfg: TrainConfig, encoder: Any, device: str | None) -> Any:
+def _training_encoder(cfg: TrainConfig, encoder: Encoder, device: str | None) -> Any:
     """The encoder to train, configured for training: MAD-X trains on ``Stack(source, task)`` whatever the
     inference routing, and the data section's token limits apply."""
     from clir.model.encoder import DualEncoder
 
     model_cfg = cfg.model
-    if model_cfg.adapter_mode == "madx":
+    if adapter_mode(model_cfg).routes_languages:
         # training texts are in the source language: train on Stack(source, task) whatever inference routes
         model_cfg = dataclasses.replace(model_cfg, routing=Routing("source", "source"))
     lengths = {
@@ -161,7 +163,7 @@ class _Run:
 
     cfg: TrainConfig
     out: Path
-    encoder: Any
+    encoder: Encoder
     opt: Optimisation
     stream: Any  # clir.data.triples.TripleStream
     examples: Iterator[Any]
@@ -230,7 +232,7 @@ def _train(
     device: str | None,
     on_step: Callable[[int, float], None] | None,
     show_progress: bool | None,
-    encoder: Any,
+    encoder: Encoder,
 ) -> TrainResult:
     """:func:`train` once its run folder is open: (folder, checkpoint, its state, triples source)."""
     from clir.data.triples import TripleStream
