@@ -91,6 +91,76 @@ def test_no_import_cycles():
     assert not found, "import cycles: " + "; ".join(detail)
 
 
+# ---------------------------------------------------------------------- layers
+#: docs/architecture.md's layers, top first: a module imports only modules of its own layer or below
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("entry", ("clir", "clir.__main__", "clir.testing")),
+    ("verbs", ("clir.cli",)),
+    ("services", ("clir.serve", "clir.experiments", "clir.demo")),
+    ("work", ("clir.index", "clir.search", "clir.train", "clir.metrics")),
+    ("model + data", ("clir.model", "clir.data")),
+    (
+        "foundations",
+        (
+            "clir.config",
+            "clir.errors",
+            "clir.atomic",
+            "clir.workdir",
+            "clir.safe_load",
+            "clir.progress",
+            "clir.portable",
+            "clir.version",
+        ),
+    ),
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer's position (0: top) of a module: the longest prefix named in LAYERS."""
+    best, depth = -1, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > depth:
+                best, depth = i, len(p)
+    if best < 0:
+        raise AssertionError(
+            f"{module} is in no layer of docs/architecture.md: add it to LAYERS (and the doc)"
+        )
+    return best
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if layer_of(b) < layer_of(a)
+    ]
+
+
+def test_the_layer_checker_sees_an_upward_import():
+    assert upward_imports({"clir.index.build": {"clir.serve.app"}, "clir.serve.app": set()}) == [
+        "clir.index.build (work) -> clir.serve.app (services)"
+    ]
+    assert upward_imports({"clir.serve.app": {"clir.index.build"}, "clir.index.build": set()}) == []
+
+
+def test_the_version_is_the_packages():
+    import tomllib
+
+    from clir.version import __version__
+
+    meta = tomllib.loads((PKG.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert meta["project"]["version"] == __version__
+
+
+def test_no_import_runs_up_a_layer():
+    """Every module sits in one layer and imports only its own layer and those below (function-level
+    imports included): e.g. nothing outside clir/cli imports the CLI."""
+    found = upward_imports(import_graph())
+    assert not found, "imports that run up a layer: " + "; ".join(found)
+
+
 # ---------------------------------------------------------------------- sizes
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80

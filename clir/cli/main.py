@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from clir import __version__
 from clir.errors import ClirError
+from clir.version import __version__
 
 # (verb, module); order is the order of `clir --help`. `index merge` is dispatched inside `index`.
 VERBS: list[tuple[str, str]] = [

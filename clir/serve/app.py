@@ -93,7 +93,7 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def _version() -> str:
-    from clir import __version__
+    from clir.version import __version__
 
     return __version__
 
