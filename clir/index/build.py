@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import disk_errors, swap_into_place
+from clir.atomic import disk_errors
 from clir.data import Collection, Document, load_collection
 from clir.data.collections import check_lang
 from clir.errors import ClirError
@@ -38,6 +38,7 @@ from clir.index.chunks import (
 from clir.index.faiss_index import check_factory
 from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passage_id
 from clir.safe_load import read_json
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -371,9 +372,7 @@ def _finalize(b: BuildState, encoder, n_chunks: int, n_rows: int) -> int:
             shutil.rmtree(final)
         final.mkdir()
         n_docs = _write_final(b, encoder, final, n_chunks, n_rows)
-    swap_into_place(final, b.out)
-    (b.partial / STATE_FILE).unlink()
-    shutil.rmtree(b.partial)
+    WorkDir(b.out).finish(final, record=STATE_FILE)
     return n_docs
 
 
