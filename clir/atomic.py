@@ -56,7 +56,7 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
 def swap_into_place(partial: Path, out: Path) -> None:
     """Rename the finished ``partial`` to ``out``; an existing ``out`` is replaced only now, whole. Between
     the two renames ``out`` is missing and its previous version is ``OUT.old``: a process killed there
-    leaves both folders complete (:func:`clir.index.chunks.recover_swap` finishes or undoes it)."""
+    leaves both folders complete (:meth:`clir.workdir.WorkDir.recover` finishes or undoes it)."""
     old = out.with_name(out.name + ".old")
     if out.exists():
         if old.exists():

@@ -297,6 +297,9 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny_bert, texts, head, tmp
         args(tiny_bert, texts, head, tmp_path / "cut", resume=True), show_progress=False
     )
     assert resumed.dev_loss == pytest.approx(whole.dev_loss, abs=1e-6)
+    # bit for bit: the resumed run took the uninterrupted run's steps
+    a, b = (torch.load(r.out / "pytorch_adapter.bin", weights_only=True) for r in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.dev_loss_no_adapter == pytest.approx(whole.dev_loss_no_adapter, abs=1e-6)
     a = json.loads((tmp_path / "whole" / INFO_FILE).read_text())["loss"]
     b = json.loads((tmp_path / "cut" / INFO_FILE).read_text())["loss"]

@@ -490,3 +490,28 @@ def test_e5_wikiqa_config_is_all_local(e5_small, raw_irds_home, monkeypatch):
     assert plan.problems == [] and plan.downloads == []
     first = next(iter(TripleStream(open_triples(cfg.data.triples), shuffle_block=0)))
     assert first.query and first.positive and len(first.negatives) == 1
+
+
+def test_run_folder_is_locked_and_a_killed_final_swap_is_undone(tiny_bert, pairs_file, tmp_path):
+    """``clir train`` holds OUT.lock for the whole run (clir/workdir.py), and a run killed between the final
+    swap's two renames (no OUT, the run folder as OUT.old) is restored, so --resume continues it."""
+    import shutil
+
+    from clir.workdir import WorkDir, WorkDirBusy
+
+    cfg = train_config(tiny_bert, pairs_file, "task", steps=4, every=2)
+    held = WorkDir(tmp_path / "r")
+    held.lock()
+    with pytest.raises(WorkDirBusy, match="another training run is writing"):
+        train(cfg, out=tmp_path / "r", show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.lock"]
+    held.unlock()
+
+    part = train(cfg, out=tmp_path / "r", stop_after=2, show_progress=False)
+    assert not part.finished and not (tmp_path / "r.lock").exists()
+    shutil.move(tmp_path / "r", tmp_path / "r.old")  # what a kill after the swap's first rename leaves
+    done = train(cfg, out=tmp_path / "r", resume=True, show_progress=False)
+    assert done.finished and done.step == 4 and (tmp_path / "r" / "clir_model.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    log = [json.loads(x)["step"] for x in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert log == [2, 4]  # resumed from the restored checkpoint at step 2, not started over

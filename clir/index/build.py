@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clir.atomic import disk_errors, swap_into_place
+from clir.atomic import disk_errors
 from clir.config.model import Routing
 from clir.data import Collection, Document, load_collection
 from clir.data.collections import check_lang
@@ -41,6 +41,7 @@ from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passag
 from clir.index.recipe import IndexRecipe
 from clir.model.protocol import Encoder
 from clir.safe_load import read_json
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,7 @@ def _finalize(b: BuildState, encoder: Encoder, n_chunks: int, n_rows: int) -> in
             shutil.rmtree(final)
         final.mkdir()
         n_docs = _write_final(b, encoder, final, n_chunks, n_rows)
-    swap_into_place(final, b.out)
-    (b.partial / STATE_FILE).unlink()
-    shutil.rmtree(b.partial)
+    WorkDir(b.out).finish(final, record=STATE_FILE)
     return n_docs
 
 

@@ -1,5 +1,5 @@
-"""The staging side of an index build: ``OUT.partial`` with its encoded chunks (``chunks/NNNNNN.jsonl`` +
-``.npy``, the ``.npy`` written last as the chunk's commit marker), ``state.json`` (the settings a
+"""The staging side of an index build, on :class:`clir.workdir.WorkDir`'s lock, record and swap:
+``OUT.partial`` with its encoded chunks (``chunks/NNNNNN.jsonl`` + ``.npy``, the ``.npy`` written last as the chunk's commit marker), ``state.json`` (the settings a
 ``--resume`` must share) and, once every chunk is encoded, ``final/`` (the index folder being written; its
 ``manifest.json``, written last, marks it complete), and ``OUT.lock``, which keeps a second build off the
 same ``--out``.
@@ -11,20 +11,18 @@ through ``OUT.old`` only once ``final/`` is complete (:func:`clir.atomic.swap_in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clir.atomic import atomic_write_lines, atomic_write_text
-from clir.errors import ClirError, ResumeRefused
+from clir.atomic import atomic_write_lines
 from clir.index import store
-from clir.safe_load import loads_json, read_json
+from clir.safe_load import loads_json
+from clir.workdir import PARTIAL_SUFFIX, WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +47,19 @@ def read_chunk_meta(path: Path) -> list[dict[str, Any]]:
         return [loads_json(line, f"{path}:{i}") for i, line in enumerate(f, 1)]
 
 
+def _workdir(partial: Path) -> WorkDir:
+    return WorkDir(partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX)))
+
+
 def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
     """Create ``OUT.partial`` with its ``state.json``, or with ``resume`` reopen one started with the same
-    settings (refused when they differ); an unfinished build that is not resumed is removed."""
-    state_path = partial / STATE_FILE
+    settings (:class:`ResumeRefused` when they differ); an unfinished build that is not resumed is removed."""
+    work = _workdir(partial)
     if partial.exists():
-        if resume and state_path.is_file():
-            try:
-                old = read_json(state_path, what="a build state")
-            except ClirError as e:
-                raise ResumeRefused(
-                    f"cannot resume {partial}: {e}; rerun without --resume to start over"
-                ) from None
-            if not isinstance(old, dict):
-                raise ResumeRefused(f"cannot resume {partial}: its {STATE_FILE} is not a build state")
-            diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
-            if diff:
-                raise ResumeRefused(
-                    f"cannot resume {partial}: it was started with different settings ({', '.join(diff)}); "
-                    "rerun without --resume to start over"
-                )
+        check = work.check_record(STATE_FILE, state, what="a build state") if resume else None
+        if check is not None and check.found:
+            if not check.same:
+                raise check.refusal(partial, "rerun without --resume to start over")
             done = len(list((partial / CHUNKS).glob("*.npy")))
             log.info("resuming %s: %d chunk(s) already encoded", partial, done)
             return
@@ -80,7 +71,7 @@ def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
     elif resume:
         log.info("nothing to resume at %s; starting a fresh build", partial)
     (partial / CHUNKS).mkdir(parents=True)
-    atomic_write_text(state_path, json.dumps(state, indent=2))
+    work.write_record(STATE_FILE, state)
 
 
 def chunk_done(chunks_dir: Path, no: int) -> bool:
@@ -97,46 +88,20 @@ def disk_hint(out: Path) -> str:
 
 def recover_swap(out: Path, partial: Path, resume: bool) -> None:
     """Under the build's lock, what a build killed while swapping its index in left (``OUT.old``, see
-    :func:`clir.atomic.swap_into_place`): beside ``OUT`` it is a leftover and goes; without ``OUT`` it is
+    :meth:`clir.workdir.WorkDir.recover`): beside ``OUT`` it is a leftover and goes; without ``OUT`` it is
     the previous index, restored, unless ``--resume`` is about to swap in the complete ``final/``."""
-    old = out.with_name(out.name + ".old")
-    if not old.is_dir():
-        return
-    if out.exists():
-        log.info("removing %s, the previous index a finished swap left behind", old)
-        shutil.rmtree(old)
-    elif resume and (partial / FINAL / store.MANIFEST_FILE).is_file():
-        log.warning(
-            "%s is missing and its previous version is in %s: resuming swaps the new index in", out, old
-        )
-    else:
-        os.replace(old, out)
-        log.warning("restored %s from %s (a build was stopped while swapping in its new index)", out, old)
+    keep = resume and (partial / FINAL / store.MANIFEST_FILE).is_file()
+    WorkDir(out).recover(keep_old=keep, what="index")
 
 
-def lock_build(out: Path) -> Any:
-    """``OUT.lock``, held (flock) for the whole build: a second build on the same ``--out`` is refused
-    instead of deleting the first one's ``OUT.partial``."""
-    import fcntl
-
-    path = out.with_name(out.name + ".lock")
-    try:
-        f = open(path, "a+")  # noqa: SIM115 - held until unlock_build()
-    except OSError as e:
-        raise ClirError(f"cannot write next to --out {out}: {e.strerror} ({path})") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise ClirError(
-            f"another build is writing {out} (it holds {path}): wait for it to finish or give another --out"
-        ) from None
-    return f
+def lock_build(out: Path) -> WorkDir:
+    """``OUT.lock``, held for the whole build: a second build on the same ``--out`` is refused
+    (:class:`clir.workdir.WorkDirBusy`) instead of deleting the first one's ``OUT.partial``."""
+    work = WorkDir(out)
+    work.lock(what="build")
+    return work
 
 
-def unlock_build(f: Any) -> None:
-    if f is None:
-        return
-    with contextlib.suppress(OSError):
-        os.unlink(f.name)
-    f.close()
+def unlock_build(work: WorkDir | None) -> None:
+    if work is not None:
+        work.unlock()

@@ -64,19 +64,21 @@ class Dist:
     # ------------------------------------------------------------------ control
     def on_main(self, fn: Callable[[], T]) -> T | None:
         """Run ``fn`` on rank 0 only and wait for it everywhere; a ClirError it raises is raised on every
-        rank. Returns ``fn``'s result on rank 0, None elsewhere (see :meth:`broadcast` to share it)."""
+        rank, of the same type (a ResumeRefused stays one). Returns ``fn``'s result on rank 0, None
+        elsewhere (see :meth:`broadcast` to share it)."""
         if not self.enabled:
             return fn()
         result: T | None = None
-        error: str | None = None
+        error: tuple[type[ClirError], str] | None = None
         if self.is_main:
             try:
                 result = fn()
             except ClirError as e:
-                error = str(e)
+                error = (type(e), str(e))
         error = self.broadcast(error)
         if error is not None:
-            raise ClirError(error)
+            kind, message = error
+            raise kind(message)
         return result
 
     def broadcast(self, obj: T) -> T:

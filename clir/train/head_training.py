@@ -6,18 +6,17 @@ held out by the same rule the adapters use, so no adapter's dev loss is scored o
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.safe_load import read_json
 from clir.train import mlm
 from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm, save_head
 from clir.train.mlm_loop import LoopSettings, train_mlm
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +90,14 @@ def _unigram_bias(model, tokenizer, texts: list[Iterator[str]], max_length: int)
 def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> dict[str, Any]:
     """Train the shared head and write its folder; returns its info (``head_sha256``, per-language dev
     losses of the head and of the unigram reference)."""
+    workdir = WorkDir(Path(args.out).expanduser())  # locked (OUT.lock) for the whole run
+    try:
+        return _train_head(args, workdir, show_progress)
+    finally:
+        workdir.unlock()
+
+
+def _train_head(args: MlmHeadArgs, workdir: WorkDir, show_progress: bool | None) -> dict[str, Any]:
     import torch
 
     out, backbone, tokenizer, device = mlm.open_run(args)
@@ -106,7 +113,7 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
         "settings": settings.__dict__,
         "dev": args.dev.__dict__,
     }
-    work = mlm.prepare_work(out, record, resume=args.resume, overwrite=args.overwrite)
+    work = mlm.open_work(workdir, record, resume=args.resume, overwrite=args.overwrite)
 
     torch.manual_seed(args.seed)
     model, _ = load_mlm(backbone, fresh_ok=True)
@@ -154,8 +161,7 @@ def train_mlm_head(args: MlmHeadArgs, *, show_progress: bool | None = None) -> d
     }
     weights = work / "weights"
     save_head(model, weights, info)
-    swap_into_place(weights, out)
-    shutil.rmtree(work, ignore_errors=True)
+    workdir.finish(weights, record=mlm.RUN_FILE, ignore_errors=True)
     return read_json(out / HEAD_INFO)
 
 

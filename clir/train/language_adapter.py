@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clir.atomic import swap_into_place
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
 from clir.model.adapters import name_backbone
@@ -31,6 +29,7 @@ from clir.safe_load import read_json
 from clir.train import distributed, mlm
 from clir.train.mlm_head import HEAD_INFO, attach_inverse, head_module, load_mlm
 from clir.train.mlm_loop import LoopSettings, train_mlm
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +144,21 @@ def train_language_adapter(
 ) -> LanguageAdapterResult:
     """Train ``args.lang``'s adapter against the backbone's frozen head, score it and its references on the
     held-out slice, and write the adapter folder with ``clir_language_adapter.json``."""
-    import adapters
-
     _check_args(args)
     dist = distributed.setup(args.device)  # under torchrun: this rank's place (one process otherwise)
+    workdir = WorkDir(Path(args.out).expanduser())  # rank 0 locks it (OUT.lock) for the whole run
+    try:
+        return _train(args, dist, workdir, show_progress)
+    finally:
+        workdir.unlock()
+
+
+def _train(
+    args: LanguageAdapterArgs, dist: distributed.Dist, workdir: WorkDir, show_progress: bool | None
+) -> LanguageAdapterResult:
+    """:func:`train_language_adapter` in this rank's place."""
+    import adapters
+
     out, backbone, tokenizer, device = mlm.open_run(args)
     if dist.enabled:
         distributed.apply_threads(args.threads, dist)
@@ -158,8 +168,8 @@ def train_language_adapter(
     _check_head_split(args.head, args.dev)
     dev, dev_texts = mlm.prepare_dev(tokenizer, source, args.dev, args.max_length, args.mlm_probability)
     record = _run_record(args, backbone, dist.world)
-    work = out.with_name(out.name + ".partial")
-    dist.on_main(lambda: mlm.prepare_work(out, record, resume=args.resume, overwrite=args.overwrite))
+    work = workdir.partial
+    dist.on_main(lambda: mlm.open_work(workdir, record, resume=args.resume, overwrite=args.overwrite))
 
     model, head_info = load_mlm(backbone, args.head)
     adapters.init(model)
@@ -199,8 +209,7 @@ def train_language_adapter(
         text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
         (weights / INFO_FILE).write_text(text, encoding="utf-8")
         write_language_adapter_card(weights, info)  # README.md, AdapterHub's model-card layout
-        swap_into_place(weights, out)
-        shutil.rmtree(work, ignore_errors=True)
+        workdir.finish(weights, record=mlm.RUN_FILE, ignore_errors=True)
         return info
 
     info = dist.broadcast(dist.on_main(finish))  # rank 0 scores and writes; every rank returns the result

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clir.errors import ClirError
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -190,35 +191,49 @@ def packs(model, tokenizer, device) -> bool:
     return ok
 
 
+#: the settings a resumed MLM run must share, in ``OUT.partial``
+RUN_FILE = "run.json"
+
+
 def prepare_work(out: Path, record: dict[str, Any], *, resume: bool, overwrite: bool) -> Path:
     """The ``OUT.partial`` work folder of a run: fresh, or kept for ``resume`` when it belongs to the same
-    run (``record``: the settings a resumed run must share)."""
-    import json
+    run (``record``: the settings a resumed run must share; :class:`clir.errors.ResumeRefused` when they
+    differ)."""
     import shutil
 
-    from clir.safe_load import read_json
-
-    work = out.with_name(out.name + ".partial")
-    saved = work / "run.json"
-    if work.exists() and resume and saved.is_file():
-        try:
-            before = read_json(saved)
-        except (ClirError, OSError, ValueError):
-            before = None
-        if before != json.loads(json.dumps(record)):
-            raise ClirError(
-                f"{work} was written by a run with other settings: drop --resume (or pass --overwrite) to "
-                "start over"
-            )
-        log.info("resuming from %s", work)
-        return work
+    workdir = WorkDir(out)
+    work = workdir.partial
+    if work.exists() and resume:
+        check = workdir.check_record(RUN_FILE, record)
+        if check.found:
+            if not check.same:
+                raise check.refusal(
+                    work, "a run with other settings starts over without --resume (or with --overwrite)"
+                )
+            log.info("resuming from %s", work)
+            return work
     if work.exists():
         if not resume and not overwrite and any(work.rglob("step-*")):
             raise ClirError(f"{work} holds checkpoints of an unfinished run: pass --resume to continue it")
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    saved.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    workdir.write_record(RUN_FILE, record, end="\n")
     return work
+
+
+def open_work(workdir: WorkDir, record: dict[str, Any], *, resume: bool, overwrite: bool) -> Path:
+    """Lock ``OUT`` for this run (held until ``workdir.unlock()``), undo a swap a kill interrupted, and
+    prepare ``OUT.partial`` (:func:`prepare_work`)."""
+    out = workdir.out
+    workdir.lock(what="training run")
+    try:
+        workdir.recover()
+        if out.exists() and not overwrite:  # a previous version the recovery restored
+            raise ClirError(f"--out {out} exists; pass --overwrite to replace it")
+        return prepare_work(out, record, resume=resume, overwrite=overwrite)
+    except BaseException:
+        workdir.unlock()
+        raise
 
 
 def mask_tokens(batch: dict[str, Any], tokenizer, probability: float, generator) -> tuple[Any, Any]:

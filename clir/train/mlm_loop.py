@@ -1,6 +1,6 @@
-"""The checkpointed masked-LM training loop that the shared MLM head (``clir train-mlm-head``) and the
-language adapters (``clir train-language-adapter``) both run: seeded masks, keyed dropout, AdamW with linear
-warm-up and decay, atomic data-only checkpoints and an exact resume.
+"""The masked-LM training that the shared MLM head (``clir train-mlm-head``) and the language adapters
+(``clir train-language-adapter``) both run: seeded masks, keyed dropout, AdamW with linear warm-up and
+decay; the checkpointed loop (data-only checkpoints, an exact resume) is :mod:`clir.train.loop`'s.
 
 Under ``torchrun`` (:mod:`clir.train.distributed`) every rank reads the same stream, tokenises and masks the
 whole global batch of ``batch_size x world`` texts with the same generator, and trains on its contiguous
@@ -21,6 +21,7 @@ from typing import Any
 
 from clir.train import mlm
 from clir.train.distributed import Dist, allreduce_grads
+from clir.train.loop import LoopPlan, load_last, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +68,19 @@ class MlmRun:
         import torch
         from transformers import get_linear_schedule_with_warmup
 
-        from clir.train.checkpoint import list_checkpoints
-
         optimizer = torch.optim.AdamW([p for _, p in named], lr=s.lr, weight_decay=0.0)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * s.max_steps), s.max_steps)
         run = cls(named, optimizer, scheduler, torch.Generator().manual_seed(s.seed))
-        ckpts = list_checkpoints(folder)
-        if ckpts:
-            run._restore(ckpts[-1])
+        found = load_last(folder)
+        if found is not None:
+            run._restore(*found)
         return run
 
-    def _restore(self, ckpt: Path) -> None:
+    def _restore(self, ckpt: Path, saved: dict[str, Any]) -> None:
         import torch
 
-        from clir.train.checkpoint import load_checkpoint, set_rng_state
+        from clir.train.checkpoint import set_rng_state
 
-        saved = load_checkpoint(ckpt)
         with torch.no_grad():
             for n, p in self.named:
                 p.copy_(saved["model"][n])
@@ -95,10 +93,11 @@ class MlmRun:
         self.interval = [float(x) for x in saved["interval"]]
         log.info("resumed at step %d from %s", self.step, ckpt)
 
-    def save(self, s: LoopSettings, folder: Path, seconds: float, world: int = 1) -> None:
-        from clir.train.checkpoint import rng_state, save_checkpoint
+    def state(self, s: LoopSettings, seconds: float, world: int = 1) -> dict[str, Any]:
+        """What a checkpoint of the run holds."""
+        from clir.train.checkpoint import rng_state
 
-        state = {
+        return {
             "step": self.step,
             "data": {"texts": self.step * s.batch_size * world, "world": world},
             "model": {n: p.detach().cpu().clone() for n, p in self.named},
@@ -109,7 +108,37 @@ class MlmRun:
             "interval": self.interval,
             "seconds": seconds,
         }
-        save_checkpoint(folder, self.step, state, keep=1)
+
+
+@dataclass
+class _MlmSteps:
+    """A run's steps as the checkpointed loop takes them (clir.train.loop.Steps)."""
+
+    run: MlmRun
+    s: LoopSettings
+    one_step: Callable[[], float]
+    world: int
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    def elapsed(self) -> float:
+        return self.run.seconds + time.perf_counter() - self.t0
+
+    def train_step(self) -> tuple[float, dict[str, str]]:
+        loss = self.one_step()
+        self.run.interval.append(loss)
+        return loss, {"loss": f"{loss:.3f}"}
+
+    def log_interval(self) -> None:
+        run = self.run
+        run.history.append({"step": run.step, "loss": round(sum(run.interval) / len(run.interval), 5)})
+        run.interval = []
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return self.run.state(self.s, self.elapsed(), self.world)
 
 
 def train_mlm(
@@ -128,38 +157,17 @@ def train_mlm(
     """Train the parameters of ``model`` that require grad by masked LM on ``texts()`` (an endless stream),
     resuming from ``folder``'s last checkpoint. Returns the run's record: steps, seconds, speed, loss curve.
     ``dist``: this process's place under torchrun (rank 0 alone writes checkpoints)."""
-    from clir.progress import progress
-
     dist = dist or Dist()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     run = MlmRun.start(s, named, folder)
     per_step = s.batch_size * dist.world
     stream = itertools.islice(texts(), run.step * per_step, None)
-    show = show_progress is not False and dist.is_main
-    bar = progress(total=s.max_steps, desc=desc, unit="step") if show else None
-    if bar is not None and run.step:
-        bar.update(run.step)
     model.train()
-    t0 = time.perf_counter()
-    try:
-        while run.step < s.max_steps:
-            loss = _step(s, model, head, tokenizer, stream, device, run, dist)
-            run.interval.append(loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-            if run.step % s.log_every == 0 or run.step == s.max_steps:
-                run.history.append(
-                    {"step": run.step, "loss": round(sum(run.interval) / len(run.interval), 5)}
-                )
-                run.interval = []
-            if run.step % s.checkpoint_every == 0 and run.step < s.max_steps:
-                elapsed = run.seconds + time.perf_counter() - t0
-                dist.on_main(partial(run.save, s, folder, elapsed, dist.world))
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = run.seconds + time.perf_counter() - t0
+    one_step = partial(_step, s, model, head, tokenizer, stream, device, run, dist)
+    steps = _MlmSteps(run, s, one_step, dist.world)
+    plan = LoopPlan(s.max_steps, s.checkpoint_every, s.log_every, 1, desc, show_progress=show_progress)
+    run_loop(steps, plan, folder, dist)
+    seconds = steps.elapsed()
     return {
         "trainable_parameters": sum(p.numel() for _, p in named),
         "steps": run.step,

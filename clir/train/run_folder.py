@@ -12,25 +12,33 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from clir.atomic import atomic_write_text, swap_into_place
+from clir.atomic import atomic_write_text
 from clir.config import TrainConfig, to_dict
-from clir.errors import ClirError
+from clir.errors import ClirError, ResumeRefused
 from clir.model.card import write_model_folder_cards
 from clir.model.protocol import Encoder
 from clir.model.resolve import MODEL_FILE
 from clir.safe_load import loads_json
 from clir.train.checkpoint import CKPT_DIR, legacy_checkpoints, list_checkpoints
+from clir.workdir import WorkDir, compare_records
 
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
+#: the model folder assembled beside the run folder, then swapped in as ``OUT``
+FINAL_SUFFIX = ".final"
 CONFIG_FILE = "train_config.yaml"
 #: what a run folder may hold before the final model is swapped in
 _RUN_ENTRIES = {CKPT_DIR, LOG_FILE, CONFIG_FILE}
 
 
-def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check what ``out`` holds against the flags; return the checkpoint to resume from, if any."""
+def run_workdir(out: Path) -> WorkDir:
+    """The run folder's WorkDir: ``OUT`` itself holds the run, ``OUT.final`` the model swapped in at the end."""
+    return WorkDir(out, staging=FINAL_SUFFIX)
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``out`` holds against the flags; True when the run resumes from its last checkpoint."""
     if out.exists() and not out.is_dir():
         raise ClirError(f"--out {out} exists and is not a folder")
     legacy = legacy_checkpoints(out)
@@ -42,7 +50,7 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     ckpts = list_checkpoints(out)
     finished = (out / MODEL_FILE).is_file()
     if resume and ckpts:
-        return ckpts[-1]
+        return True
     if resume and finished and not overwrite:
         raise ClirError(
             f"{out} holds a finished model and no checkpoint to resume from; pass --overwrite to train again"
@@ -69,7 +77,7 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     if (out / CKPT_DIR).exists():
         shutil.rmtree(out / CKPT_DIR)
     (out / LOG_FILE).unlink(missing_ok=True)
-    return None
+    return False
 
 
 def discard_unstarted(out: Path, *, created: bool) -> None:
@@ -106,23 +114,21 @@ def check_same_run(
     the same. A setting the checkpoint's config lacks (written before it existed) matches its default."""
     from clir.config import DataConfig, ModelConfig, OptimConfig
 
+    sections = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
     now = to_dict(cfg)
-    defaults = {
-        name: to_dict(kind())
-        for name, kind in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig))
-    }
-    diffs = []
-    for section in ("model", "data", "optim"):
-        a, b = saved.get(section, {}), now[section]
-        for key in sorted(set(a) | set(b)):
-            if section == "optim" and key == "batch_size":
-                continue  # checked with the world size below
-            if key not in a and b.get(key) == defaults[section].get(key):
-                continue
-            if a.get(key) != b.get(key):
-                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+
+    def flat(record: dict[str, Any]) -> dict[str, Any]:
+        # the batch size is checked with the world size below
+        items = ((f"{name}.{k}", v) for name in sections for k, v in (record.get(name) or {}).items())
+        return {k: v for k, v in items if k != "optim.batch_size"}
+
+    defaults = flat({name: to_dict(kind()) for name, kind in sections.items()})
+    diffs = [
+        f"{d.key}: {d.recorded!r} -> {d.requested!r}"
+        for d in compare_records(flat(saved), flat(now), defaults=defaults)
+    ]
     if diffs:
-        raise ClirError(
+        raise ResumeRefused(
             f"--resume: the config differs from the one that wrote {ckpt} ({'; '.join(diffs[:6])}); resume with "
             "the same settings, or start a new run with --overwrite / another --out"
         )
@@ -138,12 +144,12 @@ def _check_world(saved_batch: Any, saved_world: int, cfg: TrainConfig, world: in
     if saved_world * saved_batch != world * batch:
         fit = saved_world * saved_batch / world
         hint = f"--batch-size {int(fit)}" if fit == int(fit) else f"{saved_world} processes"
-        raise ClirError(
+        raise ResumeRefused(
             f"--resume: {ckpt} was written with a global batch of {was} triples, this run has {now}: resume "
             f"with the same global batch ({hint} on {world} process(es)), or start over with --overwrite"
         )
     if not cfg.optim.cross_device_negatives and max(world, saved_world) > 1:
-        raise ClirError(
+        raise ResumeRefused(
             f"--resume: {ckpt} was written by {was} with local negatives (optim.cross_device_negatives: "
             f"false), whose loss depends on how the batch is split; this run has {now}: resume on "
             f"{saved_world} process(es) with --batch-size {saved_batch}"
@@ -173,7 +179,7 @@ def truncate_log(path: Path, step: int) -> None:
 
 def write_model(encoder: Encoder, out: Path, *, keep_checkpoints: bool) -> None:
     """The model folder: built beside the run folder (with its log and config), then swapped in."""
-    staging = out.with_name(out.name + ".final")
+    staging = run_workdir(out).partial
     if staging.exists():
         shutil.rmtree(staging)
     encoder.save(staging)
@@ -183,7 +189,7 @@ def write_model(encoder: Encoder, out: Path, *, keep_checkpoints: bool) -> None:
     write_model_folder_cards(staging, encoder.config, training_facts(staging))
     if keep_checkpoints and (out / CKPT_DIR).is_dir():
         (out / CKPT_DIR).rename(staging / CKPT_DIR)
-    swap_into_place(staging, out)
+    run_workdir(out).finish(staging)
 
 
 def training_facts(folder: Path) -> dict[str, Any]:

@@ -14,16 +14,17 @@ with the same seed bit for bit.
 Under ``torchrun --nproc_per_node N -m clir train`` the same loop runs in N processes
 (clir/train/distributed.py): each encodes its share of every global batch, rank 0 alone writes the run
 folder, and the step itself (clir/train/contrastive.py) makes N processes at batch b compute what one
-process at batch N x b does."""
+process at batch N x b does. The loop around the steps (progress, log and checkpoint cadence, the early
+stop) is clir/train/loop.py's, shared with the MLM trainers; the run folder is a clir.workdir.WorkDir, locked
+(``OUT.lock``) for the whole run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,19 +39,22 @@ from clir.errors import ClirError
 from clir.model.modes import adapter_mode
 from clir.model.protocol import Encoder
 from clir.train import distributed
-from clir.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from clir.train.checkpoint import rng_state
 from clir.train.contrastive import ContrastiveStep
 from clir.train.distributed import Dist
+from clir.train.loop import GracefulStop, LoopPlan, load_last, run_loop
 from clir.train.optim import Optimisation
 from clir.train.run_folder import (
     LOG_FILE,
     check_same_run,
     discard_unstarted,
     prepare_out,
+    run_workdir,
     truncate_log,
     write_config,
     write_model,
 )
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -104,29 +108,6 @@ def _training_encoder(cfg: TrainConfig, encoder: Encoder, device: str | None) ->
     return encoder
 
 
-class _GracefulStop:
-    """First Ctrl-C: finish the current step, save a checkpoint, stop. A second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> _GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        log.warning("interrupt: stopping after this step (Ctrl-C again to abort without a checkpoint)")
-        signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 @dataclass
 class _Meter:
     """Loss and throughput: in total (for the result) and per logging interval (for the log)."""
@@ -172,7 +153,10 @@ class _Run:
     dist: Dist
     stepper: ContrastiveStep
     last_loss: float | None = None
-    last_ckpt: Path | None = None
+    #: the last step's gradient norm (logged)
+    grad_norm: float | None = None
+    #: ``train_log.jsonl``, open on rank 0 while the loop runs
+    logf: TextIO | None = None
 
     @property
     def global_batch(self) -> int:
@@ -188,6 +172,19 @@ class _Run:
             "config": to_dict(self.cfg),
             "world_size": self.dist.world,
         }
+
+    def train_step(self) -> tuple[float, dict[str, str]]:
+        """One optimiser step (clir.train.loop.Steps), timed for the throughput."""
+        t0 = time.perf_counter()
+        step_loss, self.grad_norm = _train_step(self)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        done = self.global_batch * self.cfg.optim.grad_accum
+        self.meter.add(step_loss, done, dt)
+        return step_loss, {"loss": f"{step_loss:.4f}", "triples_s": f"{done / dt:.1f}"}
+
+    def log_interval(self) -> None:
+        _log_interval(self, self.logf, self.grad_norm)
 
 
 def train(
@@ -210,7 +207,8 @@ def train(
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see clir/train/distributed.py."""
     dist = _join(cfg, device)
-    folder, ckpt, saved, source, created = _open_run(cfg, out, resume=resume, overwrite=overwrite, dist=dist)
+    work, ckpt, saved, source, created = _open_run(cfg, out, resume=resume, overwrite=overwrite, dist=dist)
+    folder = work.out
     try:
         with disk_errors(
             folder, "checkpoints already written are intact: free space, then --resume continues"
@@ -222,6 +220,8 @@ def train(
         if dist.is_main:
             discard_unstarted(folder, created=created)
         raise
+    finally:
+        work.unlock()
 
 
 def _train(
@@ -265,9 +265,18 @@ def _train(
         cfg, folder, encoder, opt, stream, iter(stream), step, _Meter(time.perf_counter()), dist, stepper
     )
     end = opt_cfg.max_steps if stop_after is None else min(opt_cfg.max_steps, stop_after)
+    plan = LoopPlan(
+        opt_cfg.max_steps,
+        cfg.checkpoint.every,
+        cfg.log_every,
+        cfg.checkpoint.keep,
+        "train",
+        end,
+        show_progress,
+    )
     try:
-        with _GracefulStop() as stopper:
-            stopped = _run_steps(run, end, stopper, on_step, show_progress)
+        with GracefulStop() as stopper, _log_file(run):
+            ended = run_loop(run, plan, folder, dist, stopper=stopper, on_step=on_step)
     finally:
         for m in encoder.models():
             m.eval()
@@ -275,16 +284,16 @@ def _train(
         encoder.weights_changed()
     seconds = time.perf_counter() - run.meter.t_start
     tps = run.meter.triples_per_s()
-    if stopped or run.step < opt_cfg.max_steps:
+    if ended.stopped or run.step < opt_cfg.max_steps:
         log.info(
             "stopped at step %d/%d; checkpoint %s (--resume continues)",
             run.step,
             opt_cfg.max_steps,
-            run.last_ckpt,
+            ended.checkpoint,
         )
         if stopper.requested:
             raise KeyboardInterrupt
-        return TrainResult(folder, run.step, False, run.last_loss, tps, seconds, run.last_ckpt, dist.rank)
+        return TrainResult(folder, run.step, False, run.last_loss, tps, seconds, ended.checkpoint, dist.rank)
     dist.on_main(lambda: write_model(encoder, folder, keep_checkpoints=cfg.checkpoint.keep_after_training))
     log.info("wrote %s (%d steps, %.1f triples/s)", folder, run.step, tps)
     return TrainResult(folder, run.step, True, run.last_loss, tps, seconds, None, dist.rank)
@@ -309,104 +318,62 @@ def _join(cfg: TrainConfig, device: str | None) -> Dist:
 
 def _open_run(
     cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool, dist: Dist
-) -> tuple[Path, Path | None, dict[str, Any] | None, Any, bool]:
-    """(run folder, checkpoint to resume from, its state, triples source, whether the folder is new): the
-    folder checked against the flags, the checkpoint against ``cfg``, the triples' files found, all before
-    the model loads; then the run's config is written. Rank 0 does the checks and writes, and hands the
-    checkpoint to the others."""
+) -> tuple[WorkDir, Path | None, dict[str, Any] | None, Any, bool]:
+    """(the run folder's WorkDir, checkpoint to resume from, its state, triples source, whether the folder is
+    new): the folder locked (rank 0 holds ``OUT.lock`` until :func:`train` returns) and checked against the
+    flags, the checkpoint against ``cfg``, the triples' files found, all before the model loads; then the
+    run's config is written. Rank 0 does the checks and writes, and hands the checkpoint to the others."""
     from clir.data.triples import open_triples
 
     target = out or cfg.out
     if not target:
         raise ClirError("no output folder: give --out DIR or `out:` in the config")
-    folder = Path(target).expanduser()
+    work = run_workdir(Path(target).expanduser())
+    folder = work.out
 
     def check_and_prepare() -> tuple[Path | None, dict[str, Any] | None, bool]:
-        ckpt = prepare_out(folder, resume=resume, overwrite=overwrite)
-        saved = None
-        if ckpt is not None:
-            saved = load_checkpoint(ckpt)
-            check_same_run(
-                saved.get("config") or {},
-                cfg,
-                ckpt,
-                saved_world=int(saved.get("world_size", 1)),
-                world=dist.world,
-            )
-        source = open_triples(cfg.data.triples)
-        if hasattr(source, "ensure_available"):
-            source.ensure_available()  # fail before the model loads, with one message naming every file
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        write_config(folder, cfg)
+        work.lock(what="training run")
+        try:
+            work.recover(what="model")
+            found = load_last(folder) if prepare_out(folder, resume=resume, overwrite=overwrite) else None
+            ckpt, saved = found if found is not None else (None, None)
+            if ckpt is not None and saved is not None:
+                check_same_run(
+                    saved.get("config") or {},
+                    cfg,
+                    ckpt,
+                    saved_world=int(saved.get("world_size", 1)),
+                    world=dist.world,
+                )
+            source = open_triples(cfg.data.triples)
+            if hasattr(source, "ensure_available"):
+                source.ensure_available()  # fail before the model loads, with one message naming every file
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            write_config(folder, cfg)
+        except BaseException:
+            work.unlock()
+            raise
         return ckpt, saved, created
 
     ckpt, saved, created = dist.broadcast(dist.on_main(check_and_prepare) or (None, None, False))
     source = open_triples(cfg.data.triples)
     if hasattr(source, "ensure_available") and not dist.is_main:
         source.ensure_available()  # rank 0 fetched them; another machine may not see its files
-    return folder, ckpt, saved, source, created
+    return work, ckpt, saved, source, created
 
 
-def _run_steps(
-    run: _Run,
-    end: int,
-    stopper: _GracefulStop,
-    on_step: Callable[[int, float], None] | None,
-    show_progress: bool | None,
-) -> bool:
-    """Steps up to ``end``, each logged and checkpointed as configured; True when it stopped early (Ctrl-C,
-    or ``end`` short of the run's ``max_steps``), with a checkpoint to resume from. Rank 0 alone logs and
-    writes checkpoints; a stop request seen by any rank stops every rank after the same step."""
-    from clir.progress import progress
-
-    cfg = run.cfg
-    max_steps = cfg.optim.max_steps
-    main = run.dist.is_main
-    bar = (
-        progress(total=max_steps, desc="train", unit="step") if show_progress is not False and main else None
-    )
-    if bar is not None and run.step:
-        bar.update(run.step)
-    # closed below; one record a step
-    logf = open(run.out / LOG_FILE, "a", encoding="utf-8") if main else None  # noqa: SIM115
-    try:
-        while run.step < end:
-            t0 = time.perf_counter()
-            step_loss, grad_norm = _train_step(run)
-            run.step += 1
-            dt = time.perf_counter() - t0
-            done = run.global_batch * cfg.optim.grad_accum
-            run.meter.add(step_loss, done, dt)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", triples_s=f"{done / dt:.1f}")
-            if run.step % cfg.log_every == 0 or run.step == end:
-                _log_interval(run, logf, grad_norm)
-            if run.dist.any(stopper.requested):
-                stopper.requested = True  # Ctrl-C reached one rank: every rank stops after this step
-            stop_now = stopper.requested or (run.step == end and end < max_steps)
-            if (run.step % cfg.checkpoint.every == 0 and run.step < max_steps) or stop_now:
-                run.last_ckpt = _checkpoint(run)
-            if on_step is not None:
-                on_step(run.step, step_loss)
-            if stop_now:
-                return True
-        return False
-    finally:
-        if logf is not None:
-            logf.close()
-        if bar is not None:
-            bar.close()
-
-
-def _checkpoint(run: _Run) -> Path | None:
-    """Rank 0 writes a checkpoint of the run as it stands; every rank learns its path."""
-
-    def write() -> Path:
-        return save_checkpoint(run.out, run.step, run.checkpoint_state(), run.cfg.checkpoint.keep)
-
-    return run.dist.broadcast(run.dist.on_main(write))
+@contextlib.contextmanager
+def _log_file(run: _Run) -> Iterator[None]:
+    """``train_log.jsonl`` open for appending while the loop runs (rank 0: one record a log interval)."""
+    if not run.dist.is_main:
+        yield
+        return
+    with open(run.out / LOG_FILE, "a", encoding="utf-8") as run.logf:
+        try:
+            yield
+        finally:
+            run.logf = None
 
 
 def _train_step(run: _Run) -> tuple[float, float | None]:
