@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import disk_errors, swap_into_place
+from clir.config.index import IndexRequest
 from clir.data import Collection, Document, load_collection
 from clir.data.collections import check_lang
 from clir.errors import ClirError
@@ -36,36 +37,14 @@ from clir.index.chunks import (
     write_chunk,
 )
 from clir.index.faiss_index import check_factory
-from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passage_id
+from clir.index.passages import Splitter, check_passage_ids, passage_id
 from clir.safe_load import read_json
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class IndexArgs:
-    collection: str
-    model: str
-    out: str
-    doc_lang: str | None = None
-    factory: str = "Flat"
-    #: a named recipe (clir.index.presets) instead of ``factory``: sized to the collection, search settings kept
-    preset: str | None = None
-    batch_size: int = 32
-    shard: tuple[int, int] | None = None  # (i, n): keep documents whose ordinal % n == i
-    resume: bool = False
-    overwrite: bool = False
-    chunk_size: int = 8192
-    max_train: int = 262_144
-    #: how long documents are cut into passages (default: split those longer than the encoder's window)
-    passages: PassageSpec = field(default_factory=PassageSpec)
-    #: language identification: ``missing`` detects documents without a language, ``all`` ignores the
-    #: collection's labels, ``off`` never detects (see clir.data.langid)
-    lang_id: str = "missing"
-    #: encoder setting overrides (pooling, normalize, prefixes, routing ...), Tevatron-style
-    overrides: dict[str, Any] = field(default_factory=dict)
-    #: torch device of the encoder (default: cuda when available, else cpu)
-    device: str | None = None
+#: the verb's request (its home is config); the old name kept for callers
+IndexArgs = IndexRequest
 
 
 LANG_ID_MODES = ("missing", "all", "off")
