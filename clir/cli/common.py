@@ -84,6 +84,15 @@ def deprecated_alias(
     class Deprecated(base):  # type: ignore[valid-type,misc]
         def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
             log.warning("%s is deprecated: use %s", option_string, new)
+            vars(namespace).setdefault(_SPELLED, {})[self.dest] = option_string
             super().__call__(parser, namespace, values, option_string)
 
     p.add_argument(old, action=Deprecated, help=argparse.SUPPRESS, **kwargs)
+
+
+_SPELLED = "_deprecated_spellings"
+
+
+def spelled(args: argparse.Namespace, dest: str, flag: str) -> str:
+    """``flag``, or the deprecated spelling the user typed for ``dest`` (error messages name what was typed)."""
+    return getattr(args, _SPELLED, {}).get(dest, flag)
