@@ -82,7 +82,7 @@ def deprecated_alias(
     base = {"store": argparse._StoreAction, "store_const": argparse._StoreConstAction}[action]
 
     class Deprecated(base):  # type: ignore[valid-type,misc]
-        def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        def __call__(self, parser, namespace, values, option_string=None):
             log.warning("%s is deprecated: use %s", option_string, new)
             vars(namespace).setdefault(_SPELLED, {})[self.dest] = option_string
             super().__call__(parser, namespace, values, option_string)

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+from typing import Any
 
 from clir.cli.common import deprecated_alias, given, positive_int
 from clir.config.serve import ServeRequest, ServeSettings
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "binding %s without --api-key-env: anyone who can reach this port can search", settings.host
         )
-    common = dict(
+    common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep clir's logging setup; uvicorn's lines go through it

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -31,7 +32,7 @@ class Flag:
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] | None = None
-    action: str | type[argparse.Action] | None = None
+    action: str | builtins.type[argparse.Action] | None = None
     metavar: str | None = None
     dest: str | None = None
 

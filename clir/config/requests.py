@@ -55,7 +55,7 @@ class TrainRequest:
         from clir.config.train import load_train_config
 
         cfg = load_train_config(self.config)
-        optim = {
+        optim: dict[str, Any] = {
             k: v
             for k, v in (
                 ("max_steps", self.max_steps),
