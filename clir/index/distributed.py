@@ -262,7 +262,7 @@ def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
         if workers < 1:
             raise ClirError(
                 f"--gpus-per-worker {ra.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
-                "give --workers N to wait for GPU nodes an autoscaler will add"
+                "give --ray-actors N to wait for GPU nodes an autoscaler will add"
             )
         cpus_per = ra.cpus_per_worker or 1.0
     else:
