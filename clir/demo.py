@@ -236,7 +236,7 @@ def evaluate_routings(indexes: dict[str, Path], results: Path) -> None:
         manifests[route] = manifest
         run = runs / f"{name}.trec"
         if not run.is_file() or run.stat().st_mtime < (index / "manifest.json").stat().st_mtime:
-            clir("search", "--index", str(index), "--queries", COLLECTION, "--run", str(run), "--k", "100",
+            clir("search", "--index", str(index), "--queries", COLLECTION, "--out", str(run), "--k", "100",
                  "--query-routing", "source")  # fmt: skip
         out = clir("evaluate", "--run", str(run), "--qrels", COLLECTION, "--metrics", *METRICS)
         try:

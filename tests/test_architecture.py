@@ -218,3 +218,27 @@ def test_no_module_or_function_too_long():
         f"functions over {MAX_FUNCTION_LINES} lines without a '{LONG_REASON} <why>' comment: "
         + ", ".join(long)
     )
+
+
+# ---------------------------------------------------------------------- layering
+def test_no_module_outside_cli_imports_cli():
+    """The verbs are the top layer: library code takes requests (clir.config), never a verb's parser."""
+    graph = import_graph()
+    cli = "clir.cli"
+    up = sorted(
+        f"{mod} -> {dep}"
+        for mod, deps in graph.items()
+        if mod != cli and not mod.startswith(cli + ".") and mod != "clir.__main__"
+        for dep in deps
+        if dep == cli or dep.startswith(cli + ".")
+    )
+    assert not up, "imports of clir.cli from below it: " + ", ".join(up)
+
+
+def test_the_layering_check_sees_function_level_imports():
+    """The walk counts an import inside a function (how experiments/build.py once reached clir.cli)."""
+    graph = import_graph()
+    assert "clir.train.head_training" in graph["clir.experiments.build"]  # imported inside build()
+    assert (
+        "clir.cli.main" in graph["clir.__main__"]
+    )  # the entry point is the one module outside cli/ that may

@@ -34,7 +34,7 @@ def test_a_built_index_records_the_recipe_it_was_built_from(built):
     args, enc, out = built
     manifest = read_manifest(out)
     recorded = IndexRecipe.from_manifest(manifest)
-    asked = args.recipe(enc.fingerprint())
+    asked = IndexRecipe.of(args, enc.fingerprint())
     assert asked.diff(recorded) == []
     assert recorded.encoder == manifest["encoder"] and recorded.passages is not None
     # what the manifest says of the recipe is what the recipe writes
@@ -48,7 +48,7 @@ def test_a_built_index_records_the_recipe_it_was_built_from(built):
 def test_diff_names_what_differs(built):
     args, enc, out = built
     recorded = IndexRecipe.from_manifest(read_manifest(out))
-    asked = args.recipe(enc.fingerprint())
+    asked = IndexRecipe.of(args, enc.fingerprint())
     assert replace(asked, passages=PassageSpec(length=64)).diff(recorded) == ["passages.length"]
     assert replace(asked, passages=PassageSpec(split="none")).diff(recorded) == ["passages.split"]
     assert replace(asked, lang_id="off").diff(recorded) == ["lang_id"]
@@ -64,7 +64,7 @@ def test_settings_an_old_manifest_predates_are_not_compared(built):
     old = {k: v for k, v in read_manifest(out).items() if k not in ("passages", "lang_id")}
     recorded = IndexRecipe.from_manifest(old)
     assert recorded.passages is None and recorded.lang_id is None
-    asked = args.recipe(enc.fingerprint())
+    asked = IndexRecipe.of(args, enc.fingerprint())
     assert replace(asked, passages=PassageSpec(split="none"), lang_id="all").diff(recorded) == []
 
 
@@ -86,7 +86,7 @@ def test_key_keeps_only_settings_off_their_defaults():
 
 def test_resume_state_is_the_recipe_resolved(built):
     args, enc, _ = built
-    state = args.recipe(enc.fingerprint()).state(enc.config.max_passage_length)
+    state = IndexRecipe.of(args, enc.fingerprint()).state(enc.config.max_passage_length)
     assert state["passages"] == args.passages.resolve(enc.config.max_passage_length)
     assert json.loads(json.dumps(state)) == state  # what state.json holds, as it is read back
     assert set(state) == {"encoder", "collection", "doc_lang", "shard", "chunk_size", "passages", "lang_id"}

@@ -78,8 +78,13 @@ def _build_index(
     overrides: dict = {"precision": "fp32"}
     if doc_routing:
         overrides["routing"] = {"doc": doc_routing}
-    args = IndexArgs(collection=str(collection), model=model, out=str(out), overrides=overrides)
-    args.passages = PassageSpec(length=passage_length)
+    args = IndexArgs(
+        collection=str(collection),
+        model=model,
+        out=str(out),
+        overrides=overrides,
+        passages=PassageSpec(length=passage_length),
+    )
     build_index(args)
     return out
 

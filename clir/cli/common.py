@@ -4,7 +4,12 @@ the model folder's settings)."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
+
+from clir.config.flags import positive_int  # noqa: F401  (verbs import it from here)
+
+log = logging.getLogger("clir.cli")
 
 MODEL_FLAGS = (
     "pooling",
@@ -68,11 +73,26 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
+def deprecated_alias(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, **kwargs: Any
+) -> None:
+    """``old`` still works as a spelling of ``new`` (same ``dest``), hidden from --help; using it logs a
+    deprecation warning naming ``new``."""
+    action = kwargs.pop("action", "store")
+    base = {"store": argparse._StoreAction, "store_const": argparse._StoreConstAction}[action]
+
+    class Deprecated(base):  # type: ignore[valid-type,misc]
+        def __call__(self, parser, namespace, values, option_string=None):
+            log.warning("%s is deprecated: use %s", option_string, new)
+            vars(namespace).setdefault(_SPELLED, {})[self.dest] = option_string
+            super().__call__(parser, namespace, values, option_string)
+
+    p.add_argument(old, action=Deprecated, help=argparse.SUPPRESS, **kwargs)
+
+
+_SPELLED = "_deprecated_spellings"
+
+
+def spelled(args: argparse.Namespace, dest: str, flag: str) -> str:
+    """``flag``, or the deprecated spelling the user typed for ``dest`` (error messages name what was typed)."""
+    return getattr(args, _SPELLED, {}).get(dest, flag)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from clir.config.requests import EvaluateRequest
+
 HELP = "score a TREC run with ranx (prints JSON)"
 DESCRIPTION = """Score a TREC run file against qrels with ranx and print the metrics as JSON.
 
@@ -13,7 +15,7 @@ DESCRIPTION = """Score a TREC run file against qrels with ranx and print the met
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="TREC run file")
+    p.add_argument("--run", required=True, help="TREC run file to score (`clir search --out` writes one)")
     p.add_argument("--qrels", required=True, help="a qrels file, a collection folder or irds:<id>")
     p.add_argument(
         "--metrics",
@@ -23,9 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def request(args: argparse.Namespace) -> EvaluateRequest:
+    return EvaluateRequest(args.run, args.qrels, tuple(args.metrics) if args.metrics else None)
+
+
 def run(args: argparse.Namespace) -> int:
     from clir.metrics import evaluate
 
-    scores = evaluate(args.run, args.qrels, args.metrics)
+    req = request(args)
+    scores = evaluate(req.run, req.qrels, list(req.metrics) if req.metrics else None)
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}, indent=2))
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from clir.config.requests import ExperimentRequest
+
 ALIASES = ["eval"]  # the verb's first name, kept for existing scripts
 HELP = "run an experiment grid: indexes, TREC runs, ranx metrics, significance, report and plots"
 DESCRIPTION = """Run the experiment grid a config describes: every collection x model x language-adapter
@@ -44,15 +46,22 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def request(args: argparse.Namespace) -> ExperimentRequest:
+    return ExperimentRequest(
+        config=args.config, out=args.out, only=tuple(args.only) if args.only else None, dry_run=args.dry_run
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from clir.experiments import format_plan, load_eval_config, plan_grid, run_grid
     from clir.experiments.report import overview_text
 
-    cfg = load_eval_config(args.config)
-    plan = plan_grid(cfg, config_path=args.config, out=args.out, only=args.only)
-    if args.dry_run:
+    req = request(args)
+    cfg = load_eval_config(req.config)
+    plan = plan_grid(cfg, config_path=req.config, out=req.out, only=list(req.only) if req.only else None)
+    if req.dry_run:
         print(format_plan(plan), end="")
         return 0
     result = run_grid(plan, command=_command(args))

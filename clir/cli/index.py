@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from clir.cli.common import add_model_args, model_overrides, positive_int
+from clir.cli.common import add_model_args, deprecated_alias, model_overrides, positive_int, spelled
+from clir.config.index import IndexRequest
 
 HELP = "encode a collection into a FAISS index folder (`clir index merge` joins shards)"
 DESCRIPTION = """Encode a collection into an index folder: FAISS `index` + `docid` (Pyserini's layout),
@@ -92,11 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ray://HEAD:10001 joins a cluster",
     )
     g.add_argument(
-        "--workers",
+        "--ray-actors",
         type=positive_int,
         metavar="N",
-        help="encoder actors (default: one per GPU, else per node)",
+        help="encoder actors (default: one per GPU, else per node; formerly --workers)",
     )
+    deprecated_alias(g, "--workers", "--ray-actors", type=positive_int, dest="ray_actors")
     g.add_argument(
         "--gpus-per-worker",
         type=float,
@@ -111,22 +113,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def request(args: argparse.Namespace) -> IndexRequest:
+    from clir.config.index import PassageSpec, RayRequest
     from clir.errors import ClirError
-    from clir.index import IndexArgs, build_index, parse_shard
-    from clir.index.passages import PassageSpec
+    from clir.index import parse_shard
 
     if args.factory and args.preset:
         raise ClirError("pass --factory or --preset, not both")
-    ray_flags = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker") if getattr(args, f) is not None]
+    ray_flags = [
+        f for f in ("ray_actors", "gpus_per_worker", "cpus_per_worker") if getattr(args, f) is not None
+    ]
     if ray_flags and not args.ray:
-        raise ClirError(f"--{ray_flags[0].replace('_', '-')} needs --ray")
-    chunk_size = args.chunk_size or IndexArgs.chunk_size
+        flag = spelled(args, ray_flags[0], "--" + ray_flags[0].replace("_", "-"))
+        raise ClirError(f"{flag} needs --ray")
+    chunk_size = args.chunk_size or IndexRequest.chunk_size
     if args.ray and not args.chunk_size:
         from clir.index.distributed import DEFAULT_CHUNK_SIZE
 
         chunk_size = DEFAULT_CHUNK_SIZE
-    index_args = IndexArgs(
+    ray = None
+    if args.ray:
+        ray = RayRequest(
+            address=args.ray,
+            workers=args.ray_actors,
+            gpus_per_worker=args.gpus_per_worker or 0.0,
+            cpus_per_worker=args.cpus_per_worker,
+        )
+    return IndexRequest(
         collection=args.collection,
         model=args.model,
         out=args.out,
@@ -142,21 +155,20 @@ def run(args: argparse.Namespace) -> int:
         passages=PassageSpec(args.split, args.passage_length, args.stride),
         lang_id=args.lang_id,
         device=args.device,
+        ray=ray,
     )
-    if args.ray:
-        from clir.index.distributed import RayArgs, build_index_ray
 
-        res = build_index_ray(
-            index_args,
-            RayArgs(
-                address=args.ray,
-                workers=args.workers,
-                gpus_per_worker=args.gpus_per_worker or 0.0,
-                cpus_per_worker=args.cpus_per_worker,
-            ),
-        )
+
+def run(args: argparse.Namespace) -> int:
+    req = request(args)
+    if req.ray is not None:
+        from clir.index.distributed import build_index_ray
+
+        res = build_index_ray(req, req.ray)
     else:
-        res = build_index(index_args)
+        from clir.index import build_index
+
+        res = build_index(req)
     rate = res.encoded_docs / res.seconds_encoding if res.seconds_encoding > 0 else float("nan")
     log.info(
         "indexed %d documents (%d passages) into %s in %.1fs (%d passages encoded at %.1f/s%s)",

@@ -7,8 +7,10 @@ import ipaddress
 import json
 import logging
 import os
+from typing import Any
 
-from clir.cli.common import given, positive_int
+from clir.cli.common import deprecated_alias, given, positive_int
+from clir.config.serve import ServeRequest, ServeSettings
 
 HELP = "serve indexes over HTTP (FastAPI): /search, /search/batch, /indexes, docs; OpenAPI at /docs"
 DESCRIPTION = """Serve index folders over HTTP. Each index is searched with the encoder recorded in its manifest,
@@ -16,6 +18,7 @@ loaded once (indexes built with the same encoder share it).
 
   clir serve --index indexes/xquad-de
   clir serve --index de=indexes/xquad-de --index ru=indexes/xquad-ru --port 8000
+  clir serve --index indexes/xquad-de --processes 4   (--workers, its earlier name, still works)
   clir serve --config serve.yaml          (indexes: {alias: folder} plus any setting below)
   CLIR_KEY=secret clir serve --index indexes/xquad-de --api-key-env CLIR_KEY
 
@@ -58,8 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     p.add_argument(
-        "--workers", type=positive_int, help="worker processes, each loading the models (default 1)"
+        "--processes",
+        type=positive_int,
+        dest="workers",  # the settings key (and --config files' key) stays `workers`
+        help="server processes, each loading the indexes and models (default 1; formerly --workers)",
     )
+    deprecated_alias(p, "--workers", "--processes", type=positive_int, dest="workers")
     p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this env variable")
     p.add_argument(
         "--max-body-bytes", type=positive_int, help="larger request bodies get 413 (default 1 MiB)"
@@ -110,11 +117,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
 
 
-def resolve(args: argparse.Namespace):
-    """(indexes, settings) from --config and flags (flags win)."""
+def request(args: argparse.Namespace) -> ServeRequest:
+    """The indexes and settings from --config and flags (flags win)."""
     from clir.config import from_dict
     from clir.errors import ClirError
-    from clir.serve.config import ServeSettings, load_serve_config, parse_index_spec
+    from clir.serve.config import load_serve_config, parse_index_spec
 
     indexes: dict[str, str] = {}
     data: dict = {}
@@ -128,7 +135,13 @@ def resolve(args: argparse.Namespace):
     if not indexes:
         raise ClirError("nothing to serve: pass --index [NAME=]DIR (repeatable) or --config FILE")
     data.update(given(args, SETTING_FLAGS))
-    return indexes, from_dict(ServeSettings, data, prefix="serve")
+    return ServeRequest(indexes, from_dict(ServeSettings, data, prefix="serve"))
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict[str, str], ServeSettings]:
+    """(indexes, settings) of :func:`request`."""
+    req = request(args)
+    return req.indexes, req.settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -151,14 +164,15 @@ def run(args: argparse.Namespace) -> int:
     from clir.index import store
     from clir.serve.protocol import configure
 
-    indexes, settings = resolve(args)
+    req = request(args)
+    indexes, settings = req.indexes, req.settings
     settings.validate()
     settings.api_key()  # an unset key variable fails here, before any model loads
     if not _is_loopback(settings.host) and not settings.api_key_env:
         log.warning(
             "binding %s without --api-key-env: anyone who can reach this port can search", settings.host
         )
-    common = dict(
+    common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep clir's logging setup; uvicorn's lines go through it

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 
-from clir.cli.common import positive_int
+from clir.config.build_flags import TRAIN_FLAGS, train_request
+from clir.config.flags import add_flags
+from clir.config.requests import TrainRequest
 
 HELP = "train a dual encoder (full fine-tuning, task adapter or MAD-X) on triples"
 DESCRIPTION = """Train a dual encoder on (query, positive, negative) triples with a contrastive loss (in-batch
@@ -30,84 +31,22 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="training config YAML (see configs/train/)")
-    p.add_argument("--out", help="output model folder (default: the config's `out`)")
-    p.add_argument(
-        "--max-steps", type=positive_int, help="optimiser steps of the run (overrides optim.max_steps)"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in the output folder"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="start over even if the output folder holds a run"
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate the config, list what is local and what would be downloaded; train nothing (offline)",
-    )
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    p.add_argument(
-        "--stop-after",
-        type=positive_int,
-        metavar="N",
-        help="stop with a checkpoint after N steps of the run (for time-limited jobs; --resume continues)",
-    )
-    p.add_argument("--triples", help="training triples (overrides data.triples)")
-    p.add_argument("--batch-size", type=positive_int, help="overrides optim.batch_size")
-    p.add_argument("--lr", type=float, help="overrides optim.lr")
-    p.add_argument("--seed", type=int, help="overrides optim.seed")
-    p.add_argument(
-        "--language-adapter",
-        action="append",
-        default=[],
-        metavar="LANG=SOURCE",
-        help="overrides model.language_adapters[LANG] (a folder or hub id; repeatable), e.g. the English "
-        "adapter a madx run trains on",
-    )
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_flags(p, TRAIN_FLAGS)
 
 
-def load_config(args: argparse.Namespace):
-    from clir.config import load_train_config
-
-    cfg = load_train_config(args.config)
-    optim = {}
-    if args.max_steps is not None:
-        optim["max_steps"] = args.max_steps
-    if args.batch_size is not None:
-        optim["batch_size"] = args.batch_size
-    if args.lr is not None:
-        optim["lr"] = args.lr
-    if args.seed is not None:
-        optim["seed"] = args.seed
-    if optim:
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **optim))
-        cfg.optim.validate()
-    if args.triples:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, triples=args.triples))
-    if getattr(args, "language_adapter", None):
-        from clir.errors import ClirError
-
-        langs = dict(cfg.model.language_adapters)
-        for item in args.language_adapter:
-            lang, sep, source = item.partition("=")
-            if not sep or not lang.strip() or not source.strip():
-                raise ClirError(f"--language-adapter {item!r}: give LANG=SOURCE (e.g. en=models/lang/en)")
-            langs[lang.strip()] = source.strip()
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, language_adapters=langs))
-        cfg.model.validate()
-    return cfg
+def request(args: argparse.Namespace) -> TrainRequest:
+    return train_request(args)
 
 
 def run(args: argparse.Namespace) -> int:
     from clir.errors import ClirError
 
-    cfg = load_config(args)
-    if args.dry_run:
+    req = request(args)
+    cfg = req.train_config()
+    if req.dry_run:
         from clir.train import training_plan
 
-        plan = training_plan(cfg, out=args.out, resume=args.resume)
+        plan = training_plan(cfg, out=req.out, resume=req.resume)
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.format())
         if plan.problems:
             raise ClirError(f"the dry run found {len(plan.problems)} problem(s): " + "; ".join(plan.problems))
@@ -117,15 +56,15 @@ def run(args: argparse.Namespace) -> int:
     from clir.train import train
     from clir.train.distributed import teardown
 
-    torch_device(args.device)  # before the run folder is touched
+    torch_device(req.device)  # before the run folder is touched
     try:
         res = train(
             cfg,
-            out=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            stop_after=args.stop_after,
-            device=args.device,
+            out=req.out,
+            resume=req.resume,
+            overwrite=req.overwrite,
+            stop_after=req.stop_after,
+            device=req.device,
         )
     finally:
         teardown()

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from clir.cli.common import positive_int
+from clir.config.build_flags import LANGUAGE_ADAPTER_FLAGS, language_adapter_request
+from clir.config.flags import add_flags
+from clir.config.mlm import LanguageAdapterRequest
 
 HELP = "train a language adapter (MAD-X) by masked language modelling on monolingual text"
 DESCRIPTION = """Train a language adapter for any language: masked language modelling on monolingual text
@@ -36,129 +38,20 @@ is keyed by each text's place in it). Rank 0 writes OUT; a run resumes on anothe
 --text: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder (its docs) or irds:<id>."""
 
 
-def add_dev_arguments(p: argparse.ArgumentParser) -> None:
-    """The held-out slice: the same for the shared head and every adapter of a backbone."""
-    p.add_argument(
-        "--dev-fraction", type=float, default=0.05, help="share of the text held out (default 0.05)"
-    )
-    p.add_argument("--dev-seed", type=int, default=0, help="seeds which texts are held out (default 0)")
-    p.add_argument("--dev-max", type=positive_int, default=500, help="at most this many dev texts")
-
-
-def add_run_arguments(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, every: int) -> None:
-    p.add_argument("--max-steps", type=positive_int, default=steps)
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=batch,
-        help=f"texts per step, per process under torchrun (default {batch})",
-    )
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
-    p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text")
-    p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="bf16 autocast for training steps; auto: where the device computes bf16 natively (GPUs, CPUs with "
-        "AVX512-BF16 or AMX); dev losses are always fp32",
-    )
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument(
-        "--packed",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each batch packed, without padding, where the model's attention allows (default on)",
-    )
-    p.add_argument("--checkpoint-every", type=positive_int, default=every, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT.partial")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="CPU threads (default: torch's); fix it to repeat a CPU run bit for bit on other machines",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    add_dev_arguments(p)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lang", required=True, help="language code the adapter is for (e.g. de)")
-    p.add_argument(
-        "--text", required=True, help="monolingual text: file, docs .jsonl/.tsv, collection folder, irds:<id>"
-    )
-    p.add_argument(
-        "--backbone", required=True, help="Hugging Face folder or hub id, or a registered model name"
-    )
-    p.add_argument(
-        "--head",
-        help="the shared MLM head folder (`clir train-mlm-head`); default: the backbone's pretrained head",
-    )
-    p.add_argument("--out", required=True, help="adapter folder to write")
-    add_run_arguments(p, steps=1000, batch=16, lr=1e-4, every=50)
-    p.add_argument(
-        "--invertible",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="add invertible adapters on the embeddings (MAD-X; default on)",
-    )
-    p.add_argument(
-        "--reduction-factor", type=float, default=2, help="bottleneck reduction factor (default 2)"
-    )
-    p.add_argument("--non-linearity", default="relu")
-    p.add_argument("--seed", type=int, default=42, help="adapter initialisation, masks and text order")
-    p.add_argument(
-        "--save-dtype",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="dtype of the saved weights (fp16: half the size; the dev loss is scored on the rounded weights)",
-    )
+    add_flags(p, LANGUAGE_ADAPTER_FLAGS)
 
 
-def dev_settings(args: argparse.Namespace):
-    from clir.train.mlm import DevSettings
-
-    dev = DevSettings(fraction=args.dev_fraction, seed=args.dev_seed, limit=args.dev_max)
-    dev.check()
-    return dev
-
-
-def adapter_args(args: argparse.Namespace):
-    """The typed arguments of a parsed command line (also what the experiment grid builds with)."""
-    from clir.config.model import check_activation, check_reduction
+def request(args: argparse.Namespace) -> LanguageAdapterRequest:
+    """The typed request of a parsed command line (the grid builds it from a config's args the same way)."""
     from clir.data.collections import check_lang
     from clir.model.checks import torch_device
-    from clir.train import LanguageAdapterArgs
 
-    # what would fail once OUT.partial exists (or allocate terabytes) is refused first
-    check_reduction(args.reduction_factor, None, "--reduction-factor")
-    check_activation(args.non_linearity, "--non-linearity")
-    check_lang(args.lang, "--lang")
-    torch_device(args.device)
-    return LanguageAdapterArgs(
-        lang=args.lang,
-        text=args.text,
-        backbone=args.backbone,
-        head=args.head,
-        out=args.out,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_length=args.max_length,
-        invertible=args.invertible,
-        reduction_factor=args.reduction_factor,
-        non_linearity=args.non_linearity,
-        mlm_probability=args.mlm_probability,
-        seed=args.seed,
-        precision=args.precision,
-        device=args.device,
-        overwrite=args.overwrite,
-        dev=dev_settings(args),
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        threads=args.threads,
-        packed=args.packed,
-        save_dtype=args.save_dtype,
-    )
+    req = language_adapter_request(args)
+    # refused before OUT.partial exists, in the flags' words
+    check_lang(req.lang, "--lang")
+    torch_device(req.device)
+    return req
 
 
 #: what clir.train.language_adapter keeps in OUT.partial and reads back on --resume
@@ -174,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
     from clir.train.distributed import teardown
     from clir.train.mlm import resolve_backbone
 
-    typed = adapter_args(args)
-    backbone = resolve_backbone(args.backbone)
+    typed = request(args)
+    backbone = resolve_backbone(typed.backbone)
     if Path(backbone).is_dir():  # a crafted folder is refused before any weight (a hub id: on loading)
         backbone_config(backbone)
         load_tokenizer(backbone)
         check_weight_files(Path(backbone))
-    out = Path(args.out).expanduser()
+    out = Path(typed.out).expanduser()
     work = out.with_name(out.name + ".partial")
-    if args.resume:  # the records a resumed run reads back, within clir's JSON limits
+    if typed.resume:  # the records a resumed run reads back, within clir's JSON limits
         for name in RESUME_RECORDS:
             if (work / name).is_file():
                 read_json(work / name)
@@ -197,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "out": str(res.out),
-                "lang": args.lang,
+                "lang": typed.lang,
                 "steps": res.steps,
                 "head_sha256": res.head_sha256,
                 "first_loss": round(res.first_loss, 4),

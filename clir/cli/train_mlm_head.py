@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from clir.cli.train_language_adapter import add_run_arguments, dev_settings
+from clir.config.build_flags import MLM_HEAD_FLAGS, mlm_head_request
+from clir.config.flags import add_flags
+from clir.config.mlm import MlmHeadRequest
 
 HELP = "train the shared MLM head of a backbone that ships without one (for its language adapters)"
 DESCRIPTION = """Train the one masked-LM head that every language adapter of a backbone will share, frozen (MAD-X
@@ -23,44 +25,15 @@ loss beside a unigram table's.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--text",
-        action="append",
-        required=True,
-        metavar="LANG=SOURCE",
-        help="a language's text (file, docs .jsonl/.tsv, collection folder, irds:<id>); repeat per language",
-    )
-    p.add_argument(
-        "--backbone", required=True, help="Hugging Face folder or hub id, or a registered model name"
-    )
-    p.add_argument("--out", required=True, help="head folder to write")
-    add_run_arguments(p, steps=2000, batch=32, lr=1e-3, every=100)
-    p.add_argument("--seed", type=int, default=0, help="head initialisation, masks and text order")
+    add_flags(p, MLM_HEAD_FLAGS)
 
 
-def head_args(args: argparse.Namespace):
-    from clir.train.head_training import MlmHeadArgs
-    from clir.train.mlm import pick_device, use_bf16
+def request(args: argparse.Namespace) -> MlmHeadRequest:
+    from clir.model.checks import torch_device
 
-    return MlmHeadArgs(
-        texts=args.text,
-        backbone=args.backbone,
-        out=args.out,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_length=args.max_length,
-        mlm_probability=args.mlm_probability,
-        seed=args.seed,
-        dev=dev_settings(args),
-        checkpoint_every=args.checkpoint_every,
-        bf16=use_bf16(args.precision, pick_device(args.device)),
-        packed=args.packed,
-        device=args.device,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        resume=args.resume,
-    )
+    req = mlm_head_request(args)
+    torch_device(req.device)  # refused before any work
+    return req
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would race to write one folder
         raise ClirError("clir train-mlm-head runs in one process: start it without torchrun")
-    info = train_mlm_head(head_args(args))
+    info = train_mlm_head(request(args))
     print(json.dumps({k: info[k] for k in ("head_sha256", "steps", "seconds", "languages")}))
     return 0

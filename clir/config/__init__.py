@@ -1,6 +1,7 @@
-"""The one typed config schema (model, adapters, routing, ...) and its YAML loading."""
+"""The one typed config schema (model, adapters, routing, ...) and its YAML loading; the verbs' requests."""
 
 from clir.config.base import expand_env, from_dict, load_yaml, to_dict
+from clir.config.build_flags import request_from_flags
 from clir.config.eval import (
     AdapterBuildSpec,
     Bm25Config,
@@ -13,28 +14,55 @@ from clir.config.eval import (
     SignificanceConfig,
 )
 from clir.config.model import AdapterArch, ModelConfig, Routing
+from clir.config.requests import (
+    DevSettings,
+    EvaluateRequest,
+    ExperimentRequest,
+    IndexRequest,
+    LanguageAdapterRequest,
+    MlmHeadRequest,
+    PassageSpec,
+    RayRequest,
+    SearchRequest,
+    ServeRequest,
+    ServeSettings,
+    TrainRequest,
+)
 from clir.config.train import CheckpointConfig, DataConfig, OptimConfig, TrainConfig, load_train_config
 
 __all__ = [
     "AdapterArch",
     "AdapterBuildSpec",
-    "MlmHeadSpec",
     "Bm25Config",
     "BuildSpec",
     "CheckpointConfig",
     "CollectionSpec",
     "DataConfig",
+    "DevSettings",
     "EvalConfig",
+    "EvaluateRequest",
+    "ExperimentRequest",
     "FusionConfig",
+    "IndexRequest",
+    "LanguageAdapterRequest",
+    "MlmHeadRequest",
+    "MlmHeadSpec",
     "ModelConfig",
     "ModelSpec",
     "OptimConfig",
+    "PassageSpec",
+    "RayRequest",
     "Routing",
+    "SearchRequest",
+    "ServeRequest",
+    "ServeSettings",
     "SignificanceConfig",
     "TrainConfig",
+    "TrainRequest",
     "expand_env",
     "from_dict",
     "load_train_config",
     "load_yaml",
+    "request_from_flags",
     "to_dict",
 ]

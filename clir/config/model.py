@@ -83,6 +83,12 @@ class AdapterArch:
         return known[self.config](reduction_factor=self.reduction_factor, non_linearity=self.non_linearity)
 
 
+def language_adapter_arch() -> AdapterArch:
+    """MAD-X's language adapter: Pfeiffer with invertible adapters, reduction factor 2 (the default of
+    ``clir train-language-adapter`` and of the language adapters a model creates)."""
+    return AdapterArch(config="seq_bn_inv", reduction_factor=2)
+
+
 @dataclass
 class Routing:
     """Which language adapter sits under the task adapter at inference, per side.
@@ -132,9 +138,7 @@ class ModelConfig:
     #: language -> source: an AdapterHub id (``en/wiki@ukp``), a Hugging Face repo id or a local folder
     language_adapters: dict[str, str] = field(default_factory=dict)
     #: architecture of language adapters this model creates or loads without a config of their own
-    language_adapter: AdapterArch = field(
-        default_factory=lambda: AdapterArch(config="seq_bn_inv", reduction_factor=2)
-    )
+    language_adapter: AdapterArch = field(default_factory=language_adapter_arch)
     #: the language the task adapter is trained in (its adapter is the ``source`` route)
     source_lang: str = "en"
     routing: Routing = field(default_factory=Routing)

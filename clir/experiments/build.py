@@ -1,86 +1,67 @@
 """Builds what a grid needs before it runs, in this process: missing model folders with
-:func:`clir.train.train`, missing language adapters with :func:`clir.train.train_language_adapter`.
+:func:`clir.train.train`, missing language adapters with :func:`clir.train.train_language_adapter`, the shared
+MLM head with :func:`clir.train.head_training.train_mlm_head`.
 
 A build is described by the command a user would type (``train --config C --max-steps N --out DIR ARGS``;
-the dry run prints it), because a config's ``args`` are that verb's flags: the verb's own parser reads them,
-so a flag means the same in a config as on the command line."""
+the dry run prints it), because a config's ``args`` are that verb's flags: :func:`clir.config.request_from_flags`
+reads them with the flag table the verb itself uses, so a flag means the same in a config as on the command
+line, and the library is called with the request they make."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 from pathlib import Path
-from typing import NoReturn
 
+from clir.config.build_flags import Request, request_from_flags
+from clir.config.mlm import LanguageAdapterRequest, MlmHeadRequest
+from clir.config.requests import TrainRequest
 from clir.errors import ClirError
 from clir.experiments.grid import Plan
 
 log = logging.getLogger(__name__)
 
 
-class _ArgParser(argparse.ArgumentParser):
-    """A parser whose errors are ClirErrors (argparse's default prints usage and exits)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ClirError(f"`clir {self.prog}`: {message}")
-
-
-def parse_build(cmd: list[str]) -> argparse.Namespace:
-    """The flags of a build command, parsed by its verb (``train`` or ``train-language-adapter``)."""
-    verb, argv = cmd[0], cmd[1:]
-    from clir.cli import train, train_language_adapter, train_mlm_head
-
-    verbs = {
-        "train": train.add_arguments,
-        "train-language-adapter": train_language_adapter.add_arguments,
-        "train-mlm-head": train_mlm_head.add_arguments,
-    }
-    if verb not in verbs:  # the config schema allows only these
-        raise ClirError(
-            f"cannot build with `clir {verb}`: use train, train-mlm-head or train-language-adapter"
-        )
-    p = _ArgParser(prog=verb, add_help=False)
-    verbs[verb](p)
-    ns = p.parse_args(argv)
-    if getattr(ns, "dry_run", False):
+def parse_build(cmd: list[str]) -> Request:
+    """The request of a build command (``train``, ``train-language-adapter`` or ``train-mlm-head`` + flags)."""
+    req = request_from_flags(cmd[0], cmd[1:])
+    if isinstance(req, TrainRequest) and req.dry_run:
         raise ClirError(f"`clir {shlex.join(cmd)}`: a build cannot be a --dry-run")
-    return ns
+    return req
 
 
 def build(cmd: list[str], what: str) -> None:
     """Run one build command in-process."""
-    ns = parse_build(cmd)
+    req = parse_build(cmd)
     log.info("building %s: clir %s", what, shlex.join(cmd))
-    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
+    if req.out:
+        Path(req.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
     import torch
 
     threads = torch.get_num_threads()  # a build may pin its own (optim.threads / --threads)
     try:
-        if cmd[0] == "train":
-            from clir.cli.train import load_config
+        if isinstance(req, TrainRequest):
             from clir.train import train
 
             res = train(
-                load_config(ns),
-                out=ns.out,
-                resume=ns.resume,
-                overwrite=ns.overwrite,
-                stop_after=ns.stop_after,
-                device=ns.device,
+                req.train_config(),
+                out=req.out,
+                resume=req.resume,
+                overwrite=req.overwrite,
+                stop_after=req.stop_after,
+                device=req.device,
             )
             log.info("built %s: %d steps in %.1f s", what, res.step, res.seconds)
-        elif cmd[0] == "train-mlm-head":
-            from clir.cli.train_mlm_head import head_args
+        elif isinstance(req, MlmHeadRequest):
             from clir.train.head_training import train_mlm_head
 
-            info = train_mlm_head(head_args(ns))
+            info = train_mlm_head(req)
             log.info("built %s: %d steps in %.1f s", what, info["steps"], info["seconds"])
         else:
-            from clir.cli.train_language_adapter import adapter_args
+            assert isinstance(req, LanguageAdapterRequest)
             from clir.train import train_language_adapter
 
-            res_la = train_language_adapter(adapter_args(ns))
+            res_la = train_language_adapter(req)
             log.info("built %s: %d steps in %.1f s", what, res_la.steps, res_la.seconds)
     except ClirError as e:
         raise ClirError(f"building {what} failed: {e}") from None

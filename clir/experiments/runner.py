@@ -5,6 +5,7 @@ and the report follow (:mod:`clir.experiments.scoring`, :mod:`clir.experiments.r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -101,8 +102,7 @@ def _ensure_index(plan: Plan, job: IndexJob, enc: Encoder) -> Path:
         build_index(args, encoder=enc)
     except ResumeRefused as e:
         log.warning("%s; starting that index over", e)
-        args.resume = False
-        build_index(args, encoder=enc)
+        build_index(dataclasses.replace(args, resume=False), encoder=enc)
     return job.path
 
 
@@ -193,7 +193,7 @@ def _run_index_job(
     index = _ensure_index(plan, job, enc)
     t_index = time.perf_counter() - t0
     # checks the encoder against the manifest once more; split documents rank by doc_score
-    searcher = Searcher(index, encoder=enc, mode=coll.spec.doc_score)
+    searcher = Searcher(index, encoder=enc, doc_score=coll.spec.doc_score)
     for row in rows:
         t = time.perf_counter()
         r = row.routing

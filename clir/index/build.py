@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clir.atomic import disk_errors
+from clir.config.index import IndexRequest
 from clir.config.model import Routing
 from clir.data import Collection, Document, load_collection
 from clir.data.collections import check_lang
@@ -37,7 +38,7 @@ from clir.index.chunks import (
     write_chunk,
 )
 from clir.index.faiss_index import check_factory
-from clir.index.passages import PassageSpec, Splitter, check_passage_ids, passage_id
+from clir.index.passages import Splitter, check_passage_ids, passage_id
 from clir.index.recipe import IndexRecipe
 from clir.model.protocol import Encoder
 from clir.safe_load import read_json
@@ -46,44 +47,8 @@ from clir.workdir import WorkDir
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class IndexArgs:
-    collection: str
-    model: str
-    out: str
-    doc_lang: str | None = None
-    factory: str = "Flat"
-    #: a named recipe (clir.index.presets) instead of ``factory``: sized to the collection, search settings kept
-    preset: str | None = None
-    batch_size: int = 32
-    shard: tuple[int, int] | None = None  # (i, n): keep documents whose ordinal % n == i
-    resume: bool = False
-    overwrite: bool = False
-    chunk_size: int = 8192
-    max_train: int = 262_144
-    #: how long documents are cut into passages (default: split those longer than the encoder's window)
-    passages: PassageSpec = field(default_factory=PassageSpec)
-    #: language identification: ``missing`` detects documents without a language, ``all`` ignores the
-    #: collection's labels, ``off`` never detects (see clir.data.langid)
-    lang_id: str = "missing"
-    #: encoder setting overrides (pooling, normalize, prefixes, routing ...), Tevatron-style
-    overrides: dict[str, Any] = field(default_factory=dict)
-    #: torch device of the encoder (default: cuda when available, else cpu)
-    device: str | None = None
-    #: the language-adapter routing documents are encoded under (default: the model's)
-    routing: Routing | None = None
-
-    def recipe(self, fingerprint: dict[str, Any] | None = None) -> IndexRecipe:
-        """What the index these arguments build is made of (:class:`clir.index.recipe.IndexRecipe`)."""
-        return IndexRecipe(
-            self.collection,
-            self.doc_lang,
-            self.passages,
-            self.lang_id,
-            fingerprint,
-            self.shard,
-            self.chunk_size,
-        )
+#: the verb's request (its home is config); the old name kept for callers
+IndexArgs = IndexRequest
 
 
 LANG_ID_MODES = ("missing", "all", "off")
@@ -276,7 +241,7 @@ def start_build(args: IndexArgs, encoder: Encoder) -> BuildState:
     # what would fail after encoding fails now: the factory (string, dimension, training points)
     if not args.preset:  # a preset plans its factory for the collection's size
         check_factory(encoder.dim, args.factory, total)
-    recipe = args.recipe(encoder.fingerprint(args.routing))
+    recipe = IndexRecipe.of(args, encoder.fingerprint(args.routing))
     passages = recipe.resolved_passages(encoder.config.max_passage_length)
     state = recipe.state(encoder.config.max_passage_length)
     splitter = None

@@ -18,12 +18,12 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from clir.atomic import disk_errors
+from clir.config.index import RayRequest
 from clir.config.model import Routing
 from clir.errors import ClirError
 from clir.index.build import (
@@ -46,19 +46,8 @@ LOCAL = "local"
 DEFAULT_CHUNK_SIZE = 512
 
 
-@dataclass
-class RayArgs:
-    #: None or "local": start a private local Ray for this build; "auto", "ray://HEAD:10001" or "HOST:6379": join
-    address: str | None = None
-    #: encoder actors; default: one per ``gpus_per_worker`` GPUs of the cluster, else one per node
-    workers: int | None = None
-    gpus_per_worker: float = 0.0
-    #: default: 1 for GPU actors, else each node's CPUs shared among the actors placed on it
-    cpus_per_worker: float | None = None
-    #: restarts of a dead actor (and retries of its chunk) before the build stops
-    max_retries: int = 3
-    #: chunks queued per actor, so that no actor waits for the driver between chunks
-    in_flight: int = 2
+#: the Ray part of the verb's request (its home is config); the old name kept for callers
+RayArgs = RayRequest
 
 
 def require_ray():
@@ -123,7 +112,7 @@ def build_index_ray(
     ray = require_ray()
     ra = ray_args or RayArgs()
     if ra.workers is not None and ra.workers < 1:
-        raise ClirError("--workers must be >= 1")
+        raise ClirError("--ray-actors must be >= 1")
     if ra.gpus_per_worker < 0 or (ra.cpus_per_worker is not None and ra.cpus_per_worker <= 0):
         raise ClirError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     t0 = time.perf_counter()
@@ -282,7 +271,7 @@ def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
         if workers < 1:
             raise ClirError(
                 f"--gpus-per-worker {ra.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
-                "give --workers N to wait for GPU nodes an autoscaler will add"
+                "give --ray-actors N to wait for GPU nodes an autoscaler will add"
             )
         cpus_per = ra.cpus_per_worker or 1.0
     else:

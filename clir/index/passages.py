@@ -11,60 +11,25 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from clir.config.index import (  # noqa: F401  (PassageSpec's home is config; kept importable here)
+    DEFAULT_PASSAGE_LENGTH,
+    MIN_WINDOW,
+    SPLIT_MODES,
+    PassageSpec,
+    SplitMode,
+)
 from clir.errors import ClirError
 
 log = logging.getLogger(__name__)
 
-SplitMode = Literal["passages", "none"]
-SPLIT_MODES = ("passages", "none")
 ID_SEP = "#"
-#: a window keeps at least this many text tokens even when the title takes most of the budget
-MIN_WINDOW = 16
-#: default window when the encoder reads more: on xquad-r-articles with e5-small, MaxP over 256-token
-#: passages beat 512-token ones (eval/results/long-docs), and the field's long-document CLIR runs use
-#: 180-256 (ColBERT-X / PLAID-X: 180 tokens, stride 90)
-DEFAULT_PASSAGE_LENGTH = 256
 #: texts longer than this are tokenised in pieces (see Splitter._offsets); longer than any article of the
 #: collections evaluated here, so their passages are those of one call
 PIECE_CHARS = 200_000
-
-
-@dataclass(frozen=True)
-class PassageSpec:
-    """How ``clir index`` cuts documents: ``passages`` (split documents longer than one window) or ``none``
-    (one vector per document, truncated by the encoder at its ``max_passage_length``)."""
-
-    split: SplitMode = "passages"
-    #: encoder tokens per passage (default: DEFAULT_PASSAGE_LENGTH, or the encoder's max_passage_length if
-    #: smaller)
-    length: int | None = None
-    #: text tokens between window starts (default: half the window)
-    stride: int | None = None
-
-    def resolve(self, max_passage_length: int) -> dict[str, Any]:
-        """The settings an index records (manifest, resume state), defaults filled in."""
-        if self.split not in SPLIT_MODES:
-            raise ClirError(f"--split {self.split!r}: expected one of {', '.join(SPLIT_MODES)}")
-        if self.split == "none":
-            if self.length is not None or self.stride is not None:
-                raise ClirError("--passage-length/--stride need --split passages (--split none truncates)")
-            return {"split": "none", "passage_length": max_passage_length}
-        length = self.length or min(DEFAULT_PASSAGE_LENGTH, max_passage_length)
-        if length > max_passage_length:
-            raise ClirError(
-                f"--passage-length {length} exceeds the encoder's max_passage_length {max_passage_length}: "
-                "lower it, or raise --max-passage-length"
-            )
-        if length < MIN_WINDOW + 4:
-            raise ClirError(f"--passage-length {length} is too short (at least {MIN_WINDOW + 4} tokens)")
-        if self.stride is not None and self.stride < 1:
-            raise ClirError("--stride must be >= 1")
-        return {"split": "passages", "passage_length": length, "stride": self.stride, "title": "repeated"}
 
 
 def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:

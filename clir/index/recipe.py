@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from clir.index.passages import PassageSpec
+from clir.config.index import IndexRequest, PassageSpec
 from clir.model.fingerprint import fingerprint_diff
 
 #: settings a plan's keys leave out at these values (keys written before a setting existed stay valid)
@@ -40,6 +40,12 @@ class IndexRecipe:
     shard: tuple[int, int] | None = None
     #: documents per checkpointed chunk (a build's state; manifests do not record it)
     chunk_size: int | None = None
+
+    @classmethod
+    def of(cls, request: IndexRequest, fingerprint: dict[str, Any] | None = None) -> IndexRecipe:
+        """The recipe of the index ``clir index`` builds for ``request``, with the encoder's fingerprint."""
+        r = request
+        return cls(r.collection, r.doc_lang, r.passages, r.lang_id, fingerprint, r.shard, r.chunk_size)
 
     def with_encoder(self, fingerprint: dict[str, Any]) -> IndexRecipe:
         return replace(self, encoder=fingerprint)

@@ -55,7 +55,7 @@ class Searcher:
     """Dense retrieval over one index folder.
 
     ``model`` overrides the manifest's encoder; a model whose fingerprint differs (dimension, backbone,
-    pooling, adapters, ...) is refused unless ``force``. On split indexes ``mode`` picks documents by their
+    pooling, adapters, ...) is refused unless ``force``. On split indexes ``doc_score`` picks documents by their
     best passage (``maxp``), their first (``firstp``), or returns ``passages``; k distinct documents are
     filled by reading deeper into the passage ranking as needed."""
 
@@ -71,13 +71,17 @@ class Searcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
         manifest: dict[str, Any] | None = None,
-        mode: str = "maxp",
+        doc_score: str = "maxp",
+        mode: str | None = None,
     ) -> None:
         from clir.index.faiss_index import set_search_params
 
-        if mode not in MODES:
-            raise ClirError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
-        self.mode = mode
+        if mode is not None:  # the keyword's earlier name
+            log.warning("Searcher(mode=...) is deprecated: use doc_score=")
+            doc_score = mode
+        if doc_score not in MODES:
+            raise ClirError(f"doc_score {doc_score!r}: expected one of {', '.join(MODES)}")
+        self.mode = doc_score
         self.path = Path(index_dir)
         if device:
             from clir.model.checks import torch_device

@@ -99,7 +99,7 @@ def _version() -> str:
 
 
 def app_from_env() -> Any:
-    """Factory for ``uvicorn --factory`` (used by ``clir serve --workers N``): indexes and settings come as
+    """Factory for ``uvicorn --factory`` (used by ``clir serve --processes N``): indexes and settings come as
     JSON in ``CLIR_SERVE_CONFIG``; the API key itself stays in its own environment variable."""
     import os
 

@@ -67,7 +67,7 @@ def connection_cap(setting: int | None) -> int:
 
 def configure(settings: ServeSettings) -> type[GuardedProtocol]:
     """The protocol class, its limits set from ``settings``. Class attributes, since uvicorn makes the
-    protocol per connection; a worker process of ``--workers N`` calls this itself (clir.serve.app)."""
+    protocol per connection; a server process of ``--processes N`` calls this itself (clir.serve.app)."""
     GuardedProtocol.max_connections = connection_cap(settings.max_connections)
     GuardedProtocol.request_timeout = settings.request_timeout
     return GuardedProtocol

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clir.config.mlm import MlmHeadRequest
 from clir.errors import ClirError
 from clir.safe_load import read_json
 from clir.train import mlm
@@ -21,28 +21,8 @@ from clir.workdir import WorkDir
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class MlmHeadArgs:
-    #: ``lang=source`` (or a bare source) per language: text files, docs files, collection folders, irds ids
-    texts: list[str]
-    backbone: str
-    out: str
-    max_steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_ratio: float = 0.05
-    max_length: int = 128
-    mlm_probability: float = 0.15
-    seed: int = 0
-    dev: mlm.DevSettings = field(default_factory=mlm.DevSettings)
-    checkpoint_every: int = 100
-    log_every: int = 20
-    bf16: bool = False
-    packed: bool = True
-    device: str | None = None
-    threads: int | None = None
-    overwrite: bool = False
-    resume: bool = False
+#: the verb's request (its home is config); the old name kept for callers
+MlmHeadArgs = MlmHeadRequest
 
 
 def _sources(texts: list[str]) -> list[tuple[str, str]]:
@@ -106,7 +86,7 @@ def _train_head(args: MlmHeadArgs, workdir: WorkDir, show_progress: bool | None)
         lang: mlm.prepare_dev(tokenizer, src, args.dev, args.max_length, args.mlm_probability)
         for lang, src in langs
     }
-    settings = LoopSettings.of(args, bf16=args.bf16, packed=args.packed)
+    settings = LoopSettings.of(args, bf16=mlm.use_bf16(args.precision, device), packed=args.packed)
     record = {
         "backbone": backbone,
         "texts": args.texts,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clir.config.mlm import LanguageAdapterRequest
 from clir.errors import ClirError
 from clir.model.adapters import LANGUAGE_ADAPTER_INFO as INFO_FILE
 from clir.model.adapters import name_backbone
@@ -34,41 +35,8 @@ from clir.workdir import WorkDir
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LanguageAdapterArgs:
-    lang: str
-    #: a text file (one text a line), a .jsonl/.tsv docs file, a collection folder, or irds:<id>
-    text: str
-    #: a Hugging Face backbone folder or hub id, or a registered model name
-    backbone: str
-    out: str
-    #: the shared MLM head's folder (``clir train-mlm-head``); None: the backbone's pretrained head
-    head: str | None = None
-    max_steps: int = 1000
-    batch_size: int = 16
-    lr: float = 1e-4
-    warmup_ratio: float = 0.05
-    invertible: bool = True
-    reduction_factor: float = 2
-    non_linearity: str = "relu"
-    max_length: int = 128
-    mlm_probability: float = 0.15
-    shuffle_block: int = 10000
-    #: seeds the adapter's initial weights, the masks and the text order (not the dev slice: ``dev.seed``)
-    seed: int = 42
-    precision: str = "auto"
-    device: str | None = None
-    overwrite: bool = False
-    log_every: int = 10
-    dev: mlm.DevSettings = field(default_factory=mlm.DevSettings)
-    checkpoint_every: int = 50
-    resume: bool = False
-    #: CPU threads (None: torch's default); a fixed count makes CPU runs repeatable bit for bit
-    threads: int | None = None
-    #: run batches packed (no padding) where the model's attention allows
-    packed: bool = True
-    #: dtype of the saved weights; fp16 halves the folder, and the dev loss is scored on the rounded weights
-    save_dtype: str = "fp32"
+#: the verb's request (its home is config); the old name kept for callers
+LanguageAdapterArgs = LanguageAdapterRequest
 
 
 @dataclass
@@ -111,18 +79,12 @@ def _run_record(args: LanguageAdapterArgs, backbone: str, world: int) -> dict[st
     """What a resumed run must share with the run that wrote its checkpoints: the global batch, not the
     per-process one (a run resumes on another world size when the global batch is the same)."""
     skip = {"out", "overwrite", "resume", "device", "threads", "log_every", "checkpoint_every", "batch_size"}
-    record = {k: v for k, v in args.__dict__.items() if k not in skip and k != "dev"}
+    record = {k: v for k, v in args.flat().items() if k not in skip and k != "dev"}
     return {"backbone": backbone, **record, "global_batch": args.batch_size * world, "dev": args.dev.__dict__}
 
 
 def _arch(args: LanguageAdapterArgs):
-    from clir.config import AdapterArch
-
-    return AdapterArch(
-        config="seq_bn_inv" if args.invertible else "seq_bn",
-        reduction_factor=args.reduction_factor,
-        non_linearity=args.non_linearity,
-    )
+    return args.arch
 
 
 def _check_head_split(head: str | None, dev: mlm.DevSettings) -> None:

@@ -4,7 +4,6 @@ trained language adapter from a fresh MLM head doing the work."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clir.config.mlm import DevSettings, DevSplit  # noqa: F401  (their home is config; kept importable here)
 from clir.errors import ClirError
 from clir.workdir import WorkDir
 
@@ -60,49 +60,6 @@ def texts_forever(source: TextSource, *, block: int, seed: int) -> Iterator[str]
             yield text
         if n == 0:
             raise ClirError(f"--text {source.name}: no text found")
-
-
-@dataclass(frozen=True)
-class DevSplit:
-    """Which texts are held out: a text is dev when a seeded hash of its content falls under ``fraction``.
-
-    Hashing the content (not the line number) keeps duplicates on one side and works on streamed sources
-    of any size; ``limit`` caps the dev set (the first dev texts in source order)."""
-
-    fraction: float
-    seed: int
-    limit: int
-
-    def is_dev(self, text: str) -> bool:
-        if self.fraction <= 0:
-            return False
-        h = hashlib.sha1(f"{self.seed}\x00{text}".encode("utf-8", "surrogatepass")).digest()
-        return int.from_bytes(h[:8], "big") / 2**64 < self.fraction
-
-    def dev(self, texts: Iterable[str]) -> list[str]:
-        return list(itertools.islice((t for t in texts if self.is_dev(t)), self.limit))
-
-    def train(self, texts: Iterable[str]) -> Iterator[str]:
-        return (t for t in texts if not self.is_dev(t))
-
-
-@dataclass(frozen=True)
-class DevSettings:
-    """The held-out slice every MLM run of a backbone shares: the shared head and each language adapter hold
-    out the same texts and score the same masked tokens, whatever their own training seed."""
-
-    fraction: float = 0.05
-    seed: int = 0
-    limit: int = 500
-
-    def split(self) -> DevSplit:
-        return DevSplit(self.fraction, self.seed, self.limit)
-
-    def check(self) -> None:
-        if not 0 < self.fraction < 0.5:
-            raise ClirError("--dev-fraction must be in (0, 0.5)")
-        if self.limit < 1:
-            raise ClirError("--dev-max must be >= 1")
 
 
 #: dev batches have one size for every run, so that the same texts get the same masks
