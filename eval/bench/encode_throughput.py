@@ -61,7 +61,7 @@ def st_encode(st, texts: list[str], batch_size: int, *, bf16: bool = False) -> n
 
 
 def clir_encode(enc, texts: list[str], batch_size: int, precision: str) -> np.ndarray:
-    enc.config.precision = precision  # read per encode() call by DualEncoder._autocast
+    enc.config.precision = precision  # read on every encode() call
     return enc.encode_passages(texts, batch_size=batch_size, show_progress=False)
 
 
@@ -170,13 +170,12 @@ def levers(enc, texts: list[str], bs: int, rounds: int, *, compile_: bool) -> li
     )
     enc.encode_passages(texts[:2], show_progress=False)  # the packing probe runs outside the timings
 
-    def padded() -> None:  # the probe's answer overridden: batches of one padded width, as before packing
-        packs = dict(enc._packs)
-        enc._packs.update(dict.fromkeys(packs, False))
+    def padded() -> None:  # packing switched off: batches of one padded width, as before packing
+        enc.allow_packing = False
         try:
             clir_encode(enc, texts, bs, "bf16")
         finally:
-            enc._packs.update(packs)
+            enc.allow_packing = True
 
     ab(
         "packed batches (clir.model.packing)",
