@@ -109,6 +109,31 @@ def test_packing_can_be_switched_off_for_the_padded_comparison(tiny_bert, monkey
     assert np.abs(packed - padded).max() < 1e-5
 
 
+def test_encoding_levers_on_the_tiny_model(tiny_bert):
+    """encode_throughput's lever A/Bs (all but the e5-only attention swap and torch.compile): one row per
+    lever, the encoder's switches and process settings restored after each."""
+    import torch
+
+    from eval.bench.encode_levers import LeverAB, precision_and_batching, runtime_settings, tokenisation
+
+    enc = _enc(tiny_bert)
+    threads = torch.get_num_threads()
+    lab = LeverAB(enc, TEXTS * 4, 4, rounds=1)
+    precision_and_batching(lab)
+    runtime_settings(lab)
+    tokenisation(lab)
+    names = [r["lever"] for r in lab.rows]
+    assert names[:4] == [
+        "bf16 autocast (precision auto on this CPU)",
+        "packed batches (clir.model.packing)",
+        "length bucketing (sort by token count)",
+        "flush denormals",
+    ]
+    assert names[-1] == "tokenisation overlapped with compute (upper bound)"
+    assert all(r["gain"] > 0 for r in lab.rows)
+    assert enc.allow_packing and torch.get_num_threads() == threads
+
+
 def test_int8_encoder_stays_close(tiny_bert):
     from eval.bench.int8 import quantized_encoder
 
