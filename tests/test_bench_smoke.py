@@ -66,22 +66,72 @@ def test_sentence_transformers_peer_matches_clir(tiny_bert):
     assert cosines(ours, theirs).min() >= 0.9999
 
 
-def test_bf16_cached_weight_copies_are_bit_identical(tiny_bert):
+def test_bf16_cached_weight_copies_are_bit_identical(tiny_bert, monkeypatch):
     import torch
+
+    from clir.model import encoder
 
     enc = _enc(tiny_bert, precision="bf16")
     cached = enc.encode_passages(TEXTS)
-    enc._cast_params = lambda model, dtype: {}  # plain autocast, casting weights on each call
+    casts = []
+    real_cast = encoder.cast_linear_params
+    monkeypatch.setattr(encoder, "cast_linear_params", lambda *a: casts.append(a) or real_cast(*a))
+    enc.cache_casts = False  # plain autocast, casting weights on each call
     plain = enc.encode_passages(TEXTS)
-    del enc._cast_params
+    assert casts == []  # what search's "casting weights per call" row measures: no kept copies used
+    enc.cache_casts = True
+    assert np.array_equal(cached, enc.encode_passages(TEXTS)) and casts  # the kept copies again
     assert np.array_equal(cached, plain)
     with torch.no_grad():  # an in-place update (a training step) must refresh the copies
         for p in enc.passage_model.parameters():
             p.mul_(1.5)
     updated = enc.encode_passages(TEXTS)
-    enc._cast_params = lambda model, dtype: {}
+    enc.cache_casts = False
     assert np.array_equal(updated, enc.encode_passages(TEXTS))
     assert not np.allclose(updated, cached)
+
+
+def test_packing_can_be_switched_off_for_the_padded_comparison(tiny_bert, monkeypatch):
+    """``DualEncoder.allow_packing = False`` (encode_throughput's lever A/B): padded batches of one width
+    each, never a packed row; the vectors agree with the packed ones to fp32 rounding."""
+    from clir.model import packing
+
+    enc = _enc(tiny_bert)
+    rows = []
+    real_pack = packing.pack
+    monkeypatch.setattr(packing, "pack", lambda *a: rows.append(a) or real_pack(*a))
+    packed = enc.encode_passages(TEXTS)
+    assert enc.packs("passage") and rows  # the tiny model packs: the switch has something to turn off
+    rows.clear()
+    enc.allow_packing = False
+    padded = enc.encode_passages(TEXTS)
+    assert rows == [] and enc.replica().allow_packing is False  # a replica keeps its original's switches
+    assert np.abs(packed - padded).max() < 1e-5
+
+
+def test_encoding_levers_on_the_tiny_model(tiny_bert):
+    """encode_throughput's lever A/Bs (all but the e5-only attention swap and torch.compile): one row per
+    lever, the encoder's switches and process settings restored after each."""
+    import torch
+
+    from eval.bench.encode_levers import LeverAB, precision_and_batching, runtime_settings, tokenisation
+
+    enc = _enc(tiny_bert)
+    threads = torch.get_num_threads()
+    lab = LeverAB(enc, TEXTS * 4, 4, rounds=1)
+    precision_and_batching(lab)
+    runtime_settings(lab)
+    tokenisation(lab)
+    names = [r["lever"] for r in lab.rows]
+    assert names[:4] == [
+        "bf16 autocast (precision auto on this CPU)",
+        "packed batches (clir.model.packing)",
+        "length bucketing (sort by token count)",
+        "flush denormals",
+    ]
+    assert names[-1] == "tokenisation overlapped with compute (upper bound)"
+    assert all(r["gain"] > 0 for r in lab.rows)
+    assert enc.allow_packing and torch.get_num_threads() == threads
 
 
 def test_int8_encoder_stays_close(tiny_bert):

@@ -54,6 +54,8 @@ class DualEncoder(LanguageAdapters):
     Thread-safe for encoding: one lock serialises forward passes, since the active adapters are module state
     (:meth:`replica` gives another thread its own modules)."""
 
+    allow_packing = cache_casts = True  # False: padded batches only / autocast casts weights per call (A/Bs)
+
     def __init__(
         self,
         config: ModelConfig,
@@ -270,8 +272,8 @@ class DualEncoder(LanguageAdapters):
         with self._lock, torch.inference_mode(), self._autocast():
             model = self.activate(side, lang, routing)
             dtype = self._autocast_dtype()
-            cast = self._cast_params(model, dtype) if dtype is not None else {}
-            packed = self._packs_texts(model, side)
+            cast = self._cast_params(model, dtype) if dtype is not None and self.cache_casts else {}
+            packed = self.allow_packing and self._packs_texts(model, side)
             blocks = self._query_blocks(model, dtype) if packed and side == "query" else None
             if packed:
                 batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

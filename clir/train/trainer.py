@@ -76,7 +76,8 @@ class TrainResult:
     rank: int = 0
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators, as a training run starts."""
     import torch
 
     random.seed(seed)
@@ -84,7 +85,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _training_encoder(cfg: TrainConfig, encoder: Encoder, device: str | None) -> Any:
+def training_encoder(cfg: TrainConfig, encoder: Encoder, device: str | None) -> Any:
     """The encoder to train, configured for training: MAD-X trains on ``Stack(source, task)`` whatever the
     inference routing, and the data section's token limits apply."""
     from clir.model.encoder import DualEncoder
@@ -239,9 +240,9 @@ def _train(
 
     folder, ckpt, saved, source = run_files
     opt_cfg = cfg.optim
-    _seed_everything(opt_cfg.seed)
+    seed_everything(opt_cfg.seed)
     distributed.apply_threads(opt_cfg.threads, dist)
-    encoder = _training_encoder(cfg, encoder, dist.device or device)
+    encoder = training_encoder(cfg, encoder, dist.device or device)
     opt = Optimisation.build(cfg, encoder)
     step, data_state = 0, {"epoch": 0, "index": 0}
     if saved is not None:

@@ -109,11 +109,11 @@ def contender(name: str, cfg: Any, train_path: Path, *, legacy: bool = False, **
     from clir.train.contrastive import ContrastiveStep
     from clir.train.distributed import Dist
     from clir.train.optim import Optimisation
-    from clir.train.trainer import _seed_everything, _training_encoder
+    from clir.train.trainer import seed_everything, training_encoder
 
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **optim))
-    _seed_everything(cfg.optim.seed)
-    encoder = _training_encoder(cfg, None, "cpu")
+    seed_everything(cfg.optim.seed)
+    encoder = training_encoder(cfg, None, "cpu")
     opt = Optimisation.build(cfg, encoder)
     stream = TripleStream(
         open_triples(train_path),

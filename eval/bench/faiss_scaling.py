@@ -104,8 +104,6 @@ def search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, float]:
 
 
 def run(sizes: list[int], budget_s: float, n_queries: int, hnsw_max: int) -> list[dict[str, Any]]:
-    from clir.index.faiss_index import DEFAULT_NPROBE, set_search_params
-
     t_start = time.perf_counter()
     gen = Synthetic()
     rows: list[dict[str, Any]] = []
@@ -117,22 +115,8 @@ def run(sizes: list[int], budget_s: float, n_queries: int, hnsw_max: int) -> lis
         queries = gen.draw(nq, stream=10**9 + n)
         log.info("%d vectors drawn in %.1f s", n, time.perf_counter() - t)
 
-        flat, t_flat = build("Flat", vecs, max_train=0)
-        truth, ms_flat = search(flat, queries)
-        rows.append(
-            {
-                "n": n,
-                "index": "Flat",
-                "build_s": t_flat,
-                "bytes": disk_size(flat),
-                "ms_per_query": ms_flat,
-                "recall": {"exact": 1.0},
-                "queries": nq,
-            }
-        )
-        del flat
-        log.info("%d Flat: %.2f ms/query", n, ms_flat)
-
+        flat_row, truth = flat(vecs, queries)
+        rows.append(flat_row)
         remaining = budget_s - (time.perf_counter() - t_start)
         predicted = n / hnsw_rate if hnsw_rate else None
         if n > hnsw_max:
@@ -146,52 +130,83 @@ def run(sizes: list[int], budget_s: float, n_queries: int, hnsw_max: int) -> lis
                 }
             )
         else:
-            hnsw, t_h = build("HNSW32", vecs, max_train=0)
-            hnsw_rate = n / t_h
-            rec = {}
-            ms = {}
-            for ef in (16, 128):  # 16: FAISS's default efSearch; 128: a tuned setting
-                set_search_params(hnsw, ef_search=ef)
-                found, ms[ef] = search(hnsw, queries)
-                rec[f"efSearch={ef}"] = recall_at_10(truth, found)
-            rows.append(
-                {
-                    "n": n,
-                    "index": "HNSW32",
-                    "build_s": t_h,
-                    "bytes": disk_size(hnsw),
-                    "ms_per_query": ms[128],
-                    "recall": rec,
-                    "queries": nq,
-                }
-            )
-            del hnsw
-            log.info("%d HNSW32: build %.1f s, recall %s", n, t_h, rec)
-
-        factory = ivfpq_factory(n)
-        nlist = int(factory.split(",")[0][3:])
-        ivf, t_i = build(factory, vecs, max_train=max(39 * nlist, 50_000))
-        rec = {}
-        ms = {}
-        # 1: FAISS's default; 32: clir's default (DEFAULT_NPROBE); 16/64: either side of it
-        for nprobe in (1, 16, DEFAULT_NPROBE, 64):
-            set_search_params(ivf, nprobe=nprobe)
-            found, ms[nprobe] = search(ivf, queries)
-            rec[f"nprobe={nprobe}"] = recall_at_10(truth, found)
-        rows.append(
-            {
-                "n": n,
-                "index": factory,
-                "build_s": t_i,
-                "bytes": disk_size(ivf),
-                "ms_per_query": ms[DEFAULT_NPROBE],
-                "recall": rec,
-                "queries": nq,
-            }
-        )
-        del ivf, vecs
-        log.info("%d %s: build %.1f s, recall %s", n, factory, t_i, rec)
+            rows.append(hnsw(vecs, queries, truth))
+            hnsw_rate = n / rows[-1]["build_s"]
+        rows.append(ivfpq(vecs, queries, truth))
+        del vecs
     return rows
+
+
+def flat(vecs: np.ndarray, queries: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Flat's row, and its (exact) neighbours: the truth the other indexes' recall is measured against."""
+    n = len(vecs)
+    index, t_flat = build("Flat", vecs, max_train=0)
+    truth, ms_flat = search(index, queries)
+    row = {
+        "n": n,
+        "index": "Flat",
+        "build_s": t_flat,
+        "bytes": disk_size(index),
+        "ms_per_query": ms_flat,
+        "recall": {"exact": 1.0},
+        "queries": len(queries),
+    }
+    del index
+    log.info("%d Flat: %.2f ms/query", n, ms_flat)
+    return row, truth
+
+
+def hnsw(vecs: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    from clir.index.faiss_index import set_search_params
+
+    n = len(vecs)
+    index, t_h = build("HNSW32", vecs, max_train=0)
+    rec = {}
+    ms = {}
+    for ef in (16, 128):  # 16: FAISS's default efSearch; 128: a tuned setting
+        set_search_params(index, ef_search=ef)
+        found, ms[ef] = search(index, queries)
+        rec[f"efSearch={ef}"] = recall_at_10(truth, found)
+    row = {
+        "n": n,
+        "index": "HNSW32",
+        "build_s": t_h,
+        "bytes": disk_size(index),
+        "ms_per_query": ms[128],
+        "recall": rec,
+        "queries": len(queries),
+    }
+    del index
+    log.info("%d HNSW32: build %.1f s, recall %s", n, t_h, rec)
+    return row
+
+
+def ivfpq(vecs: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    from clir.index.faiss_index import DEFAULT_NPROBE, set_search_params
+
+    n = len(vecs)
+    factory = ivfpq_factory(n)
+    nlist = int(factory.split(",")[0][3:])
+    index, t_i = build(factory, vecs, max_train=max(39 * nlist, 50_000))
+    rec = {}
+    ms = {}
+    # 1: FAISS's default; 32: clir's default (DEFAULT_NPROBE); 16/64: either side of it
+    for nprobe in (1, 16, DEFAULT_NPROBE, 64):
+        set_search_params(index, nprobe=nprobe)
+        found, ms[nprobe] = search(index, queries)
+        rec[f"nprobe={nprobe}"] = recall_at_10(truth, found)
+    row = {
+        "n": n,
+        "index": factory,
+        "build_s": t_i,
+        "bytes": disk_size(index),
+        "ms_per_query": ms[DEFAULT_NPROBE],
+        "recall": rec,
+        "queries": len(queries),
+    }
+    del index
+    log.info("%d %s: build %.1f s, recall %s", n, factory, t_i, rec)
+    return row
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

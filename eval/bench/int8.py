@@ -34,11 +34,9 @@ def quantized_encoder(enc):
         from torch.ao.quantization import quantize_dynamic
 
         q = quantize_dynamic(copy.deepcopy(enc.passage_model), {torch.nn.Linear}, dtype=torch.qint8)
-    out = copy.copy(enc)
-    out.config = copy.deepcopy(enc.config)
+    out = enc.replica()  # its own settings and caches over the same tokenizer
     out.config.precision = "fp32"  # int8 kernels take fp32 activations; bf16 autocast does not apply
     out.query_model = out.passage_model = q
-    out._cast_cache = {}
     return out
 
 
@@ -69,10 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     common.require_shared()
     load_before = common.load_avg()
     fp32 = common.e5_encoder("fp32")
-    bf16 = copy.copy(fp32)
-    bf16.config = copy.deepcopy(fp32.config)
+    bf16 = fp32.replica()  # the same weights, its own settings and bf16 weight copies
     bf16.config.precision = "auto"
-    bf16._cast_cache = {}
     int8 = quantized_encoder(fp32)
     variants = {"fp32": fp32, "bf16 autocast (auto)": bf16, "int8 dynamic": int8}
     texts = common.sentence_texts(args.per_lang)

@@ -14,6 +14,7 @@ alternating query by query.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -60,7 +61,19 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclasses.dataclass
+class Peers:
+    """The contenders over one index folder: clir's searcher, Pyserini's with clir's encoder wrapped, and
+    (unless left out) Pyserini's with its own AutoQueryEncoder."""
+
+    enc: Any
+    searcher: Any
+    py: Any
+    py_auto: Any
+    threads: int
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.bench.search", description=__doc__.split("\n")[0])
     p.add_argument("--queries", type=int, default=300, help="queries in the batch runs (default 300)")
     p.add_argument("--latency-queries", type=int, default=100, help="queries timed one by one (default 100)")
@@ -68,18 +81,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=Path, default=INDEX)
     p.add_argument("--no-pyserini-encoder", action="store_true", help="skip Pyserini's own AutoQueryEncoder")
     p.add_argument("--no-write", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     common.quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     common.require_shared()
-    import faiss
-
-    from clir.data import load_qrels, load_queries
-    from clir.metrics import evaluate
-    from clir.search import Searcher
+    from clir.data import load_queries
 
     load_before = common.load_avg()
-    threads = os.cpu_count() or 1
+    peers = open_peers(args)
+    queries = load_queries(str(common.XQUAD / "de"))
+    step = max(1, len(queries) // args.queries)
+    batch = queries[::step][: args.queries]
+    res = batch_runs(peers, batch, args.rounds)
+    lat_q = [q.text for q in queries[1::step][: args.latency_queries]]
+    wall, cpu = latencies(peers, lat_q)
+    res.update(wall_ms=wall, cpu_ms=cpu)
+    body = render(args, peers, res, len(batch), len(lat_q), load_before)
+    if not args.no_write:
+        common.save_json("search", {**res, "machine": common.machine()})
+    if args.no_write:
+        print(body)
+    else:
+        common.write_section(TITLE, body)
+        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    return 0
+
+
+def open_peers(args: argparse.Namespace) -> Peers:
+    from clir.search import Searcher
+
     enc = common.e5_encoder("auto")
     index_dir = common.xquad_de_index(args.index, enc)
     searcher = Searcher(index_dir, encoder=enc)
@@ -89,10 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_pyserini_encoder:
         auto = AutoQueryEncoder(encoder_dir=str(common.E5_DIR), pooling="mean", l2_norm=True, prefix="query:")
         py_auto = FaissSearcher(str(index_dir), auto)
+    return Peers(enc, searcher, py, py_auto, os.cpu_count() or 1)
 
-    queries = load_queries(str(common.XQUAD / "de"))
-    step = max(1, len(queries) // args.queries)
-    batch = queries[::step][: args.queries]
+
+def batch_runs(peers: Peers, batch: list[Any], rounds: int) -> dict[str, Any]:
+    """Batch throughput (k=100) of every contender, alternating, with MRR@100 and top-10 agreement: the
+    ``batch``, ``mrr``, ``same_top10`` and ``overlap10`` entries of search.json."""
+    import faiss
+
+    from clir.data import load_qrels
+    from clir.metrics import evaluate
+
+    enc, searcher, py, py_auto, threads = (
+        peers.enc, peers.searcher, peers.py, peers.py_auto, peers.threads
+    )  # fmt: skip
     texts = [q.text for q in batch]
     qids = [q.query_id for q in batch]
     qrels = {k: v for k, v in load_qrels(str(common.XQUAD / "de")).items() if k in set(qids)}
@@ -126,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if py_auto is not None:
         contenders["Pyserini FaissSearcher + its AutoQueryEncoder"] = py_auto_batch
-    times = common.alternate(contenders, rounds=args.rounds, warmup=1)
+    times = common.alternate(contenders, rounds=rounds, warmup=1)
     mrr = {
         name: evaluate(runs[key], qrels, ["mrr@100"])["mrr@100"]
         for name, key in zip(
@@ -143,10 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     overlap10 = float(
         np.mean([len(set(top10(runs["clir"][q])) & set(top10(runs["pyserini"][q]))) / 10 for q in qids])
     )
+    return {"batch": times, "mrr": mrr, "same_top10": same_top10, "overlap10": overlap10}
 
-    # single-query latency, alternating query by query; the clir variant "per-call casts" is the encoder
-    # before its cached bf16 weight copies (DualEncoder._cast_params), to show what that change gives
-    lat_q = [q.text for q in queries[1::step][: args.latency_queries]]
+
+def latencies(peers: Peers, lat_q: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Single-query latency (k=10), wall and process CPU ms per query, alternating query by query; the clir
+    variant "per-call casts" is the encoder before its cached bf16 weight copies (DualEncoder.cache_casts),
+    to show what that change gives."""
+    import faiss
+
+    enc, searcher, py, py_auto, threads = (
+        peers.enc, peers.searcher, peers.py, peers.py_auto, peers.threads
+    )  # fmt: skip
     single: dict[str, Any] = {
         "clir Searcher.search": lambda q: searcher.search(q, k=10),
         "clir, autocast casting weights per call": None,
@@ -158,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def uncached(q: str):
-        enc._cast_params = lambda model, dtype: {}
+        enc.cache_casts = False
         try:
             return searcher.search(q, k=10)
         finally:
-            del enc._cast_params
+            enc.cache_casts = True
 
     single["clir, autocast casting weights per call"] = uncached
     wall: dict[str, list[float]] = {k: [] for k in single}
@@ -178,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             single[name](q)
             wall[name].append((time.perf_counter() - t) * 1000)
             cpu[name].append((time.process_time() - c) * 1000)
+    return wall, cpu
 
-    n = len(texts)
+
+def render(
+    args: argparse.Namespace, peers: Peers, res: dict[str, Any], n: int, n_lat: int, load_before: str
+) -> str:
+    """The section: the batch table and the single-query table."""
+    times, mrr, wall, cpu = res["batch"], res["mrr"], res["wall_ms"], res["cpu_ms"]
     base_b = common.median(times["clir Searcher.batch_search"])
     rows_b = [
         [
@@ -200,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean(cpu[name]):.1f}",
             f"{common.median(wall[name]) / base_l:.2f}x",
         ]
-        for name in single
+        for name in wall
     ]
-    body = "\n".join(
+    searcher = peers.searcher
+    return "\n".join(
         [
             f"Index: xquad-r/de ({searcher.num_docs:,} documents, {searcher.num_rows:,} passages, "
             "multilingual-e5-small, Flat inner product), the same folder opened by both; where a document was "
@@ -210,42 +269,23 @@ def main(argv: list[str] | None = None) -> int:
             "passages, so their top-10s can differ where a second passage ranks. Query encoder: clir's `DualEncoder` for both (Pyserini through a "
             "`QueryEncoder` wrapper, which it calls per query), plus Pyserini's own `AutoQueryEncoder` on the "
             "same model folder for reference. English xquad-r queries; FAISS threads = "
-            f"{threads}. *clir is Nx faster* = the other's time over clir's.",
+            f"{peers.threads}. *clir is Nx faster* = the other's time over clir's.",
             "",
             common.conditions(load_before),
             "",
             f"**Batch** ({n} queries, k=100, {args.rounds} alternating rounds; MRR@100 on these queries; "
-            f"Pyserini on clir's query vectors returns clir's exact top-10 for {100 * same_top10:.0f}% of "
-            f"queries; with the wrapped encoder called per query, top-10 overlap is {100 * overlap10:.1f}%):",
+            f"Pyserini on clir's query vectors returns clir's exact top-10 for {100 * res['same_top10']:.0f}% of "
+            f"queries; with the wrapped encoder called per query, top-10 overlap is {100 * res['overlap10']:.1f}%):",
             "",
             common.table(["searcher", "queries/s (median)", "runs", "clir is Nx faster", "MRR@100"], rows_b),
             "",
-            f"**Single query** ({len(lat_q)} queries, k=10, contenders alternating per query; CPU ms = "
+            f"**Single query** ({n_lat} queries, k=10, contenders alternating per query; CPU ms = "
             "process CPU time per query, steadier than wall time on a shared machine):",
             "",
             common.table(["searcher", "p50 ms", "p95 ms", "mean CPU ms", "vs clir p50"], rows_l),
             "",
         ]
     )
-    if not args.no_write:
-        common.save_json(
-            "search",
-            {
-                "batch": times,
-                "mrr": mrr,
-                "same_top10": same_top10,
-                "overlap10": overlap10,
-                "wall_ms": wall,
-                "cpu_ms": cpu,
-                "machine": common.machine(),
-            },
-        )
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
-    return 0
 
 
 if __name__ == "__main__":

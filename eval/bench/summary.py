@@ -72,6 +72,108 @@ def contrastive_line(c: dict[str, Any]) -> str:
     )
 
 
+def index_build_lines(ib: dict[str, Any]) -> list[str]:
+    """index_build's ratio of a build to pure encoding, per factory."""
+    lines: list[str] = []
+    for b in ib["builds"]:
+        ov = b["ratio_overhead"]
+        lines.append(
+            f"- `clir index --factory {b['factory']}` vs pure encoding of the same texts: pure encode + the "
+            f"non-encoding work of the build = **{ov:.3f}x** ({b['fingerprint']:.2f} s weight fingerprint, "
+            f"once per process; {b['rest']:.2f} s reading, FAISS, doc store, manifest), "
+            f"{b['ratio_overhead_without_fingerprint']:.3f}x without the fingerprint; end-to-end time "
+            f"measured {b['ratio']:.2f}x, encode-time noise included (target <= 1.1x: {_met(ov <= 1.1)})."
+        )
+    return lines
+
+
+def search_lines(se: dict[str, Any]) -> list[str]:
+    """search's ratios to Pyserini, and what the cached bf16 weight copies save."""
+    lines: list[str] = []
+    med = {k: common.median(v) for k, v in se["batch"].items()}
+    clir_b = med["clir Searcher.batch_search"]
+    wrapped = "Pyserini FaissSearcher.batch_search (clir encoder wrapped)"
+    lat = {k: common.median(v) for k, v in se["wall_ms"].items()}
+    line = (
+        f"- Search (xquad-r/de): batch throughput **{med[wrapped] / clir_b:.2f}x** Pyserini's "
+        f"FaissSearcher with the same encoder (it encodes per query)"
+    )
+    auto = "Pyserini FaissSearcher + its AutoQueryEncoder"
+    if auto in med:
+        line += f", {med[auto] / clir_b:.2f}x Pyserini with its own AutoQueryEncoder"
+    wl = "Pyserini FaissSearcher.search (clir encoder wrapped)"
+    line += (
+        f"; single-query p50 {lat['clir Searcher.search']:.1f} ms vs {lat[wl]:.1f} ms (same encoder)"
+        + (f" and {lat[auto]:.1f} ms (AutoQueryEncoder)" if auto in lat else "")
+        + f"; MRR@100 {se['mrr']['clir Searcher.batch_search']:.4f} vs {se['mrr'][wrapped]:.4f}."
+    )
+    lines.append(line)
+    cpu = {k: sum(v) / len(v) for k, v in se["cpu_ms"].items()}
+    lines.append(
+        "- Cached bf16 weight copies (this issue's encoder change): one-query CPU time "
+        f"{cpu['clir Searcher.search']:.1f} ms vs {cpu['clir, autocast casting weights per call']:.1f} ms "
+        "with autocast re-casting the weights per call; vectors bit-identical."
+    )
+    return lines
+
+
+def faiss_lines(fs: dict[str, Any]) -> list[str]:
+    """faiss_scaling's approximate indexes against Flat at the largest size."""
+    lines: list[str] = []
+    rows = [r for r in fs["rows"] if "skipped" not in r]
+    big = max(r["n"] for r in rows)
+    flat = next(r for r in rows if r["n"] == big and r["index"] == "Flat")
+    for r in rows:
+        if r["n"] == big and r["index"] != "Flat":
+            lines.append(
+                f"- FAISS at {big:,} synthetic passages: {r['index']} {r['bytes'] / 2**20:,.0f} MiB on disk "
+                f"(Flat {flat['bytes'] / 2**20:,.0f} MiB), {flat['ms_per_query'] / r['ms_per_query']:.0f}x "
+                "faster per query than Flat, recall@10 "
+                + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
+                + "."
+            )
+    return lines
+
+
+def int8_lines(i8: dict[str, Any]) -> list[str]:
+    """int8's speed and quality against fp32 and bf16."""
+    lines: list[str] = []
+    t = {k: common.median(v) for k, v in i8["times"].items()}
+    lines.append(
+        f"- int8 dynamic quantisation: {t['fp32'] / t['int8 dynamic']:.2f}x fp32 and "
+        f"{t['bf16 autocast (auto)'] / t['int8 dynamic']:.2f}x bf16 speed, MRR@100 on xquad-r/de "
+        f"{i8['mrr']['int8 dynamic']:.4f} vs {i8['mrr']['bf16 autocast (auto)']:.4f} (bf16) and "
+        f"{i8['mrr']['fp32']:.4f} (fp32); min cosine to fp32 {i8['cosine']['int8 dynamic']:.3f}: kept "
+        "out of the default path."
+    )
+    return lines
+
+
+#: the summary's closing paragraph: why clir's numbers are what they are
+WHAT_MADE_THE_DIFFERENCE = (
+    "**What made the difference.** On this CPU (AMX since 2026-12-04; AVX512-BF16 before), bf16 autocast (clir's `precision: auto`) "
+    "gives the bulk of the encoding ratio over sentence-transformers as shipped, while keeping every vector "
+    "within cosine 0.9999 of fp32. At equal precision the transformer's matrix products are the same on "
+    "both sides, so what is left is padding: clir packs a batch's texts into one row with no padding (1.08x over its own padded batches sorted by token count), sentence-transformers sorts by "
+    "characters, which on mixed-script collections leaves it much more padding (see the padding line); on "
+    "long passages, where neither pads much, the two are even within run-to-run noise. Flush-denormal, SDPA "
+    "(already transformers' default) and tokenisation (about 1% of the time, so no overlap thread) are "
+    "small next to those, and their A/Bs move by ~10% from run to run. For search and serving, clir "
+    "encodes a batch of queries in one call where Pyserini loops per query, and its encoder keeps bf16 "
+    "copies of the weights between calls instead of autocast re-casting them on every request. "
+    "Environment: `OMP_WAIT_POLICY=PASSIVE` is a trade: on a machine shared with other jobs (load 4-12, an "
+    "earlier run) it gave 3.39x, because spinning OpenMP threads starve the thread that has work; on a "
+    "quiet machine it costs a little (the OpenMP line above). `make bench` sets it for both sides of every "
+    "comparison, so the ratios hold either way. FAISS IVF-PQ builds skip polysemous training (FAISS's "
+    "factory default, unused by search): identical results, and in a one-off A/B here IVF64,PQ32 on 10k "
+    "vectors trained and filled in 6.6 s instead of 77.7 s. Tried and left out: `torch.compile` (inductor, "
+    "dynamic shapes; `encode_throughput --compile` measures it) of the bf16 encoder gave 1.06x on the "
+    "sentences and 1.16x on the long passages over clir's eager path after 10 s of compiling (1.11x / "
+    "1.16x with weight freezing, 17 s) in a one-off alternating A/B on the quiet machine (2026-11-26): too "
+    "little for a compile per process and a C++ toolchain at run time."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     enc = common.load_json("encode_throughput")
@@ -79,65 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         lines += encoding_lines(enc)
     ib = common.load_json("index_build")
     if ib:
-        for b in ib["builds"]:
-            ov = b["ratio_overhead"]
-            lines.append(
-                f"- `clir index --factory {b['factory']}` vs pure encoding of the same texts: pure encode + the "
-                f"non-encoding work of the build = **{ov:.3f}x** ({b['fingerprint']:.2f} s weight fingerprint, "
-                f"once per process; {b['rest']:.2f} s reading, FAISS, doc store, manifest), "
-                f"{b['ratio_overhead_without_fingerprint']:.3f}x without the fingerprint; end-to-end time "
-                f"measured {b['ratio']:.2f}x, encode-time noise included (target <= 1.1x: {_met(ov <= 1.1)})."
-            )
+        lines += index_build_lines(ib)
     se = common.load_json("search")
     if se:
-        med = {k: common.median(v) for k, v in se["batch"].items()}
-        clir_b = med["clir Searcher.batch_search"]
-        wrapped = "Pyserini FaissSearcher.batch_search (clir encoder wrapped)"
-        lat = {k: common.median(v) for k, v in se["wall_ms"].items()}
-        line = (
-            f"- Search (xquad-r/de): batch throughput **{med[wrapped] / clir_b:.2f}x** Pyserini's "
-            f"FaissSearcher with the same encoder (it encodes per query)"
-        )
-        auto = "Pyserini FaissSearcher + its AutoQueryEncoder"
-        if auto in med:
-            line += f", {med[auto] / clir_b:.2f}x Pyserini with its own AutoQueryEncoder"
-        wl = "Pyserini FaissSearcher.search (clir encoder wrapped)"
-        line += (
-            f"; single-query p50 {lat['clir Searcher.search']:.1f} ms vs {lat[wl]:.1f} ms (same encoder)"
-            + (f" and {lat[auto]:.1f} ms (AutoQueryEncoder)" if auto in lat else "")
-            + f"; MRR@100 {se['mrr']['clir Searcher.batch_search']:.4f} vs {se['mrr'][wrapped]:.4f}."
-        )
-        lines.append(line)
-        cpu = {k: sum(v) / len(v) for k, v in se["cpu_ms"].items()}
-        lines.append(
-            "- Cached bf16 weight copies (this issue's encoder change): one-query CPU time "
-            f"{cpu['clir Searcher.search']:.1f} ms vs {cpu['clir, autocast casting weights per call']:.1f} ms "
-            "with autocast re-casting the weights per call; vectors bit-identical."
-        )
+        lines += search_lines(se)
     fs = common.load_json("faiss_scaling")
     if fs:
-        rows = [r for r in fs["rows"] if "skipped" not in r]
-        big = max(r["n"] for r in rows)
-        flat = next(r for r in rows if r["n"] == big and r["index"] == "Flat")
-        for r in rows:
-            if r["n"] == big and r["index"] != "Flat":
-                lines.append(
-                    f"- FAISS at {big:,} synthetic passages: {r['index']} {r['bytes'] / 2**20:,.0f} MiB on disk "
-                    f"(Flat {flat['bytes'] / 2**20:,.0f} MiB), {flat['ms_per_query'] / r['ms_per_query']:.0f}x "
-                    "faster per query than Flat, recall@10 "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
-                    + "."
-                )
+        lines += faiss_lines(fs)
     i8 = common.load_json("int8")
     if i8 and i8.get("mrr"):
-        t = {k: common.median(v) for k, v in i8["times"].items()}
-        lines.append(
-            f"- int8 dynamic quantisation: {t['fp32'] / t['int8 dynamic']:.2f}x fp32 and "
-            f"{t['bf16 autocast (auto)'] / t['int8 dynamic']:.2f}x bf16 speed, MRR@100 on xquad-r/de "
-            f"{i8['mrr']['int8 dynamic']:.4f} vs {i8['mrr']['bf16 autocast (auto)']:.4f} (bf16) and "
-            f"{i8['mrr']['fp32']:.4f} (fp32); min cosine to fp32 {i8['cosine']['int8 dynamic']:.3f}: kept "
-            "out of the default path."
-        )
+        lines += int8_lines(i8)
     ct = common.load_json("contrastive_train")
     if ct:
         lines.append(contrastive_line(ct["contenders"]))
@@ -145,29 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("- REST serving vs Pyserini's REST server: see the REST serving section (serve_load).")
     if common.load_json("gpu_encode") is None:
         lines.append("- GPU (MFU at 256 tokens, target >= 40%): not run here (no GPU); see its section.")
-    lines += [
-        "",
-        "**What made the difference.** On this CPU (AMX since 2026-12-04; AVX512-BF16 before), bf16 autocast (clir's `precision: auto`) "
-        "gives the bulk of the encoding ratio over sentence-transformers as shipped, while keeping every vector "
-        "within cosine 0.9999 of fp32. At equal precision the transformer's matrix products are the same on "
-        "both sides, so what is left is padding: clir packs a batch's texts into one row with no padding (1.08x over its own padded batches sorted by token count), sentence-transformers sorts by "
-        "characters, which on mixed-script collections leaves it much more padding (see the padding line); on "
-        "long passages, where neither pads much, the two are even within run-to-run noise. Flush-denormal, SDPA "
-        "(already transformers' default) and tokenisation (about 1% of the time, so no overlap thread) are "
-        "small next to those, and their A/Bs move by ~10% from run to run. For search and serving, clir "
-        "encodes a batch of queries in one call where Pyserini loops per query, and its encoder keeps bf16 "
-        "copies of the weights between calls instead of autocast re-casting them on every request. "
-        "Environment: `OMP_WAIT_POLICY=PASSIVE` is a trade: on a machine shared with other jobs (load 4-12, an "
-        "earlier run) it gave 3.39x, because spinning OpenMP threads starve the thread that has work; on a "
-        "quiet machine it costs a little (the OpenMP line above). `make bench` sets it for both sides of every "
-        "comparison, so the ratios hold either way. FAISS IVF-PQ builds skip polysemous training (FAISS's "
-        "factory default, unused by search): identical results, and in a one-off A/B here IVF64,PQ32 on 10k "
-        "vectors trained and filled in 6.6 s instead of 77.7 s. Tried and left out: `torch.compile` (inductor, "
-        "dynamic shapes; `encode_throughput --compile` measures it) of the bf16 encoder gave 1.06x on the "
-        "sentences and 1.16x on the long passages over clir's eager path after 10 s of compiling (1.11x / "
-        "1.16x with weight freezing, 17 s) in a one-off alternating A/B on the quiet machine (2026-11-26): too "
-        "little for a compile per process and a C++ toolchain at run time.",
-    ]
+    lines += ["", WHAT_MADE_THE_DIFFERENCE]
     common.write_section(TITLE, "\n".join(lines), first=True)
     print(f"wrote the '{TITLE}' section of {common.RESULTS}")
     return 0
