@@ -176,8 +176,8 @@ class GridModel:
             from clir.model.resolve import resolve_model
 
             ref = resolve_model(self.source)
-            if ref.kind == "registered" and not ref.missing:
-                parts["files"] = _hash(_tree_stamp(Path(ref.backbone)))
+            if ref.pulled_folder is not None:
+                parts["files"] = _hash(_tree_stamp(ref.pulled_folder))
         for lang, src in sorted(((self.settings or {}).get("language_adapters") or {}).items()):
             p = Path(str(src)).expanduser()
             if p.exists():
