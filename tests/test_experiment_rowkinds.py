@@ -214,3 +214,25 @@ def test_each_kind_scores_its_rows(planned):
     ]
     assert list(records["bm25"]) == list(records["tiny"])  # one field order for every kind
     assert records["tiny"]["seconds"] == 0.0 and records["tiny+bm25-rrf"]["seconds"] is None  # from markers
+
+
+# ---------------------------------------------------------------------- the references the grid resolves
+def test_model_and_collection_references_say_what_the_grid_asks(tiny_bert, tmp_path, monkeypatch):
+    from clir.data.resolve import resolve_collection
+    from clir.model.registry import models_home
+    from clir.model.resolve import resolve_model
+
+    folder = resolve_model(str(tiny_bert))
+    assert folder.names_folder and folder.pulled_folder is None
+    hub = resolve_model("some-org/some-model")
+    assert not hub.names_folder and hub.pulled_folder is None
+    monkeypatch.setenv("CLIR_HOME", str(tmp_path / "home"))
+    assert resolve_model("multilingual-e5-small").pulled_folder is None  # registered, not pulled yet
+    pulled = models_home() / "multilingual-e5-small"
+    pulled.mkdir(parents=True)
+    ref = resolve_model("multilingual-e5-small")
+    assert not ref.names_folder and ref.pulled_folder == pulled  # its files stamp the grid's run markers
+
+    coll = _collection(tmp_path / "coll")
+    assert not resolve_collection(str(coll)).docs_file
+    assert resolve_collection(str(coll / "docs.jsonl")).docs_file
