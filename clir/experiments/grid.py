@@ -15,13 +15,12 @@ from typing import Any, Protocol
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
 from clir.errors import ClirError
+from clir.experiments.fusion import RunDict
 from clir.model.resolve import model_ready
 from clir.safe_load import read_json
 
 RUNS_DIR = "runs"
 INDEXES_DIR = "indexes"
-#: a run as :func:`clir.search.read_trec_run` reads it: query id -> doc id -> score
-TrecRun = dict[str, dict[str, float]]
 
 
 # ---------------------------------------------------------------------- config
@@ -394,7 +393,7 @@ class RowKind(ABC):
 
     # score
     @abstractmethod
-    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, TrecRun]) -> TrecRun | None:
+    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, RunDict]) -> RunDict | None:
         """The row's run to score (``runs``: those of the collection's rows before it, by variant), or None
         when it has none yet."""
 

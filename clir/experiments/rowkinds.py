@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from clir.experiments.grid import GridRow, IndexJob, Plan, RowKind, RowRunner, TrecRun, routing_key
+from clir.experiments.fusion import RunDict, fuse_runs
+from clir.experiments.grid import GridRow, IndexJob, Plan, RowKind, RowRunner, routing_key
 
 
 class _RunRows(RowKind):
     """A kind whose rows the grid runs itself: a finished run is read back for scoring."""
 
-    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, TrecRun]) -> TrecRun | None:
+    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, RunDict]) -> RunDict | None:
         from clir.search import read_trec_run
 
         return read_trec_run(plan.run_path(row)) if plan.is_done(row) else None
@@ -115,10 +116,9 @@ class FusionRows(RowKind):
     def run(self, plan: Plan, rows: list[GridRow], runner: RowRunner) -> None:
         """Nothing to run: :meth:`scored_run` fuses the inputs' runs."""
 
-    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, TrecRun]) -> TrecRun | None:
+    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, RunDict]) -> RunDict | None:
         """The inputs' runs fused (written to the row's run file and read back, as every row's run is
         scored), or None while either input has no run."""
-        from clir.experiments.fusion import fuse_runs
         from clir.search import Hit, read_trec_run, write_trec_run
 
         inputs = self.needs(row, plan.rows)

@@ -12,7 +12,8 @@ from typing import Any
 from clir.config import to_dict
 from clir.errors import ClirError
 from clir.experiments.aggregate import arm_record, score_matrices
-from clir.experiments.grid import GridRow, Plan, TrecRun
+from clir.experiments.fusion import RunDict
+from clir.experiments.grid import GridRow, Plan
 from clir.safe_load import read_json
 
 
@@ -142,9 +143,9 @@ def _seed_paired(arms: dict[str, list[GridRow]], a: str, b: str) -> bool:
 
 def _collect_runs(
     plan: Plan, coll_rows: list[GridRow], missing: list[str]
-) -> tuple[dict[str, TrecRun], list[GridRow]]:
+) -> tuple[dict[str, RunDict], list[GridRow]]:
     """The finished runs of one collection's rows (fusion rows made now from their inputs' runs)."""
-    runs: dict[str, TrecRun] = {}
+    runs: dict[str, RunDict] = {}
     present: list[GridRow] = []
     for r in coll_rows:
         run = r.kind.scored_run(plan, r, runs)
