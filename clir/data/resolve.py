@@ -37,6 +37,11 @@ class CollectionRef:
     irds_id: str | None = None
 
     @property
+    def docs_file(self) -> bool:
+        """A docs file alone (.jsonl/.tsv): documents without queries or qrels."""
+        return self.kind == "file"
+
+    @property
     def default_name(self) -> str:
         """A label for tables and file names: the folder's last two parts, the id with ``-`` for ``/``."""
         if self.irds_id is not None:

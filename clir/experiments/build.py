@@ -72,10 +72,10 @@ def build(cmd: list[str], what: str) -> None:
 def run_builds(plan: Plan) -> None:
     """Build the language adapters and the models that pending rows need and that are not on disk."""
     needed = {r.model.name for r in plan.selected if r.model is not None and not plan.is_done(r)}
-    for r in plan.selected:
-        if r.kind == "fusion" and r.dense is not None and r.dense.model is not None:
-            if not plan.is_done(r.dense):
-                needed.add(r.dense.model.name)
+    for r in plan.selected:  # a fusion row's dense input
+        for dep in r.kind.needs(r, plan.rows):
+            if dep.model is not None and not plan.is_done(dep):
+                needed.add(dep.model.name)
     models = [m for m in plan.models if m.name in needed and m.build_cmd and not m.exists()]
     adapters: list[tuple[list[str], str]] = []
     # language adapters serve madx rows and the madx models trained on them; a selection without either

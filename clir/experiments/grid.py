@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
 from clir.errors import ClirError
+from clir.experiments.fusion import RunDict
 from clir.index.passages import PassageSpec
 from clir.index.recipe import IndexRecipe
 from clir.model.modes import FullMode, adapter_mode, routes_languages
@@ -22,7 +24,6 @@ from clir.safe_load import read_json
 
 RUNS_DIR = "runs"
 INDEXES_DIR = "indexes"
-RowKind = Literal["dense", "bm25", "fusion"]
 
 
 # ---------------------------------------------------------------------- config
@@ -183,8 +184,8 @@ class GridModel:
             from clir.model.resolve import resolve_model
 
             ref = resolve_model(self.source)
-            if ref.kind == "registered" and not ref.missing:
-                parts["files"] = _hash(_tree_stamp(Path(ref.backbone)))
+            if ref.pulled_folder is not None:
+                parts["files"] = _hash(_tree_stamp(ref.pulled_folder))
         for lang, src in sorted(((self.settings or {}).get("language_adapters") or {}).items()):
             p = Path(str(src)).expanduser()
             if p.exists():
@@ -204,13 +205,7 @@ class GridRow:
 
     @property
     def variant(self) -> str:
-        if self.kind == "bm25":
-            return "bm25"
-        if self.kind == "fusion":
-            assert self.dense is not None
-            return f"{self.dense.variant}+bm25-{self.method}"
-        assert self.model is not None
-        return self.model.name if self.routing is None else f"{self.model.name}/{self.routing.label()}"
+        return self.kind.variant(self)
 
     @property
     def id(self) -> str:
@@ -306,9 +301,7 @@ class Plan:
     def analyses(self, row: GridRow) -> bool:
         """Whether the row keeps its vectors for the embedding analysis."""
         a = self.config.analysis
-        return (
-            a.enabled and row.kind == "dense" and (not a.collections or row.collection.name in a.collections)
-        )
+        return a.enabled and row.kind.encodes and (not a.collections or row.collection.name in a.collections)
 
     def index_path(self, coll: GridCollection, model: GridModel, doc_route: str | None) -> Path:
         suffix = f"__d-{doc_route}" if doc_route else ""
@@ -319,33 +312,10 @@ class Plan:
 
     def row_key(self, row: GridRow) -> str:
         """Hash of what produces a row's run; a marker with another key means the run is stale."""
-        cfg = self.config
-        if row.kind == "bm25":
-            return _hash(
-                {
-                    "kind": "bm25",
-                    "collection": row.collection.key(),
-                    "bm25_lang": row.collection.bm25_lang,
-                    "k1": cfg.bm25.k1,
-                    "b": cfg.bm25.b,
-                    "k": self.k,
-                }
-            )
-        assert row.model is not None
-        return _hash(
-            {
-                "kind": "dense",
-                "collection": row.collection.key(),
-                "model": row.model.stamp(),
-                "routing": routing_key(row.routing),
-                "k": self.k,
-                "factory": cfg.factory,
-                "seed": self.fresh_seed(row.model),
-            }
-        )
+        return _hash(row.kind.key(self, row))
 
     def is_done(self, row: GridRow) -> bool:
-        if row.kind == "fusion":
+        if not row.kind.computed:
             return False
         if row.model is not None and not row.model.exists():
             return False
@@ -372,7 +342,71 @@ class Plan:
     def index_jobs(self, rows: list[GridRow]) -> list[IndexJob]:
         seen: dict[Path, IndexJob] = {}
         for r in rows:
-            if r.kind == "dense" and r.model is not None:
-                p = self.index_path(r.collection, r.model, r.doc_route)
-                seen.setdefault(p, IndexJob(r.collection, r.model, r.doc_route, p, r.routing))
+            job = r.kind.index_job(self, r)
+            if job is not None:
+                seen.setdefault(job.path, job)
         return list(seen.values())
+
+
+# ---------------------------------------------------------------------- row kinds
+class RowRunner(Protocol):
+    """What running a grid's rows takes from the runner (:mod:`clir.experiments.runner`)."""
+
+    def run_model(self, model: GridModel, rows: list[GridRow]) -> None:
+        """The model's encoder loaded once, ``rows`` (pending, possibly none) run through its index jobs."""
+
+    def run_bm25(self, row: GridRow) -> None:
+        """One BM25 row through Pyserini."""
+
+
+class RowKind(ABC):
+    """One kind of grid row (dense, BM25, fusion): its plan, how it runs and how it scores. The grid asks a
+    row's kind (:mod:`clir.experiments.rowkinds` holds the three) and never tests the kind's name."""
+
+    #: the kind as written out: metrics.json's ``kind``, the ``kind`` of a run marker's key
+    name: str
+    #: whether the grid runs the row itself (a run file and a marker); fusion rows are made at scoring
+    computed: bool = True
+    #: whether the row's run comes from a grid model's encoder (an index, routings, vectors to analyse)
+    encodes: bool = False
+    #: whether running the row needs Pyserini and Java
+    needs_pyserini: bool = False
+
+    def __repr__(self) -> str:
+        return f"<{self.name} rows>"
+
+    # plan
+    @abstractmethod
+    def variant(self, row: GridRow) -> str:
+        """The row's name within its collection (``madx/q-source_d-target``, ``bm25``, ``e5+bm25-rrf``)."""
+
+    def needs(self, row: GridRow, rows: list[GridRow]) -> list[GridRow]:
+        """The rows of ``rows`` whose runs this row is made from (selected and built with it)."""
+        return []
+
+    @abstractmethod
+    def key(self, plan: Plan, row: GridRow) -> dict[str, Any]:
+        """What produces the row's run: its hash keys the run's marker (a marker with another is stale)."""
+
+    def index_job(self, plan: Plan, row: GridRow) -> IndexJob | None:
+        """The dense index the row searches, if any."""
+        return None
+
+    def index_lines(self, plan: Plan, rows: list[GridRow]) -> list[str]:
+        """The dry run's lines for the indexes these pending rows (all of this kind) need."""
+        return []
+
+    # run
+    @abstractmethod
+    def run(self, plan: Plan, rows: list[GridRow], runner: RowRunner) -> None:
+        """Compute the pending ``rows`` (all of this kind, maybe none) and write their runs and markers."""
+
+    # score
+    @abstractmethod
+    def scored_run(self, plan: Plan, row: GridRow, runs: dict[str, RunDict]) -> RunDict | None:
+        """The row's run to score (``runs``: those of the collection's rows before it, by variant), or None
+        when it has none yet."""
+
+    @abstractmethod
+    def record(self, row: GridRow) -> dict[str, Any]:
+        """The row's own fields of its metrics.json record: ``model``, ``arm`` and ``fusion``."""

@@ -11,6 +11,7 @@ from clir.errors import ClirError
 from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
 from clir.experiments.resolve import build_triples, grid_collection, grid_model
+from clir.experiments.rowkinds import BM25, DENSE, FUSION, by_kind
 from clir.experiments.seeds import SeededAdapter, expand_adapters, expand_models
 from clir.model.modes import routes_languages
 
@@ -32,12 +33,10 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
         raise ClirError(f"--only {' '.join(only)} matches no row of the grid (rows look like: {sample}, ...)")
     ids = {r.id for r in chosen}
     for r in list(chosen):  # a fusion row needs its two inputs
-        if r.kind == "fusion":
-            assert r.dense is not None
-            for dep in (r.dense, next(x for x in rows if x.kind == "bm25" and x.collection is r.collection)):
-                if dep.id not in ids:
-                    chosen.append(dep)
-                    ids.add(dep.id)
+        for dep in r.kind.needs(r, rows):
+            if dep.id not in ids:
+                chosen.append(dep)
+                ids.add(dep.id)
     order = {r.id: i for i, r in enumerate(rows)}
     return sorted(chosen, key=lambda r: order[r.id])
 
@@ -108,27 +107,27 @@ def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridM
     with each dense row."""
     rows: list[GridRow] = []
     for c in collections:
-        dense = [GridRow(c, "dense", model=m, routing=r) for m in models for r in m.routings]
+        dense = [GridRow(c, DENSE, model=m, routing=r) for m in models for r in m.routings]
         for ctl in cfg.controls:
             if not ctl.collections or c.name in ctl.collections:
                 dense += [
-                    GridRow(c, "dense", model=m, routing=ctl.routing) for m in models if m.arm == ctl.model
+                    GridRow(c, DENSE, model=m, routing=ctl.routing) for m in models if m.arm == ctl.model
                 ]
         rows += dense
         if cfg.bm25.enabled and c.bm25_lang:
-            rows.append(GridRow(c, "bm25"))
+            rows.append(GridRow(c, BM25))
             fused = [d for d in dense if not cfg.fusion.models or d.model.name in cfg.fusion.models]  # type: ignore[union-attr]
             for method in cfg.fusion.methods:
-                rows += [GridRow(c, "fusion", method=method, dense=d) for d in fused]
+                rows += [GridRow(c, FUSION, method=method, dense=d) for d in fused]
     return rows
 
 
 def _baseline(cfg: EvalConfig, rows: list[GridRow]) -> str:
     """The row (of an arm: seeds pooled) significance tests compare against: the configured one, else the
-    first dense row."""
+    first row of a grid model."""
     variants = {r.arm_variant for r in rows}
     if not cfg.significance.baseline:
-        return next(r.arm_variant for r in rows if r.kind == "dense")
+        return next(r.arm_variant for r in rows if r.kind.encodes)
     baseline = cfg.significance.baseline.replace(":", "/")
     if baseline not in variants:
         raise ClirError(
@@ -182,7 +181,7 @@ def plan_grid(
             if missing:
                 irds_missing[c.irds_id] = missing
     bm25_reason = None
-    if any(r.kind == "bm25" for r in selected):
+    if any(r.kind.needs_pyserini for r in selected):
         from clir.experiments.bm25 import unavailable_reason
 
         bm25_reason = unavailable_reason()
@@ -327,13 +326,10 @@ def format_plan(plan: Plan) -> str:
     for what, cmd in builds:
         lines.append(f"  {what}: clir {' '.join(cmd)}")
     pending = [r for r in plan.selected if not plan.is_done(r)]
-    jobs = plan.index_jobs([r for r in pending if r.kind == "dense"])
+    jobs = plan.index_jobs(pending)
     lines += ["", f"indexes ({len(jobs)} needed, under {plan.index_root}):"]
-    for j in jobs:
-        state = "exists: reused if its manifest matches" if (j.path / "manifest.json").is_file() else "build"
-        lines.append(f"  {j.path}  ({j.label}; {state})")
-    for c in {r.collection.name: r.collection for r in pending if r.kind == "bm25"}.values():
-        lines.append(f"  {plan.bm25_index_path(c)}  ({c.name} BM25, Lucene {c.bm25_lang} analyzer)")
+    for kind, rows in by_kind(pending).items():
+        lines += kind.index_lines(plan, rows)
     done = [r for r in plan.selected if plan.is_done(r)]
     lines += [
         "",

@@ -22,12 +22,15 @@ from typing import Any, Literal
 import numpy as np
 
 
-def _scores(A: np.ndarray, D: np.ndarray, kind: str) -> np.ndarray:
+def _scores(A: np.ndarray, D: np.ndarray, kind: Literal["ip", "l2"]) -> np.ndarray:
     A, D = np.asarray(A, np.float64), np.asarray(D, np.float64)
-    if kind == "ip":
-        return A @ D.T
-    # -squared distance; per anchor, -|a|^2 is a constant: -(|d|^2 - 2 a.d) ranks alike
-    return 2 * A @ D.T - (D * D).sum(axis=1)[None, :]
+    match kind:
+        case "ip":
+            return A @ D.T
+        case "l2":
+            # -squared distance; per anchor, -|a|^2 is a constant: -(|d|^2 - 2 a.d) ranks alike
+            return 2 * A @ D.T - (D * D).sum(axis=1)[None, :]
+    raise ValueError(f"unknown similarity {kind!r} (ip or l2)")
 
 
 def translation_scores(

@@ -32,7 +32,7 @@ def grid_collection(spec: CollectionSpec, i: int) -> GridCollection:
     s = spec.source.strip()
     where = f"collections[{i}] ({s})"
     ref = resolve_collection(s, what=where)
-    if ref.kind == "file":
+    if ref.docs_file:
         raise ClirError(f"{where}: a collection must be a folder (docs.jsonl, queries.tsv, qrels.txt)")
     irds_id, source, default_name = ref.irds_id, ref.source, ref.default_name
     if irds_id is not None:
@@ -111,7 +111,7 @@ def _model_settings(spec: ModelSpec) -> tuple[str, Path | None, dict[str, Any] |
             f"{what}: folder {os.path.abspath(p)} does not exist (add `build:` to make it on demand)"
         )
     ref = resolve_model(s, what=what)
-    if ref.kind in ("clir", "backbone"):
+    if ref.names_folder:
         folder = ref.folder or Path(ref.backbone)
         return str(folder), folder, ref.settings, downloads
     if ref.missing:

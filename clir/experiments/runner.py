@@ -18,6 +18,7 @@ from clir.errors import ClirError, ResumeRefused
 from clir.experiments.build import run_builds
 from clir.experiments.grid import GridCollection, GridModel, GridRow, IndexJob, Plan, config_hash
 from clir.experiments.report import write_outputs
+from clir.experiments.rowkinds import by_kind
 from clir.experiments.scoring import GridResult, score_grid
 
 if TYPE_CHECKING:
@@ -282,13 +283,27 @@ def _run_bm25(plan: Plan, row: GridRow, queries: _QueryCache, bar) -> None:
     bar.set_postfix_str(row.id)
 
 
+class _Runner:
+    """How the row kinds run their rows here (:class:`clir.experiments.grid.RowRunner`)."""
+
+    def __init__(self, plan: Plan, queries: _QueryCache, bar) -> None:
+        self.plan, self.queries, self.bar = plan, queries, bar
+
+    def run_model(self, model: GridModel, rows: list[GridRow]) -> None:
+        if rows or _cka_due(self.plan, model, rows):
+            _run_model(self.plan, model, rows, self.queries, self.bar)
+
+    def run_bm25(self, row: GridRow) -> None:
+        _run_bm25(self.plan, row, self.queries, self.bar)
+
+
 def run_grid(plan: Plan, *, command: str = "") -> GridResult:
     """Compute every pending selected row, then score and test every finished row and write the outputs."""
     from clir.progress import progress
 
     t0 = time.perf_counter()
     check_offline(plan)
-    pending_bm25 = [r for r in plan.selected if r.kind == "bm25" and not plan.is_done(r)]
+    pending_bm25 = [r for r in plan.selected if r.kind.needs_pyserini and not plan.is_done(r)]
     if pending_bm25 and plan.bm25_unavailable:
         raise ClirError(
             f"BM25 rows cannot run: {plan.bm25_unavailable}. Set bm25.enabled: false, or leave them out "
@@ -299,20 +314,16 @@ def run_grid(plan: Plan, *, command: str = "") -> GridResult:
     plan.runs_dir.mkdir(parents=True, exist_ok=True)
     _write_resolved_config(plan)
 
-    pending = [r for r in plan.selected if r.kind in ("dense", "bm25") and not plan.is_done(r)]
-    skipped = [r.id for r in plan.selected if r.kind in ("dense", "bm25") and r not in pending]
+    pending = [r for r in plan.selected if r.kind.computed and not plan.is_done(r)]
+    skipped = [r.id for r in plan.selected if r.kind.computed and r not in pending]
     if skipped:
         log.info("%d run(s) already finished with this config: skipped", len(skipped))
     queries = _QueryCache()
     bar = progress(total=len(pending), desc="eval grid", unit="run")
     try:
-        for model in plan.models:
-            rows = [r for r in pending if r.kind == "dense" and r.model is model]
-            if rows or _cka_due(plan, model, rows):
-                _run_model(plan, model, rows, queries, bar)
-        for row in pending:
-            if row.kind == "bm25":
-                _run_bm25(plan, row, queries, bar)
+        runner = _Runner(plan, queries, bar)
+        for kind, rows in by_kind(pending).items():
+            kind.run(plan, rows, runner)
     finally:
         bar.close()
     result = score_grid(plan, command=command, computed=[r.id for r in pending], skipped=skipped)

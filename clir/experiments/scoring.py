@@ -12,6 +12,7 @@ from typing import Any
 from clir.config import to_dict
 from clir.errors import ClirError
 from clir.experiments.aggregate import arm_record, score_matrices
+from clir.experiments.fusion import RunDict
 from clir.experiments.grid import GridRow, Plan
 from clir.safe_load import read_json
 
@@ -38,7 +39,7 @@ class GridResult:
 # ---------------------------------------------------------------------- scoring
 def _run_seconds(plan: Plan, row: GridRow) -> float | None:
     """Seconds the row's run took when it was computed (its index build included), from its marker."""
-    if row.kind == "fusion":
+    if not row.kind.computed:
         return None
     try:
         info = read_json(plan.marker_path(row))
@@ -142,38 +143,17 @@ def _seed_paired(arms: dict[str, list[GridRow]], a: str, b: str) -> bool:
 
 def _collect_runs(
     plan: Plan, coll_rows: list[GridRow], missing: list[str]
-) -> tuple[dict[str, dict[str, dict[str, float]]], list[GridRow]]:
+) -> tuple[dict[str, RunDict], list[GridRow]]:
     """The finished runs of one collection's rows (fusion rows made now from their inputs' runs)."""
-    from clir.experiments.fusion import fuse_runs
-    from clir.search import Hit, read_trec_run, write_trec_run
-
-    runs: dict[str, dict[str, dict[str, float]]] = {}
+    runs: dict[str, RunDict] = {}
     present: list[GridRow] = []
     for r in coll_rows:
-        if r.kind == "fusion":
-            assert r.dense is not None
-            bm = next(x for x in coll_rows if x.kind == "bm25")
-            if r.dense.variant in runs and bm.variant in runs:
-                fused = fuse_runs(
-                    [runs[r.dense.variant], runs[bm.variant]],
-                    r.method or "rrf",
-                    rrf_k=plan.config.fusion.rrf_k,
-                    k=plan.k,
-                )
-                results = {
-                    q: [Hit(i + 1, d, s) for i, (d, s) in enumerate(h.items())] for q, h in fused.items()
-                }
-                write_trec_run(plan.run_path(r), results, tag=r.variant)
-                runs[r.variant] = read_trec_run(plan.run_path(r))
-                present.append(r)
-            else:
-                missing.append(r.id)
-            continue
-        if plan.is_done(r):
-            runs[r.variant] = read_trec_run(plan.run_path(r))
-            present.append(r)
-        else:
+        run = r.kind.scored_run(plan, r, runs)
+        if run is None:
             missing.append(r.id)
+        else:
+            runs[r.variant] = run
+            present.append(r)
     return runs, present
 
 
@@ -182,7 +162,7 @@ def _swap_pairs(arms: dict[str, list[GridRow]]) -> list[tuple[str, str]]:
     out = []
     for a, rs in arms.items():
         r = rs[0]
-        if r.kind == "dense" and r.routing is not None and r.routing.doc == "source":
+        if r.kind.encodes and r.routing is not None and r.routing.doc == "source":
             for doc in ("target", "none"):  # the swap, and dropping the language adapter
                 other = a.replace("_d-source", f"_d-{doc}")
                 if other in arms:
@@ -202,19 +182,20 @@ def _control_pairs(plan: Plan, arms: dict[str, list[GridRow]]) -> list[tuple[str
 
 def _row_record(plan: Plan, r: GridRow, runs: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     coll, v = r.collection, r.variant
+    own = r.kind.record(r)
     return {
         "collection": coll.name,
         "source": coll.source,
         "lang": coll.doc_lang,
         "variant": v,
         "arm_variant": r.arm_variant,
-        "kind": r.kind,
-        "model": r.model.name if r.model else ("bm25" if r.kind == "bm25" else None),
-        "arm": r.model.arm if r.model else ("bm25" if r.kind == "bm25" else None),
+        "kind": r.kind.name,
+        "model": own["model"],
+        "arm": own["arm"],
         "seed": r.model.seed if r.model else None,
         "mode": r.model.mode if r.model else None,
         "routing": to_dict(r.routing) if r.routing else None,
-        "fusion": {"method": r.method, "dense": r.dense.variant} if r.kind == "fusion" and r.dense else None,
+        "fusion": own["fusion"],
         "run": str(plan.run_path(r).relative_to(plan.out)),
         "queries": len(runs[v]),
         "seconds": _run_seconds(plan, r),

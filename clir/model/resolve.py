@@ -91,6 +91,16 @@ class ModelRef:
     def hub_cached(self) -> bool:
         return self.kind != "hub" or hub_cached(self.spec)
 
+    @property
+    def names_folder(self) -> bool:
+        """The string named a folder on this machine: a clir model or a Hugging Face backbone."""
+        return self.kind in ("clir", "backbone")
+
+    @property
+    def pulled_folder(self) -> Path | None:
+        """A registered model's folder once pulled; None for any other kind, or before ``clir models pull``."""
+        return Path(self.backbone) if self.kind == "registered" and not self.missing else None
+
     def require_local(self) -> ModelRef:
         """Self, or a ClirError saying how to get the model onto this machine."""
         if self.missing:
