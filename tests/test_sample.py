@@ -6,6 +6,8 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pytest
+
 from clir.data import load_collection, load_qrels, load_queries
 from clir.data.sample import sample_path
 
@@ -57,3 +59,21 @@ def test_sample_files_are_package_data():
     assert {"docs.jsonl", "queries.tsv", "qrels.txt"} <= set(files)
     for name in files:
         assert any(fnmatch(name, pat) for pat in patterns), f"{name} is not shipped in the wheel"
+
+
+def test_collection_sources_are_tried_in_one_order(tmp_path, monkeypatch):
+    """One registry of collection sources (clir.data.resolve.SOURCES): the first that recognises a string
+    names it, and the irds: prefix rule is the same for collections, triples and language-adapter text."""
+    from clir.data.resolve import SOURCES, irds_id, names_collection, resolve_collection
+    from clir.errors import NotFoundError
+
+    assert irds_id("irds:clir/xquad-r/de") == "clir/xquad-r/de" and irds_id("docs.jsonl") is None
+    assert resolve_collection("irds:clir/xquad-r/de").irds_id == "clir/xquad-r/de"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample").mkdir()  # a folder named like the bundled sample: the folder wins (tried first)
+    assert resolve_collection("sample").kind == "folder"
+    (tmp_path / "docs.jsonl").write_text('{"id": "d1", "text": "x"}\n', encoding="utf-8")
+    assert resolve_collection("docs.jsonl").kind == "file" and names_collection("docs.jsonl")
+    assert [s.__name__ for s in SOURCES][-1] == "_bare_irds"  # a bare id last: any local name wins
+    with pytest.raises(NotFoundError, match="folder not found"):
+        resolve_collection("./nowhere")

@@ -7,6 +7,7 @@ through :func:`resolve_collection`, so the rules and the messages are the same e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,47 +61,89 @@ class CollectionRef:
         return LocalCollection(self.path) if self.kind != "file" else FileCollection(self.path)
 
 
-def resolve_collection(src: str | Path, *, what: str | None = None) -> CollectionRef:
-    """Resolve a collection string (offline: a bare id is checked against ir_datasets' registry only);
-    ``what`` names it in errors (default ``unknown collection 'SRC'``)."""
+def irds_id(src: str | Path) -> str | None:
+    """The ir_datasets id an ``irds:<id>`` string names (None for anything else): the one prefix rule, for
+    collections, training triples and language-adapter text alike."""
+    s = str(src).strip()
+    return s[len(IRDS_PREFIX) :] if s.startswith(IRDS_PREFIX) else None
+
+
+def _irds(s: str, p: Path) -> CollectionRef | None:
+    ds_id = irds_id(s)
+    return CollectionRef("irds", s, irds_id=ds_id) if ds_id is not None else None
+
+
+def _folder(s: str, p: Path) -> CollectionRef | None:
+    return CollectionRef("folder", str(p.resolve()), path=p.resolve()) if p.is_dir() else None
+
+
+def _file(s: str, p: Path) -> CollectionRef | None:
+    if not p.is_file():
+        return None
+    if p.suffix not in DOC_FILE_SUFFIXES:
+        raise ClirError(f"{p}: unsupported collection file (expected .jsonl or .tsv)")
+    return CollectionRef("file", str(p.resolve()), path=p.resolve())
+
+
+def _sample(s: str, p: Path) -> CollectionRef | None:
     from clir.data.sample import SAMPLE_NAME, sample_path
+
+    return CollectionRef("sample", SAMPLE_NAME, path=sample_path()) if s == SAMPLE_NAME else None
+
+
+def _bare_irds(s: str, p: Path) -> CollectionRef | None:
+    """A bare id ir_datasets' registry knows (checked offline); tried last, so a folder of that name wins."""
+    from clir.data.irds import load_dataset
+
+    if s.startswith((".", "/", "~")) or p.is_symlink():
+        return None
+    try:
+        load_dataset(s)
+    except ClirError:
+        return None
+    return CollectionRef("irds", IRDS_PREFIX + s, irds_id=s)
+
+
+#: the collection sources, tried in this order: the first that recognises a string names it. A new source
+#: is one function here (and, if it reads its own format, a :class:`Collection` in ``CollectionRef.open``).
+SOURCES: tuple[Callable[[str, Path], CollectionRef | None], ...] = (
+    _irds,
+    _folder,
+    _file,
+    _sample,
+    _bare_irds,
+)
+
+
+def resolve_collection(src: str | Path, *, what: str | None = None) -> CollectionRef:
+    """Resolve a collection string through :data:`SOURCES` (offline: a bare id is checked against
+    ir_datasets' registry only); ``what`` names it in errors (default ``unknown collection 'SRC'``)."""
+    from clir.data.sample import SAMPLE_NAME
 
     s = str(src).strip()
     what = what or f"unknown collection {s!r}"
-    if s.startswith(IRDS_PREFIX):
-        return CollectionRef("irds", s, irds_id=s[len(IRDS_PREFIX) :])
     p = Path(s).expanduser()
-    if p.is_dir():
-        return CollectionRef("folder", str(p.resolve()), path=p.resolve())
-    if p.is_file():
-        if p.suffix not in DOC_FILE_SUFFIXES:
-            raise ClirError(f"{p}: unsupported collection file (expected .jsonl or .tsv)")
-        return CollectionRef("file", str(p.resolve()), path=p.resolve())
-    if s == SAMPLE_NAME:
-        return CollectionRef("sample", SAMPLE_NAME, path=sample_path())
+    for source in SOURCES:
+        ref = source(s, p)
+        if ref is not None:
+            return ref
     if p.is_symlink():  # a link to nothing: a loop or a missing target (resolving it would raise)
         raise NotFoundError(f"{what}: {p} is a symbolic link that leads to no file or folder (a loop?)")
     where = f"resolved against {Path.cwd()}: {os.path.abspath(p)}"
     if s.startswith((".", "/", "~")):
         raise NotFoundError(f"{what}: folder not found ({where})")
-    from clir.data.irds import load_dataset
-
-    try:
-        load_dataset(s)
-    except ClirError:
-        raise NotFoundError(
-            f"{what}: not a folder ({where}), a .jsonl/.tsv file, or an "
-            f"ir_datasets id (irds:<id>, e.g. irds:hc4/fa/test; see https://ir-datasets.com); "
-            f"'{SAMPLE_NAME}' is the bundled sample"
-        ) from None
-    return CollectionRef("irds", IRDS_PREFIX + s, irds_id=s)
+    raise NotFoundError(
+        f"{what}: not a folder ({where}), a .jsonl/.tsv file, or an "
+        f"ir_datasets id (irds:<id>, e.g. irds:hc4/fa/test; see https://ir-datasets.com); "
+        f"'{SAMPLE_NAME}' is the bundled sample"
+    )
 
 
 def names_collection(src: str | Path) -> bool:
     """Whether ``src`` names a collection by its form alone (``irds:<id>``, a folder, a docs file), so that
     other readers (a language adapter's ``--text``) tell it from a plain text file by the same rule."""
     p = Path(str(src)).expanduser()
-    return str(src).startswith(IRDS_PREFIX) or p.is_dir() or p.suffix in DOC_FILE_SUFFIXES
+    return irds_id(src) is not None or p.is_dir() or p.suffix in DOC_FILE_SUFFIXES
 
 
 def load_collection(src: str | Path) -> Collection:

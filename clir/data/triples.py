@@ -148,9 +148,12 @@ class IrdsTriples:
 
 def open_triples(src: str | Path) -> TripleSource:
     """Resolve ``data.triples``: a JSONL file or ``irds:<id>``."""
+    from clir.data.resolve import irds_id
+
     s = str(src)
-    if s.startswith(IRDS_PREFIX):
-        return IrdsTriples(s[len(IRDS_PREFIX) :])
+    ds_id = irds_id(s)
+    if ds_id is not None:
+        return IrdsTriples(ds_id)
     p = Path(s).expanduser()
     if p.is_dir():
         raise ClirError(f"triples source {p} is a folder; give a .jsonl file of triples or irds:<id>")

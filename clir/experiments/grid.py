@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
 from clir.config.eval import CollectionSpec
+from clir.config.index import PassageSpec
 from clir.errors import ClirError
 from clir.experiments.fusion import RunDict
-from clir.index.passages import PassageSpec
 from clir.index.recipe import IndexRecipe
 from clir.model.modes import FullMode, adapter_mode, routes_languages
 from clir.model.resolve import model_ready

@@ -47,6 +47,7 @@ def _adapter_builds(
     """(language[@seed] -> the adapter folder the grid provides, the ``train-language-adapter`` builds still to
     run, ir_datasets files their texts lack)."""
     from clir.data.irds import missing_files
+    from clir.data.resolve import irds_id
 
     built_adapters: dict[str, Path] = {}
     adapter_builds = []
@@ -63,10 +64,11 @@ def _adapter_builds(
                 cmd += ["--head", str(Path(head.out).expanduser().resolve())]
             resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
             adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
-            if a.text.startswith("irds:"):
-                missing = missing_files(a.text[len("irds:") :], ("docs",))
+            text_id = irds_id(a.text)
+            if text_id is not None:
+                missing = missing_files(text_id, ("docs",))
                 if missing:
-                    irds_missing_text[a.text[len("irds:") :]] = missing
+                    irds_missing_text[text_id] = missing
     return built_adapters, adapter_builds, irds_missing_text
 
 
@@ -90,15 +92,16 @@ def _head_build(cfg: EvalConfig, adapter_builds: list) -> tuple[Path, list[str]]
 def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path, list[str]]]]:
     """ir_datasets files the training triples of the models still to build lack (``irds:`` triples only)."""
     from clir.data.irds import missing_files
-    from clir.data.triples import IRDS_PARTS, IRDS_PREFIX
+    from clir.data.resolve import irds_id
+    from clir.data.triples import IRDS_PARTS
 
     out: dict[str, list[tuple[str, Path, list[str]]]] = {}
     for m in models:
-        triples = build_triples(m.spec) if m.build_cmd else None
-        if triples and triples.startswith(IRDS_PREFIX) and triples[len(IRDS_PREFIX) :] not in out:
-            missing = missing_files(triples[len(IRDS_PREFIX) :], IRDS_PARTS)
+        ds_id = irds_id(build_triples(m.spec) or "") if m.build_cmd else None
+        if ds_id is not None and ds_id not in out:
+            missing = missing_files(ds_id, IRDS_PARTS)
             if missing:
-                out[triples[len(IRDS_PREFIX) :]] = missing
+                out[ds_id] = missing
     return out
 
 

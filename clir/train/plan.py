@@ -99,12 +99,13 @@ def _language_adapter(plan: Plan, lang: str, source: str, use: str, needed: bool
 
 
 def _data(plan: Plan, triples: str) -> None:
-    from clir.data.triples import IRDS_PARTS, IRDS_PREFIX, open_triples, parse_triple
+    from clir.data.resolve import irds_id
+    from clir.data.triples import IRDS_PARTS, open_triples, parse_triple
 
-    if triples.startswith(IRDS_PREFIX):
+    ds_id = irds_id(triples)
+    if ds_id is not None:
         from clir.data.irds import by_file, load_dataset, missing_files
 
-        ds_id = triples[len(IRDS_PREFIX) :]
         try:
             ds = load_dataset(ds_id)
         except ClirError as e:
