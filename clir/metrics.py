@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clir.config.eval import DEFAULT_METRICS, check_metric
+from clir.config.experiment import DEFAULT_METRICS, check_metric
 from clir.errors import ClirError
 
 __all__ = ["DEFAULT_METRICS", "evaluate"]

@@ -229,7 +229,7 @@ def test_embedding_analysis_of_every_dense_row(grid, tiny_collection):
     assert (out / "plots" / "projection_tiny.png").is_file()
 
 
-def test_rerun_skips_finished_runs(grid, capsys):
+def test_rerun_skips_finished_runs(grid, capsys, caplog):
     from clir.cli.main import main
 
     cfg, out, doc = grid
@@ -237,6 +237,7 @@ def test_rerun_skips_finished_runs(grid, capsys):
     runs = sorted((out / "runs").glob("*.trec"))
     before = {p: p.stat().st_mtime_ns for p in runs}
     assert main(["eval", "--config", str(cfg), "--out", str(out)]) == 0  # the verb's old name, an alias
+    assert "clir eval is deprecated: use clir experiment" in caplog.text
     again = json.loads((out / "metrics.json").read_text())
     assert again["computed"] == [] and len(again["reused"]) == 3
     assert again["command"].startswith("clir eval --config")
@@ -270,23 +271,23 @@ def test_only_and_changed_settings_recompute(tiny_bert, tiny_collection, tmp_pat
 def test_config_errors_name_the_problem(tiny_bert, tiny_collection, tmp_path):
     from clir.config import ModelSpec
     from clir.errors import ClirError
-    from clir.experiments import load_eval_config, plan_grid
+    from clir.experiments import load_experiment_config, plan_grid
 
     bad_metric = _write_config(
         tmp_path / "m.yaml", _grid_yaml(tiny_bert, tiny_collection).replace("ndcg@10", "ndgc@10")
     )
     with pytest.raises(ClirError, match="unknown metric 'ndgc@10'"):
-        load_eval_config(bad_metric)
+        load_experiment_config(bad_metric)
     bad_base = _write_config(
         tmp_path / "b.yaml",
         _grid_yaml(tiny_bert, tiny_collection).replace("baseline: plain", "baseline: nope"),
     )
     with pytest.raises(ClirError, match="baseline 'nope' is not a row"):
-        plan_grid(load_eval_config(bad_base))
+        plan_grid(load_experiment_config(bad_base))
     missing = _write_config(tmp_path / "c.yaml", _grid_yaml(tiny_bert, tmp_path / "no-such-collection"))
     with pytest.raises(ClirError, match="folder not found"):
-        plan_grid(load_eval_config(missing))
-    cfg = load_eval_config(_write_config(tmp_path / "ok.yaml", _grid_yaml(tiny_bert, tiny_collection)))
+        plan_grid(load_experiment_config(missing))
+    cfg = load_experiment_config(_write_config(tmp_path / "ok.yaml", _grid_yaml(tiny_bert, tiny_collection)))
     cfg.models[1].overrides["language_adapters"] = {"en": "new"}  # no adapter for the documents' languages
     with pytest.raises(ClirError, match="needs a language adapter for 'de'"):
         plan_grid(cfg)
@@ -297,7 +298,7 @@ def test_config_errors_name_the_problem(tiny_bert, tiny_collection, tmp_path):
 
 def test_a_bad_build_flag_fails_at_plan_time(tiny_bert, tiny_collection, tmp_path):
     from clir.errors import ClirError
-    from clir.experiments import load_eval_config, plan_grid
+    from clir.experiments import load_experiment_config, plan_grid
 
     la = tmp_path / "adapters" / "de"
     cfg = _write_config(
@@ -311,7 +312,7 @@ models: [{{name: plain, model: {tiny_bert}}}]
 """,
     )
     with pytest.raises(ClirError, match="train-language-adapter.*unrecognized arguments: --no-such-flag"):
-        plan_grid(load_eval_config(cfg))
+        plan_grid(load_experiment_config(cfg))
     assert not la.exists()
 
 

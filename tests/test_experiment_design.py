@@ -183,13 +183,13 @@ def test_dry_run_lists_seeds_controls_and_claims(design, capsys):
         in plan
     )
     assert "tinyq = tiny+tiny-again; 1 comparisons" in plan
-    from clir.experiments import load_eval_config, plan_grid
+    from clir.experiments import load_experiment_config, plan_grid
 
-    only = plan_grid(load_eval_config(cfg), out=out, only=["tiny/madx/q-source_d-target"]).selected
+    only = plan_grid(load_experiment_config(cfg), out=out, only=["tiny/madx/q-source_d-target"]).selected
     assert [r.id for r in only] == [
         f"tiny/madx@{s}/q-source_d-target" for s in range(3)
     ]  # the arm: each seed
-    one = plan_grid(load_eval_config(cfg), out=out, only=["tiny/madx@1"]).selected
+    one = plan_grid(load_experiment_config(cfg), out=out, only=["tiny/madx@1"]).selected
     assert len(one) == 5 and all(r.model.name == "madx@1" for r in one)  # 2 routings + 3 controls
 
 
@@ -220,7 +220,7 @@ def test_dry_run_lists_seeds_controls_and_claims(design, capsys):
 )
 def test_controls_are_checked_when_the_config_loads(tmp_path, change, message):
     from clir.errors import ClirError
-    from clir.experiments import load_eval_config
+    from clir.experiments import load_experiment_config
 
     text = f"""
 name: c
@@ -234,10 +234,10 @@ controls:
     path = tmp_path / "c.yaml"
     path.write_text(text)
     if message is None:
-        assert load_eval_config(path).controls[0].routing.doc == "random"
+        assert load_experiment_config(path).controls[0].routing.doc == "random"
     else:
         with pytest.raises(ClirError, match=message):
-            load_eval_config(path)
+            load_experiment_config(path)
 
 
 @pytest.mark.parametrize(
@@ -266,13 +266,13 @@ controls:
 )
 def test_seeds_and_claims_are_checked_when_the_config_loads(tmp_path, change, message):
     from clir.errors import ClirError
-    from clir.experiments import load_eval_config
+    from clir.experiments import load_experiment_config
 
     models = "models: [{name: m, model: x}]\n" if not change.startswith("models:") else ""
     path = tmp_path / "c.yaml"
     path.write_text(f"name: c\ncollections: [{{source: sample}}]\n{models}{change}\n")
     with pytest.raises(ClirError, match=message):
-        load_eval_config(path)
+        load_experiment_config(path)
 
 
 def test_cka_routes_documents_by_the_configured_language(tiny_bert, tiny_collection, tmp_path):

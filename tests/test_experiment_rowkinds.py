@@ -79,7 +79,7 @@ def _collection(root: Path) -> Path:
 @pytest.fixture
 def planned(tiny_bert, tmp_path):
     """A grid of each kind of row, planned offline: (config, out folder, plan)."""
-    from clir.experiments.grid import load_eval_config
+    from clir.experiments.grid import load_experiment_config
     from clir.experiments.plan import plan_grid
 
     coll = _collection(tmp_path / "de")
@@ -100,7 +100,7 @@ fusion: {{methods: [rrf]}}
 """,
         encoding="utf-8",
     )
-    cfg = load_eval_config(path)
+    cfg = load_experiment_config(path)
     out = tmp_path / "out"
     return cfg, out, plan_grid(cfg, config_path=str(path), out=out)
 

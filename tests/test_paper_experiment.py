@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clir.config import load_train_config, to_dict
-from clir.experiments.grid import load_eval_config
+from clir.experiments.grid import load_experiment_config
 from clir.experiments.plan import plan_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def test_the_three_arms_share_one_budget(monkeypatch):
 
 
 def test_an_interrupted_model_build_is_resumed(tiny_bert, tiny_collection, tmp_path):
-    from clir.config import EvalConfig, from_dict
+    from clir.config import ExperimentConfig, from_dict
 
     folder = tmp_path / "arm"
     folder.mkdir()
@@ -51,7 +51,7 @@ def test_an_interrupted_model_build_is_resumed(tiny_bert, tiny_collection, tmp_p
         f"model: {{backbone: {tiny_bert}, adapter_mode: task}}\ndata: {{triples: x.jsonl}}\n"
     )
     cfg = from_dict(
-        EvalConfig,
+        ExperimentConfig,
         {
             "name": "t",
             "collections": [{"source": str(tiny_collection), "name": "tiny"}],
@@ -74,7 +74,7 @@ def test_the_paper_configs_name_only_ids_repo_paths_and_models():
     for f in files:
         text = f.read_text(encoding="utf-8")
         assert "../shared" not in text and "CLIR_SHARED" not in text, f
-    cfg = load_eval_config(REPO / "configs/eval/paper-small.yaml")
+    cfg = load_experiment_config(REPO / "configs/eval/paper-small.yaml")
     assert {a.lang: a.text for a in cfg.adapters} == {
         x: f"irds:clir/ud/{x}" for x in ("en", "de", "ru", "zh", "fa")
     }
@@ -88,7 +88,7 @@ def test_the_paper_configs_name_only_ids_repo_paths_and_models():
 def test_paper_small_plans_every_row_and_build(raw_irds_home, monkeypatch):
     monkeypatch.delenv("CLIR_SHARED", raising=False)
     monkeypatch.chdir(REPO)
-    cfg = load_eval_config(REPO / "configs/eval/paper-small.yaml")
+    cfg = load_experiment_config(REPO / "configs/eval/paper-small.yaml")
     assert cfg.significance.correction == "holm" and cfg.analysis.enabled
     plan = plan_grid(cfg, out=REPO / ".cache" / "paper-small-plan")
     assert plan.irds_missing == {}  # every input found under IR_DATASETS_HOME, training data included
@@ -154,7 +154,7 @@ def test_paper_small_dry_run_lists_the_training_data_it_lacks(tmp_path, monkeypa
 
     monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "empty"))
     monkeypatch.chdir(REPO)
-    plan = plan_grid(load_eval_config(REPO / "configs/eval/paper-small.yaml"), out=tmp_path / "out")
+    plan = plan_grid(load_experiment_config(REPO / "configs/eval/paper-small.yaml"), out=tmp_path / "out")
     assert {f"clir/ud/{x}" for x in ("en", "de", "ru", "zh", "fa")} <= set(plan.irds_missing)
     assert "clir/wikiqa/train-triples" in plan.irds_missing  # the arms' triples, read by `clir train`
     text = format_plan(plan)
@@ -172,7 +172,7 @@ def test_paper_small_v2_plans_seeds_controls_and_claims(
     from clir.cli.main import main
 
     monkeypatch.chdir(REPO)
-    cfg = load_eval_config(REPO / "configs/eval/paper-small-v2.yaml")
+    cfg = load_experiment_config(REPO / "configs/eval/paper-small-v2.yaml")
     assert cfg.seeds.arms == [0, 1, 2] and len(cfg.seeds.language_adapters) >= 2
     assert min(cfg.significance.n_permutations, cfg.significance.n_resamples) >= 10000
     plan = plan_grid(cfg, out=tmp_path / "out")

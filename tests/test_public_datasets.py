@@ -283,7 +283,7 @@ def test_training_verbs_take_the_ids(raw_irds_home, tiny_bert, tiny_head, tmp_pa
 def test_a_grid_finds_the_languages_of_a_multilingual_irds_collection(raw_irds_home):
     """Target routing on an ir_datasets collection of several languages (no doc_lang): the grid reads each
     document's own language, as the index build does, instead of refusing to route."""
-    from clir.config.eval import CollectionSpec
+    from clir.config.experiment import CollectionSpec
     from clir.experiments.grid import GridCollection
 
     def grid(source: str) -> GridCollection:

@@ -1,4 +1,4 @@
-"""``clir experiment`` (alias ``clir eval``): run an experiment grid (collections x models x language-adapter
+"""``clir experiment`` (deprecated alias ``clir eval``): run an experiment grid (collections x models x language-adapter
 routings) end to end."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import shlex
 from clir.config.requests import ExperimentRequest
 
 ALIASES = ["eval"]  # the verb's first name, kept for existing scripts
+#: spellings that still work but warn: "eval" names the eval/ folder (benchmarks and committed results)
+DEPRECATED_ALIASES = ALIASES
 HELP = "run an experiment grid: indexes, TREC runs, ranx metrics, significance, report and plots"
 DESCRIPTION = """Run the experiment grid a config describes: every collection x model x language-adapter
 routing (madx models; full/task models give one row), plus optional BM25 and fusion rows. Each index is built
@@ -23,7 +25,7 @@ any work, with one message listing them.
 
 --only takes shell patterns over row ids COLLECTION/MODEL[/q-ROUTE_d-ROUTE] (bm25 rows: COLLECTION/bm25;
 one seed of a seeded model: MODEL@SEED, and MODEL alone selects every seed); a pattern also selects the rows
-below it (`xquad-r-de` = `xquad-r-de/*`). `clir eval` is the same verb."""
+below it (`xquad-r-de` = `xquad-r-de/*`). `clir eval` still runs this verb (deprecated)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,11 +57,11 @@ def request(args: argparse.Namespace) -> ExperimentRequest:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from clir.experiments import format_plan, load_eval_config, plan_grid, run_grid
+    from clir.experiments import format_plan, load_experiment_config, plan_grid, run_grid
     from clir.experiments.report import overview_text
 
     req = request(args)
-    cfg = load_eval_config(req.config)
+    cfg = load_experiment_config(req.config)
     plan = plan_grid(cfg, config_path=req.config, out=req.out, only=list(req.only) if req.only else None)
     if req.dry_run:
         print(format_plan(plan), end="")

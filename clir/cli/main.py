@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(args.verbose, args.quiet)
+    if args.verb in _deprecated_verbs():
+        log.warning("clir %s is deprecated: use clir %s", args.verb, _deprecated_verbs()[args.verb])
     try:
         return int(args._run(args) or 0)
     except ClirError as e:
@@ -113,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"clir {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _deprecated_verbs() -> dict[str, str]:
+    """Deprecated verb spellings -> the verb's name (a verb module's ``DEPRECATED_ALIASES``)."""
+    out = {}
+    for verb, modname in VERBS:
+        for alias in getattr(importlib.import_module(modname), "DEPRECATED_ALIASES", []):
+            out[alias] = verb
+    return out
 
 
 def _one_line(text: str) -> str:

@@ -2,12 +2,12 @@
 
 from clir.config.base import expand_env, from_dict, load_yaml, to_dict
 from clir.config.build_flags import request_from_flags
-from clir.config.eval import (
+from clir.config.experiment import (
     AdapterBuildSpec,
     Bm25Config,
     BuildSpec,
     CollectionSpec,
-    EvalConfig,
+    ExperimentConfig,
     FusionConfig,
     MlmHeadSpec,
     ModelSpec,
@@ -30,6 +30,9 @@ from clir.config.requests import (
 )
 from clir.config.train import CheckpointConfig, DataConfig, OptimConfig, TrainConfig, load_train_config
 
+#: the old name of ExperimentConfig ("eval" now names only the eval/ folder), kept for callers
+EvalConfig = ExperimentConfig
+
 __all__ = [
     "AdapterArch",
     "AdapterBuildSpec",
@@ -40,6 +43,7 @@ __all__ = [
     "DataConfig",
     "DevSettings",
     "EvalConfig",
+    "ExperimentConfig",
     "EvaluateRequest",
     "ExperimentRequest",
     "FusionConfig",

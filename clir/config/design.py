@@ -11,8 +11,8 @@ from typing import Any, Literal, TypeAlias
 from clir.config.model import Routing
 from clir.errors import ClirError
 
-# the checks across the config take an EvalConfig and its specs (typed Any: clir.config.eval imports this)
-EvalConfig: TypeAlias = Any
+# the checks across the config take an ExperimentConfig and its specs (typed Any: clir.config.experiment imports this)
+ExperimentConfig: TypeAlias = Any
 ModelSpec: TypeAlias = Any
 AdapterBuildSpec: TypeAlias = Any
 
@@ -148,14 +148,14 @@ class ClaimSpec:
 
 
 # ---------------------------------------------------------------------- checks across the config
-def model_seeds(cfg: EvalConfig, m: ModelSpec) -> list[int]:
+def model_seeds(cfg: ExperimentConfig, m: ModelSpec) -> list[int]:
     """The training seeds of a model: its own, else the grid's arm seeds when it is built, else none."""
     if m.seeds is not None:
         return list(m.seeds)
     return list(cfg.seeds.arms) if m.build is not None else []
 
 
-def adapter_seeds(cfg: EvalConfig, a: AdapterBuildSpec) -> list[int]:
+def adapter_seeds(cfg: ExperimentConfig, a: AdapterBuildSpec) -> list[int]:
     return list(a.seeds) if a.seeds is not None else list(cfg.seeds.language_adapters)
 
 
@@ -164,7 +164,7 @@ def model_mode(m: ModelSpec) -> str | None:
     return m.mode or m.overrides.get("adapter_mode")
 
 
-def validate_design(cfg: EvalConfig) -> None:
+def validate_design(cfg: ExperimentConfig) -> None:
     """Seeds, controls and claims checked against the rest of the config, with errors that name the key."""
     models = {m.name: m for m in cfg.models}
     _check_seeds(cfg)
@@ -228,7 +228,7 @@ def validate_design(cfg: EvalConfig) -> None:
         check_collections("analysis.xquad_anchor", [cfg.analysis.xquad_anchor])
 
 
-def _check_seeds(cfg: EvalConfig) -> None:
+def _check_seeds(cfg: ExperimentConfig) -> None:
     seeded_langs: set[str] = set()
     langs = [a.lang for a in cfg.adapters]
     dup = sorted({x for x in langs if langs.count(x) > 1})

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from clir.config import EvalConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
-from clir.config.eval import CollectionSpec
+from clir.config import ExperimentConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
+from clir.config.experiment import CollectionSpec
 from clir.config.index import PassageSpec
 from clir.errors import ClirError
 from clir.experiments.fusion import RunDict
@@ -27,13 +27,13 @@ INDEXES_DIR = "indexes"
 
 
 # ---------------------------------------------------------------------- config
-def load_eval_config(path: str | Path) -> EvalConfig:
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML (``${VAR}`` / ``${VAR:-default}`` expanded)."""
     data = load_yaml(path)
-    return from_dict(EvalConfig, data)
+    return from_dict(ExperimentConfig, data)
 
 
-def config_hash(cfg: EvalConfig) -> str:
+def config_hash(cfg: ExperimentConfig) -> str:
     blob = json.dumps(to_dict(cfg), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
@@ -256,7 +256,7 @@ class IndexJob:
 
 @dataclass
 class Plan:
-    config: EvalConfig
+    config: ExperimentConfig
     config_path: str
     out: Path
     index_root: Path

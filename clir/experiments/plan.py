@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from clir.config import EvalConfig, MlmHeadSpec, Routing
+from clir.config import ExperimentConfig, MlmHeadSpec, Routing
 from clir.errors import ClirError
 from clir.experiments.build import parse_build
 from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
@@ -72,7 +72,7 @@ def _adapter_builds(
     return built_adapters, adapter_builds, irds_missing_text
 
 
-def _head_build(cfg: EvalConfig, adapter_builds: list) -> tuple[Path, list[str]] | None:
+def _head_build(cfg: ExperimentConfig, adapter_builds: list) -> tuple[Path, list[str]] | None:
     """The ``train-mlm-head`` build the adapter builds need first, if its folder is missing."""
     head = cfg.mlm_head
     if head is None:
@@ -105,7 +105,7 @@ def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path,
     return out
 
 
-def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
+def _rows(cfg: ExperimentConfig, collections: list[GridCollection], models: list[GridModel]) -> list[GridRow]:
     """Per collection: every model (seed) x routing, the controls' rows, then BM25 and the fusions of BM25
     with each dense row."""
     rows: list[GridRow] = []
@@ -125,7 +125,7 @@ def _rows(cfg: EvalConfig, collections: list[GridCollection], models: list[GridM
     return rows
 
 
-def _baseline(cfg: EvalConfig, rows: list[GridRow]) -> str:
+def _baseline(cfg: ExperimentConfig, rows: list[GridRow]) -> str:
     """The row (of an arm: seeds pooled) significance tests compare against: the configured one, else the
     first row of a grid model."""
     variants = {r.arm_variant for r in rows}
@@ -141,7 +141,7 @@ def _baseline(cfg: EvalConfig, rows: list[GridRow]) -> str:
 
 
 def plan_grid(
-    cfg: EvalConfig,
+    cfg: ExperimentConfig,
     *,
     config_path: str | Path = "",
     out: str | Path | None = None,
@@ -257,12 +257,12 @@ def _design_lines(plan: Plan) -> list[str]:
     return out
 
 
-def _control_routings(cfg: EvalConfig, arm: str) -> list[tuple[Routing, list[str]]]:
+def _control_routings(cfg: ExperimentConfig, arm: str) -> list[tuple[Routing, list[str]]]:
     return [(c.routing, c.collections) for c in cfg.controls if c.model == arm]
 
 
 def _check_design(
-    cfg: EvalConfig, collections: list[GridCollection], models: list[GridModel], rows: list[GridRow]
+    cfg: ExperimentConfig, collections: list[GridCollection], models: list[GridModel], rows: list[GridRow]
 ) -> None:
     """What the config alone could not check: control and claim collections, control models' modes, and
     the rows that controls and claims name."""

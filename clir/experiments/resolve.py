@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clir.config import EvalConfig, ModelConfig, ModelSpec, Routing, from_dict, load_yaml
-from clir.config.eval import CollectionSpec
+from clir.config import ExperimentConfig, ModelConfig, ModelSpec, Routing, from_dict, load_yaml
+from clir.config.experiment import CollectionSpec
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
 from clir.experiments.grid import GridCollection, GridModel
@@ -220,7 +220,7 @@ def _language_adapter_sources(
 
 def grid_model(
     spec: ModelSpec,
-    cfg: EvalConfig,
+    cfg: ExperimentConfig,
     collections: list[GridCollection],
     built_adapters: dict[str, Path],
     controls: list[tuple[Routing, list[str]]] = (),  # type: ignore[assignment]

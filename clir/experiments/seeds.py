@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from clir.config import AdapterBuildSpec, EvalConfig, ModelSpec
+from clir.config import AdapterBuildSpec, ExperimentConfig, ModelSpec
 from clir.config.design import adapter_seeds, lang_seed_for, model_mode, model_seeds
 from clir.model.modes import routes_languages
 
@@ -43,7 +43,7 @@ class SeededModel:
     lang_seed: int | None
 
 
-def adapter_path(cfg: EvalConfig, a: AdapterBuildSpec, seed: int | None) -> str:
+def adapter_path(cfg: ExperimentConfig, a: AdapterBuildSpec, seed: int | None) -> str:
     sh = cfg.seeds.shipped
     if seed is None:
         return a.out
@@ -52,7 +52,7 @@ def adapter_path(cfg: EvalConfig, a: AdapterBuildSpec, seed: int | None) -> str:
     return a.out.replace("{seed}", str(seed))
 
 
-def model_path(cfg: EvalConfig, m: ModelSpec, seed: int | None) -> str:
+def model_path(cfg: ExperimentConfig, m: ModelSpec, seed: int | None) -> str:
     sh = cfg.seeds.shipped
     if seed is None:
         return m.model
@@ -62,7 +62,7 @@ def model_path(cfg: EvalConfig, m: ModelSpec, seed: int | None) -> str:
     return path
 
 
-def expand_adapters(cfg: EvalConfig) -> list[SeededAdapter]:
+def expand_adapters(cfg: ExperimentConfig) -> list[SeededAdapter]:
     out = []
     for a in cfg.adapters:
         seeds = adapter_seeds(cfg, a)
@@ -76,7 +76,7 @@ def expand_adapters(cfg: EvalConfig) -> list[SeededAdapter]:
     return out
 
 
-def expand_models(cfg: EvalConfig) -> list[SeededModel]:
+def expand_models(cfg: ExperimentConfig) -> list[SeededModel]:
     """Every model spec of the grid, one per training seed (unseeded ones as they are)."""
     out = []
     for m in cfg.models:
@@ -89,7 +89,7 @@ def expand_models(cfg: EvalConfig) -> list[SeededModel]:
     return out
 
 
-def _seeded_model(cfg: EvalConfig, m: ModelSpec, position: int, seed: int) -> SeededModel:
+def _seeded_model(cfg: ExperimentConfig, m: ModelSpec, position: int, seed: int) -> SeededModel:
     overrides = dict(m.overrides)
     args = ["--seed", str(seed)]
     lang_seed = None

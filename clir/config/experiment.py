@@ -258,7 +258,7 @@ class AnalysisConfig:
 
 
 @dataclass
-class EvalConfig:
+class ExperimentConfig:
     name: str
     collections: list[CollectionSpec]
     models: list[ModelSpec]
