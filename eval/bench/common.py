@@ -190,6 +190,15 @@ def conditions(load_before: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- RESULTS.md
+def publish(title: str, body: str, *, no_write: bool) -> None:
+    """A benchmark's table: printed (``--no-write``), or written as its section of RESULTS.md."""
+    if no_write:
+        print(body)
+        return
+    write_section(title, body)
+    print(f"wrote the '{title}' section of {RESULTS}")
+
+
 def write_section(title: str, body: str, path: Path = RESULTS, *, first: bool = False) -> Path:
     """Replace (or add: at the end, or at the top with ``first``) the ``## title`` section of RESULTS.md,
     keeping every other section intact (other benchmarks, the REST section another script writes).

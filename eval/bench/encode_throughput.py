@@ -330,12 +330,9 @@ def write(
             },
         )
     body = report(main_res, lever_rows, omp, pads, args, load_before)
-    if args.no_write:
-        print(body)
-    else:
+    if not args.no_write:
         plot(main_res, common.BENCH_DIR / "encode_throughput.png")
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    common.publish(TITLE, body, no_write=args.no_write)
 
 
 if __name__ == "__main__":

@@ -324,12 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         common.save_json("faiss_scaling", {"rows": rows, "machine": common.machine()})
     body = report(rows, load_before)
-    if args.no_write:
-        print(body)
-    else:
+    if not args.no_write:
         plot(rows, common.BENCH_DIR / "faiss_scaling.png")
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    common.publish(TITLE, body, no_write=args.no_write)
     return 0
 
 

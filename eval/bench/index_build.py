@@ -82,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "index_build",
             {"encode_s": times["encode_passages"], "builds": summary, "machine": common.machine()},
         )
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    common.publish(TITLE, body, no_write=args.no_write)
     return 0
 
 

@@ -117,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_write:
         common.save_json("int8", {"times": times, "cosine": cos, "mrr": mrr, "machine": common.machine()})
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    common.publish(TITLE, body, no_write=args.no_write)
     return 0
 
 

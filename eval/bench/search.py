@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(args, peers, res, len(batch), len(lat_q), load_before)
     if not args.no_write:
         common.save_json("search", {**res, "machine": common.machine()})
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section(TITLE, body)
-        print(f"wrote the '{TITLE}' section of {common.RESULTS}")
+    common.publish(TITLE, body, no_write=args.no_write)
     return 0
 
 
