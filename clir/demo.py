@@ -243,7 +243,9 @@ def evaluate_routings(indexes: dict[str, Path], results: Path) -> None:
             scores[route] = {m: float(json.loads(out)[m]) for m in METRICS}
         except (ValueError, KeyError, TypeError) as e:
             raise DemoError(f"`clir evaluate` printed no metrics for {run}: {e}") from None
-    source = (manifests["source"].get("encoder") or {}).get("source_lang") or "en"
+    from clir.config.model import DEFAULT_SOURCE_LANG
+
+    source = (manifests["source"].get("encoder") or {}).get("source_lang") or DEFAULT_SOURCE_LANG
     fallback = manifests["target"].get("routing_fallback") or {}
     names = list(indexes)
     _section(

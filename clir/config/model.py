@@ -52,6 +52,10 @@ def check_activation(name: Any, where: str) -> None:
         )
 
 
+#: the language a model's task adapter is trained in unless its settings say otherwise (MS MARCO's)
+DEFAULT_SOURCE_LANG = "en"
+
+
 @dataclass
 class AdapterArch:
     """A bottleneck adapter architecture, as an ``adapters`` config name plus its main knobs.
@@ -140,7 +144,7 @@ class ModelConfig:
     #: architecture of language adapters this model creates or loads without a config of their own
     language_adapter: AdapterArch = field(default_factory=language_adapter_arch)
     #: the language the task adapter is trained in (its adapter is the ``source`` route)
-    source_lang: str = "en"
+    source_lang: str = DEFAULT_SOURCE_LANG
     routing: Routing = field(default_factory=Routing)
     precision: Precision = "auto"
 

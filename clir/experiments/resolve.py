@@ -11,6 +11,7 @@ from typing import Any
 
 from clir.config import ExperimentConfig, ModelConfig, ModelSpec, Routing, from_dict, load_yaml
 from clir.config.experiment import CollectionSpec
+from clir.config.model import DEFAULT_SOURCE_LANG
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
 from clir.experiments.grid import GridCollection, GridModel
@@ -165,7 +166,7 @@ def _needed_languages(
 ) -> set[str]:
     """The languages whose adapters a madx model's routings use on their collections."""
     adapters = settings.get("language_adapters") or {}
-    needed = {settings.get("source_lang", "en")}
+    needed = {settings.get("source_lang", DEFAULT_SOURCE_LANG)}
     for r, collections in routings:
         if r.doc == "target":
             for c in collections:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clir.config import AdapterBuildSpec, ExperimentConfig, ModelSpec
 from clir.config.design import adapter_seeds, lang_seed_for, model_mode, model_seeds
+from clir.config.model import DEFAULT_SOURCE_LANG
 from clir.model.modes import routes_languages
 
 #: between a model's name and its seed in row names: ``madx@1/q-source_d-target``
@@ -98,7 +99,7 @@ def _seeded_model(cfg: ExperimentConfig, m: ModelSpec, position: int, seed: int)
         if cfg.seeds.language_adapters:
             lang_seed = lang_seed_for(position, cfg.seeds.language_adapters)
         langs = dict(overrides.get("language_adapters") or {})
-        source = str(overrides.get("source_lang") or "en")
+        source = str(overrides.get("source_lang") or DEFAULT_SOURCE_LANG)
         for a in seeded:
             path = adapter_path(cfg, a, lang_seed_for(position, adapter_seeds(cfg, a)))
             langs[a.lang] = path
