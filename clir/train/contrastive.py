@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clir.config import TrainConfig
+from clir.model.protocol import Encoder, Side
 from clir.train.distributed import Dist, all_gather_with_grad, allreduce_grads, wrap_ddp
 from clir.train.loss import contrastive_loss, false_negative_mask
 from clir.train.optim import Optimisation
@@ -30,7 +31,7 @@ QUERY, POSITIVE, NEGATIVE = "q", "p", "n"
 
 @dataclass
 class TrainText:
-    side: str  # "query" / "passage"
+    side: Side
     text: str
     key: int
 
@@ -96,7 +97,7 @@ class ContrastiveStep:
     """Runs optimiser steps of ``cfg`` on ``encoder`` (trainable weights set up by ``opt``) in this
     process, one of ``dist.world``."""
 
-    def __init__(self, cfg: TrainConfig, encoder: Any, opt: Optimisation, dist: Dist) -> None:
+    def __init__(self, cfg: TrainConfig, encoder: Encoder, opt: Optimisation, dist: Dist) -> None:
         self.cfg, self.encoder, self.opt, self.dist = cfg, encoder, opt, dist
         self.lang = cfg.train_lang
         trains = [m for m in encoder.models() if any(p.requires_grad for p in m.parameters())]

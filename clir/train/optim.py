@@ -19,7 +19,7 @@ from clir.train.checkpoint import set_rng_state
 log = logging.getLogger(__name__)
 
 
-def trainable_parameters(encoder) -> list[tuple[str, Any]]:
+def trainable_parameters(encoder: Encoder) -> list[tuple[str, Any]]:
     """(name, parameter) of everything the optimiser updates, named ``<model index>.<parameter name>``."""
     return [
         (f"{i}.{n}", p)
@@ -29,7 +29,7 @@ def trainable_parameters(encoder) -> list[tuple[str, Any]]:
     ]
 
 
-def setup_trainable(encoder, adapter_init: str = "identity") -> list[tuple[str, Any]]:
+def setup_trainable(encoder: Encoder, adapter_init: str = "identity") -> list[tuple[str, Any]]:
     """Put the encoder in training mode with exactly the intended weights trainable.
 
     full: every backbone weight; task/madx: only the task adapter(s) — ``train_adapter`` freezes the backbone
