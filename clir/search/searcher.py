@@ -14,7 +14,7 @@ from clir.atomic import atomic_write_text
 from clir.config.model import Routing
 from clir.errors import ClirError
 from clir.index import store
-from clir.model.fingerprint import fingerprint_diff
+from clir.index.recipe import IndexRecipe
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,10 @@ class Searcher:
 
     def _check(self, force: bool) -> None:
         enc = self.encoder
-        fp_index = self.manifest["encoder"]
-        enc.load_recorded_adapters(fp_index.get("adapters") or {})
-        diff = fingerprint_diff(fp_index, enc.fingerprint())
+        index = IndexRecipe.from_manifest(self.manifest)
+        enc.load_recorded_adapters((index.encoder or {}).get("adapters") or {})
+        # the index's recipe with this encoder against the index's own: only the encoder can differ
+        diff = [d.removeprefix("encoder.") for d in index.with_encoder(enc.fingerprint()).diff(index)]
         if diff:
             msg = (
                 f"the encoder does not match index {self.path} (differs in: {', '.join(diff)}); its vectors would "
