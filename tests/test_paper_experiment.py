@@ -63,7 +63,8 @@ def test_an_interrupted_model_build_is_resumed(tiny_bert, tiny_collection, tmp_p
     plan = plan_grid(cfg, out=tmp_path / "out")
     (model,) = plan.models
     assert not model.exists()
-    assert model.build_cmd[:3] == ["train", "--config", str(train_cfg)] and "--resume" in model.build_cmd
+    command = model.build.command
+    assert command[:3] == ("train", "--config", str(train_cfg)) and "--resume" in command
 
 
 def test_the_paper_configs_name_only_ids_repo_paths_and_models():

@@ -2,10 +2,9 @@
 :func:`clir.train.train`, missing language adapters with :func:`clir.train.train_language_adapter`, the shared
 MLM head with :func:`clir.train.head_training.train_mlm_head`.
 
-A build is described by the command a user would type (``train --config C --max-steps N --out DIR ARGS``;
-the dry run prints it), because a config's ``args`` are that verb's flags: :func:`clir.config.request_from_flags`
-reads them with the flag table the verb itself uses, so a flag means the same in a config as on the command
-line, and the library is called with the request they make."""
+The plan hands each build over as a typed :class:`clir.experiments.grid.Build`: the request the library is
+called with, read when the grid was planned from the verb's own flags (a config's ``args`` mean what they mean
+on the command line), and the command a user would type for it, which only the dry run and the logs show."""
 
 from __future__ import annotations
 
@@ -13,27 +12,18 @@ import logging
 import shlex
 from pathlib import Path
 
-from clir.config.build_flags import Request, request_from_flags
 from clir.config.mlm import LanguageAdapterRequest, MlmHeadRequest
 from clir.config.requests import TrainRequest
 from clir.errors import ClirError
-from clir.experiments.grid import Plan
+from clir.experiments.grid import Build, Plan
 
 log = logging.getLogger(__name__)
 
 
-def parse_build(cmd: list[str]) -> Request:
-    """The request of a build command (``train``, ``train-language-adapter`` or ``train-mlm-head`` + flags)."""
-    req = request_from_flags(cmd[0], cmd[1:])
-    if isinstance(req, TrainRequest) and req.dry_run:
-        raise ClirError(f"`clir {shlex.join(cmd)}`: a build cannot be a --dry-run")
-    return req
-
-
-def build(cmd: list[str], what: str) -> None:
-    """Run one build command in-process."""
-    req = parse_build(cmd)
-    log.info("building %s: clir %s", what, shlex.join(cmd))
+def build(step: Build, what: str) -> None:
+    """Run one build in-process: the library call its request asks for."""
+    req = step.request
+    log.info("building %s: clir %s", what, shlex.join(step.command))
     if req.out:
         Path(req.out).parent.mkdir(parents=True, exist_ok=True)  # the output's parent may not exist yet
     import torch
@@ -76,14 +66,14 @@ def run_builds(plan: Plan) -> None:
         for dep in r.kind.needs(r, plan.rows):
             if dep.model is not None and not plan.is_done(dep):
                 needed.add(dep.model.name)
-    models = [m for m in plan.models if m.name in needed and m.build_cmd and not m.exists()]
-    adapters: list[tuple[list[str], str]] = []
+    models = [m for m in plan.models if m.name in needed and m.build and not m.exists()]
+    adapters: list[tuple[Build, str]] = []
     # language adapters serve madx rows and the madx models trained on them; a selection without either
     # (e.g. --only '*/e5') needs none of them
     if any(m.routes_languages for m in plan.models if m.name in needed):
         adapters = [
-            (cmd, f"language adapter {lang} ({outp})")
-            for lang, outp, cmd in plan.adapter_builds
+            (b, f"language adapter {lang} ({outp})")
+            for lang, outp, b in plan.adapter_builds
             if not outp.is_dir()
         ]
     head = (
@@ -91,25 +81,23 @@ def run_builds(plan: Plan) -> None:
         if adapters and plan.head_build
         else []
     )
-    first = adapters + [
-        (m.build_cmd, f"model {m.name} ({m.folder})") for m in models if not m.routes_languages
-    ]
-    then = [
-        (m.build_cmd, f"model {m.name} ({m.folder})") for m in models if m.routes_languages
-    ]  # on the adapters
-    _run_all([head, first, then], plan.config.build_workers)  # type: ignore[list-item]
+    made = [(m.build, f"model {m.name} ({m.folder})") for m in models if m.build]
+    first = adapters + [b for b, m in zip(made, models, strict=True) if not m.routes_languages]
+    then = [b for b, m in zip(made, models, strict=True) if m.routes_languages]  # on the adapters
+    _run_all([head, first, then], plan.config.build_workers)
     for m in models:
         if not m.exists():
-            raise ClirError(f"`clir {shlex.join(m.build_cmd)}` finished but {m.folder} does not exist")  # type: ignore[arg-type]
+            assert m.build is not None
+            raise ClirError(f"`clir {shlex.join(m.build.command)}` finished but {m.folder} does not exist")
 
 
-def _run_all(stages: list[list[tuple[list[str], str]]], workers: int) -> None:
+def _run_all(stages: list[list[tuple[Build, str]]], workers: int) -> None:
     """Run each stage's builds (the next stage after the whole previous one), ``workers`` at a time."""
     jobs = sum(len(s) for s in stages)
     if workers <= 1 or jobs <= 1:
         for stage in stages:
-            for cmd, what in stage:
-                build(cmd, what)
+            for step, what in stage:
+                build(step, what)
         return
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -117,7 +105,7 @@ def _run_all(stages: list[list[tuple[list[str], str]]], workers: int) -> None:
     # spawn: a forked child would inherit torch's thread pools and locks mid-state
     with ProcessPoolExecutor(min(workers, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         for stage in stages:
-            futures = [pool.submit(build, cmd, what) for cmd, what in stage]
+            futures = [pool.submit(build, step, what) for step, what in stage]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in done:
                 if f.exception() is not None:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from clir.config import ExperimentConfig, ModelSpec, Routing, from_dict, load_yaml, to_dict
+from clir.config.build_flags import Request as BuildRequest
+from clir.config.build_flags import request_from_flags
 from clir.config.experiment import CollectionSpec
 from clir.config.index import PassageSpec
+from clir.config.requests import TrainRequest
 from clir.errors import ClirError
 from clir.experiments.fusion import RunDict
 from clir.index.recipe import IndexRecipe
@@ -140,6 +144,24 @@ class GridCollection:
         return out
 
 
+@dataclass(frozen=True)
+class Build:
+    """Something a grid builds before its runs: the request the library is called with, and the command a
+    user would type for the same (what the dry run prints, and metrics.json's ``built_by``)."""
+
+    command: tuple[str, ...]
+    request: BuildRequest
+
+    @classmethod
+    def parse(cls, command: list[str]) -> Build:
+        """Read a build command with its verb's own flag table (:func:`clir.config.request_from_flags`): a bad
+        flag in a config's ``args`` fails here, when the grid is planned, before any work."""
+        req = request_from_flags(command[0], command[1:])
+        if isinstance(req, TrainRequest) and req.dry_run:
+            raise ClirError(f"`clir {shlex.join(command)}`: a build cannot be a --dry-run")
+        return cls(tuple(command), req)
+
+
 @dataclass
 class GridModel:
     spec: ModelSpec
@@ -151,7 +173,8 @@ class GridModel:
     routings: list[Routing | None]
     #: the merged encoder settings when known offline (model folder / training config + overrides)
     settings: dict[str, Any] | None
-    build_cmd: list[str] | None = None
+    #: how the model folder is made when it is missing (None: it is not built by the grid)
+    build: Build | None = None
     downloads: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: the model spec's name (``name`` is ``ARM@SEED`` for one seed of a seeded model)
@@ -267,9 +290,9 @@ class Plan:
     selected: list[GridRow]
     baseline: str
     irds_missing: dict[str, list[tuple[str, Path, list[str]]]]
-    adapter_builds: list[tuple[str, Path, list[str]]]
+    adapter_builds: list[tuple[str, Path, Build]]
     #: (folder, command) of the shared MLM head the adapter builds train against, when it must be built
-    head_build: tuple[Path, list[str]] | None = None
+    head_build: tuple[Path, Build] | None = None
     bm25_unavailable: str | None = None
     #: the language adapters of ``adapters``, one per seed, with where each lives
     adapters: list[Any] = field(default_factory=list)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from clir.config import ExperimentConfig, MlmHeadSpec, Routing
 from clir.errors import ClirError
-from clir.experiments.build import parse_build
-from clir.experiments.grid import INDEXES_DIR, GridCollection, GridModel, GridRow, Plan
+from clir.experiments.grid import INDEXES_DIR, Build, GridCollection, GridModel, GridRow, Plan
 from clir.experiments.resolve import build_triples, grid_collection, grid_model
 from clir.experiments.rowkinds import BM25, DENSE, FUSION, by_kind
 from clir.experiments.seeds import SeededAdapter, expand_adapters, expand_models
@@ -43,7 +42,7 @@ def _select(rows: list[GridRow], only: list[str] | None) -> list[GridRow]:
 
 def _adapter_builds(
     adapters: list[SeededAdapter], head: MlmHeadSpec | None
-) -> tuple[dict[str, Path], list[tuple[str, Path, list[str]]], dict[str, list[tuple[str, Path, list[str]]]]]:
+) -> tuple[dict[str, Path], list[tuple[str, Path, Build]], dict[str, list[tuple[str, Path, list[str]]]]]:
     """(language[@seed] -> the adapter folder the grid provides, the ``train-language-adapter`` builds still to
     run, ir_datasets files their texts lack)."""
     from clir.data.irds import missing_files
@@ -63,7 +62,7 @@ def _adapter_builds(
             if head is not None and "--head" not in a.args:
                 cmd += ["--head", str(Path(head.out).expanduser().resolve())]
             resume = ["--resume"] if not {"--resume", "--overwrite"} & set(a.args) else []
-            adapter_builds.append((a.lang, outp, [*cmd, "--out", str(outp), *resume, *a.args]))
+            adapter_builds.append((a.lang, outp, Build.parse([*cmd, "--out", str(outp), *resume, *a.args])))
             text_id = irds_id(a.text)
             if text_id is not None:
                 missing = missing_files(text_id, ("docs",))
@@ -72,7 +71,7 @@ def _adapter_builds(
     return built_adapters, adapter_builds, irds_missing_text
 
 
-def _head_build(cfg: ExperimentConfig, adapter_builds: list) -> tuple[Path, list[str]] | None:
+def _head_build(cfg: ExperimentConfig, adapter_builds: list) -> tuple[Path, Build] | None:
     """The ``train-mlm-head`` build the adapter builds need first, if its folder is missing."""
     head = cfg.mlm_head
     if head is None:
@@ -86,7 +85,7 @@ def _head_build(cfg: ExperimentConfig, adapter_builds: list) -> tuple[Path, list
     if head.max_steps:
         cmd += ["--max-steps", str(head.max_steps)]
     resume = ["--resume"] if not {"--resume", "--overwrite"} & set(head.args) else []
-    return outp, [*cmd, *resume, *head.args]
+    return outp, Build.parse([*cmd, *resume, *head.args])
 
 
 def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path, list[str]]]]:
@@ -97,7 +96,7 @@ def _triples_missing(models: list[GridModel]) -> dict[str, list[tuple[str, Path,
 
     out: dict[str, list[tuple[str, Path, list[str]]]] = {}
     for m in models:
-        ds_id = irds_id(build_triples(m.spec) or "") if m.build_cmd else None
+        ds_id = irds_id(build_triples(m.spec) or "") if m.build else None
         if ds_id is not None and ds_id not in out:
             missing = missing_files(ds_id, IRDS_PARTS)
             if missing:
@@ -164,12 +163,7 @@ def plan_grid(
         gm = grid_model(sm.spec, cfg, collections, built_adapters, _control_routings(cfg, sm.arm))
         gm.arm, gm.seed, gm.lang_seed = sm.arm, sm.seed, sm.lang_seed
         models.append(gm)
-    head_build = _head_build(cfg, adapter_builds)
-    heads = [head_build[1]] if head_build else []
-    for cmd in (
-        heads + [c for _lang, _out, c in adapter_builds] + [m.build_cmd for m in models if m.build_cmd]
-    ):
-        parse_build(cmd)  # a bad flag in a config's `args` fails here, before any work
+    head_build = _head_build(cfg, adapter_builds)  # each build's flags were read (Build.parse) as it was made
 
     rows = _rows(cfg, collections, models)
     _check_design(cfg, collections, models, rows)
@@ -323,11 +317,11 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"      note: {n}")
     lines += _design_lines(plan)
     builds = [("shared MLM head", plan.head_build[1])] if plan.head_build else []
-    builds += [(f"language adapter {lang}", cmd) for lang, _o, cmd in plan.adapter_builds]
-    builds += [(f"model {m.name}", m.build_cmd) for m in plan.models if m.build_cmd]
+    builds += [(f"language adapter {lang}", b) for lang, _o, b in plan.adapter_builds]
+    builds += [(f"model {m.name}", m.build) for m in plan.models if m.build]
     lines += ["", f"builds ({len(builds)}):"]
-    for what, cmd in builds:
-        lines.append(f"  {what}: clir {' '.join(cmd)}")
+    for what, b in builds:
+        lines.append(f"  {what}: clir {' '.join(b.command)}")
     pending = [r for r in plan.selected if not plan.is_done(r)]
     jobs = plan.index_jobs(pending)
     lines += ["", f"indexes ({len(jobs)} needed, under {plan.index_root}):"]

@@ -68,8 +68,8 @@ def describe_model(m: GridModel, plan: Plan) -> dict[str, Any]:
     info: dict[str, Any] = {"name": m.name, "source": m.source, "mode": m.mode, "note": m.spec.note}
     if m.seed is not None:
         info.update(arm=m.arm, seed=m.seed, lang_seed=m.lang_seed)
-    if m.build_cmd:
-        info["built_by"] = "clir " + " ".join(m.build_cmd)
+    if m.build:
+        info["built_by"] = "clir " + " ".join(m.build.command)
     if not m.strategy.has_adapters:
         info["task_adapter"] = None
         info["language_adapters"] = {}

@@ -14,7 +14,7 @@ from clir.config.experiment import CollectionSpec
 from clir.config.model import DEFAULT_SOURCE_LANG
 from clir.data.resolve import resolve_collection
 from clir.errors import ClirError
-from clir.experiments.grid import GridCollection, GridModel
+from clir.experiments.grid import Build, GridCollection, GridModel
 from clir.model.modes import adapter_mode
 from clir.model.resolve import (
     hub_cached,
@@ -255,9 +255,9 @@ def grid_model(
         if bad:
             raise ClirError(f"models[{spec.name}]: routing {bad[0]} needs a madx model (mode is {mode})")
         routings = [None]  # no language adapter to route: one row
-    build_cmd = None
+    build = None
     if folder is not None and not model_ready(folder):
-        build_cmd = _build_command(spec, folder)
+        build = Build.parse(_build_command(spec, folder))
     if strategy.routes_languages and settings is not None:
         on = [(r, collections) for r in routings if r is not None]
         on += [(r, [c for c in collections if not names or c.name in names]) for r, names in controls]
@@ -283,7 +283,7 @@ def grid_model(
         mode=mode,
         routings=routings,
         settings=settings,
-        build_cmd=build_cmd,
+        build=build,
         downloads=downloads,
         notes=notes,
     )
