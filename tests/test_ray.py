@@ -124,7 +124,7 @@ def test_worker_killed_mid_run_is_retried(ray_session, tiny_bert, tiny_collectio
 
     worker = type("CrashingEncoder", (CrashOnce, ChunkEncoder), {"marker": str(tmp_path / "crashed")})
     out = tmp_path / "idx"
-    res = build_index_ray(_args(tiny_bert, tiny_collection, out), RayArgs(workers=2), worker_cls=worker)
+    res = build_index_ray(_args(tiny_bert, tiny_collection, out), RayArgs(actors=2), worker_cls=worker)
     assert (tmp_path / "crashed").is_file()  # a worker really died on chunk 3 ...
     assert res.num_docs == res.encoded_docs == 28  # ... and its chunk was encoded again on the restarted one
     assert_same_index(out, single)
@@ -148,7 +148,7 @@ def test_driver_interrupted_then_resumed_encodes_only_missing_chunks(
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        build_index_ray(_args(tiny_bert, tiny_collection, out), RayArgs(workers=2), on_chunk=die_after_two)
+        build_index_ray(_args(tiny_bert, tiny_collection, out), RayArgs(actors=2), on_chunk=die_after_two)
     assert not out.exists()  # nothing under the final name
     chunks = out.with_name("idx.partial") / "chunks"
     on_disk = sorted(int(p.stem) for p in chunks.glob("*.npy"))
@@ -156,7 +156,7 @@ def test_driver_interrupted_then_resumed_encodes_only_missing_chunks(
 
     encoded: list[int] = []
     res = build_index_ray(
-        _args(tiny_bert, tiny_collection, out, resume=True), RayArgs(workers=2), on_chunk=encoded.append
+        _args(tiny_bert, tiny_collection, out, resume=True), RayArgs(actors=2), on_chunk=encoded.append
     )
     assert sorted(encoded) == sorted(set(range(6)) - set(committed))
     assert res.encoded_docs == 28 - CHUNK * 2  # chunks 0-4 hold 5 documents, chunk 5 holds 3
@@ -185,7 +185,7 @@ def test_ray_build_of_a_split_collection_equals_single_process(ray_session, tiny
 
     one = build_index(args(tmp_path / "one"))
     assert one.num_passages > one.num_docs  # the long documents were split
-    res = build_index_ray(args(tmp_path / "ray"), RayArgs(workers=2))
+    res = build_index_ray(args(tmp_path / "ray"), RayArgs(actors=2))
     assert (res.num_docs, res.num_passages) == (one.num_docs, one.num_passages)
     for name in ("docid", "docs.jsonl", "docs.offsets.npy", "passages.npy"):
         assert (res.path / name).read_bytes() == (one.path / name).read_bytes(), name
@@ -199,7 +199,7 @@ def test_existing_out_is_refused_before_ray_starts(tiny_bert, tiny_collection, s
     from clir.index.distributed import RayArgs, build_index_ray
 
     with pytest.raises(ClirError, match="already exists"):
-        build_index_ray(_args(tiny_bert, tiny_collection, single), RayArgs(workers=2))
+        build_index_ray(_args(tiny_bert, tiny_collection, single), RayArgs(actors=2))
 
 
 def test_without_ray_the_flag_says_how_to_install(monkeypatch, tiny_bert, tiny_collection, tmp_path, capsys):

@@ -187,6 +187,20 @@ SEARCH = ["search", "--index", "i", "--queries", "q"]
             "--workers is deprecated: use --ray-actors",
         ),
         (["--processes", "2"], ["--workers", "2"], "workers", 2, "--workers is deprecated: use --processes"),
+        (
+            ["--gpus-per-actor", "1"],
+            ["--gpus-per-worker", "1"],
+            "gpus_per_actor",
+            1.0,
+            "--gpus-per-worker is deprecated: use --gpus-per-actor",
+        ),
+        (
+            ["--cpus-per-actor", "2"],
+            ["--cpus-per-worker", "2"],
+            "cpus_per_actor",
+            2.0,
+            "--cpus-per-worker is deprecated: use --cpus-per-actor",
+        ),
         (["--out", "r.trec"], ["--run", "r.trec"], "out", "r.trec", "--run is deprecated: use --out"),
         (
             ["--doc-score", "passages"],
@@ -198,7 +212,13 @@ SEARCH = ["search", "--index", "i", "--queries", "q"]
     ],
 )
 def test_renamed_flags_keep_the_old_spelling_with_a_warning(new, old, dest, value, warning, caplog):
-    verb = INDEX if dest == "ray_actors" else ["serve"] if dest == "workers" else SEARCH
+    verb = (
+        INDEX
+        if dest in ("ray_actors", "gpus_per_actor", "cpus_per_actor")
+        else ["serve"]
+        if dest == "workers"
+        else SEARCH
+    )
     with caplog.at_level(logging.WARNING, logger="clir.cli"):
         assert getattr(_parse(*verb, *new), dest) == value
         assert not caplog.records
@@ -237,8 +257,8 @@ def test_help_shows_the_new_spelling_only(verb, new, old, capsys):
 def test_the_index_request_carries_the_ray_pool():
     from clir.cli.index import request
 
-    req = request(_parse(*INDEX, "--ray-actors", "3", "--gpus-per-worker", "1"))
-    assert req.ray is not None and (req.ray.workers, req.ray.gpus_per_worker, req.ray.address) == (
+    req = request(_parse(*INDEX, "--ray-actors", "3", "--gpus-per-actor", "1"))
+    assert req.ray is not None and (req.ray.actors, req.ray.gpus_per_actor, req.ray.address) == (
         3,
         1.0,
         "local",

