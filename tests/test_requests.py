@@ -186,7 +186,13 @@ SEARCH = ["search", "--index", "i", "--queries", "q"]
             3,
             "--workers is deprecated: use --ray-actors",
         ),
-        (["--processes", "2"], ["--workers", "2"], "workers", 2, "--workers is deprecated: use --processes"),
+        (
+            ["--processes", "2"],
+            ["--workers", "2"],
+            "processes",
+            2,
+            "--workers is deprecated: use --processes",
+        ),
         (
             ["--gpus-per-actor", "1"],
             ["--gpus-per-worker", "1"],
@@ -216,7 +222,7 @@ def test_renamed_flags_keep_the_old_spelling_with_a_warning(new, old, dest, valu
         INDEX
         if dest in ("ray_actors", "gpus_per_actor", "cpus_per_actor")
         else ["serve"]
-        if dest == "workers"
+        if dest == "processes"
         else SEARCH
     )
     with caplog.at_level(logging.WARNING, logger="clir.cli"):
@@ -274,3 +280,17 @@ def test_searcher_takes_doc_score_and_its_old_keyword():
         Searcher("no-index", doc_score="best")
     with pytest.raises(ClirError, match="doc_score 'best'"):
         Searcher("no-index", mode="best")  # the old keyword reaches the same check
+
+
+def test_a_serve_config_s_workers_key_is_read_as_processes(tmp_path, caplog):
+    from clir.serve.config import load_serve_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("indexes: {de: idx}\nworkers: 2\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="clir.serve.config"):
+        _, data = load_serve_config(old)
+    assert data == {"processes": 2} and "workers is deprecated: use processes" in caplog.text
+    both = tmp_path / "both.yaml"
+    both.write_text("indexes: {de: idx}\nworkers: 2\nprocesses: 3\n", encoding="utf-8")
+    with pytest.raises(ClirError, match="not both"):
+        load_serve_config(both)

@@ -30,7 +30,7 @@ SETTING_FLAGS = (
     "default_index",
     "host",
     "port",
-    "workers",
+    "processes",
     "api_key_env",
     "max_body_bytes",
     "max_batch_queries",
@@ -63,10 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--processes",
         type=positive_int,
-        dest="workers",  # the settings key (and --config files' key) stays `workers`
         help="server processes, each loading the indexes and models (default 1; formerly --workers)",
     )
-    deprecated_alias(p, "--workers", "--processes", type=positive_int, dest="workers")
+    deprecated_alias(p, "--workers", "--processes", type=positive_int, dest="processes")
     p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this env variable")
     p.add_argument(
         "--max-body-bytes", type=positive_int, help="larger request bodies get 413 (default 1 MiB)"
@@ -180,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     protocol = configure(settings)  # request deadline, connection cap, JSON protocol errors
-    if settings.workers > 1:
+    if settings.processes > 1:
         for path in indexes.values():
             store.read_manifest(path)  # a wrong folder fails here, not in every worker
         # each worker process loads the indexes itself; the factory reads them from the environment
@@ -190,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         # by name: a worker imports the class, and its limits are set there by app_from_env
         http = f"{protocol.__module__}:{protocol.__name__}"
         uvicorn.run(
-            "clir.serve.app:app_from_env", factory=True, workers=settings.workers, http=http, **common
+            "clir.serve.app:app_from_env", factory=True, workers=settings.processes, http=http, **common
         )
         return 0
     from clir.serve import create_app

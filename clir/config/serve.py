@@ -19,8 +19,9 @@ class ServeSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    #: uvicorn processes, each loading the indexes and models (``--processes``; the key keeps its name)
-    workers: int = 1
+    #: uvicorn processes, each loading the indexes and models (``--processes``; a --config file's ``workers``,
+    #: the key's earlier name, still works)
+    processes: int = 1
     default_index: str | None = None
     #: name of the environment variable holding the API key; None: no key needed
     api_key_env: str | None = None
@@ -52,7 +53,7 @@ class ServeSettings:
     def validate(self) -> None:
         for name in (
             "port",
-            "workers",
+            "processes",
             "max_body_bytes",
             "max_batch_queries",
             "max_batch_chars",

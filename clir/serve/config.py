@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 from clir.config.serve import ServeSettings  # noqa: F401  (its home is config; kept importable here)
 from clir.errors import ClirError
+
+log = logging.getLogger(__name__)
 
 #: index names appear in URLs (/indexes/{name}/docs/...): keep them URL-safe
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,6 +55,11 @@ def load_serve_config(path: str | Path) -> tuple[dict[str, str], dict[str, Any]]
         indexes[check_name(str(name))] = str(
             folder_path if folder_path.is_absolute() else p.parent / folder_path
         )
+    if "workers" in data:  # the key's earlier name
+        if "processes" in data:
+            raise ClirError(f"{p}: give processes (workers is its earlier name), not both")
+        log.warning("%s: workers is deprecated: use processes", p)
+        data["processes"] = data.pop("workers")
     known = {f.name for f in fields(ServeSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
