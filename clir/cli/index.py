@@ -83,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace an existing index (swapped in only when done)"
     )
     add_model_args(p, required=True)
+    _add_ray_arguments(p)
+
+
+def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed build on Ray (pip install 'clir[distributed]')")
     g.add_argument(
         "--ray",
