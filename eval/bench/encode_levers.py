@@ -33,6 +33,19 @@ class LeverAB:
         """The "with" side of most levers: clir as it runs by default here."""
         clir_encode(self.enc, self.texts, self.bs, "bf16")
 
+    def bf16_with(self, model: Any) -> Callable[[], None]:
+        """The bf16 run with ``model`` as the encoder's (both sides), the encoder's own put back after."""
+
+        def run() -> None:
+            enc, keep = self.enc, self.enc.passage_model
+            enc.query_model = enc.passage_model = model
+            try:
+                self.bf16()
+            finally:
+                enc.query_model = enc.passage_model = keep
+
+        return run
+
     def ab(self, name: str, with_: Callable[[], Any], without: Callable[[], Any], note: str = "") -> None:
         r = measure({"with": with_, "without": without}, len(self.texts), self.rounds)
         self.rows.append(
@@ -120,23 +133,13 @@ def attention(lab: LeverAB) -> None:
     """SDPA is transformers' default for BERT; the A/B swaps in a backbone with the eager attention."""
     from transformers import AutoModel
 
-    enc = lab.enc
-    sdpa = enc.passage_model
     eager = AutoModel.from_pretrained(
         str(common.E5_DIR), add_pooling_layer=False, attn_implementation="eager"
     ).eval()
-
-    def with_eager() -> None:
-        enc.query_model = enc.passage_model = eager
-        try:
-            lab.bf16()
-        finally:
-            enc.query_model = enc.passage_model = sdpa
-
     lab.ab(
         "SDPA attention (transformers default)",
         lab.bf16,
-        with_eager,
+        lab.bf16_with(eager),
         "without: eager attention, which cannot be packed (padded batches)",
     )
 
@@ -171,18 +174,10 @@ def compiled(lab: LeverAB) -> None:
     enc.query_model = enc.passage_model = model
     lab.bf16()
     t_compile = time.perf_counter() - t
-
-    def eager_run() -> None:
-        enc.query_model = enc.passage_model = eager_model
-        try:
-            lab.bf16()
-        finally:
-            enc.query_model = enc.passage_model = model
-
     lab.ab(
         "torch.compile (inductor, dynamic shapes)",
         lab.bf16,
-        eager_run,
+        lab.bf16_with(eager_model),
         f"compiling took {t_compile:.0f} s",
     )
     enc.query_model = enc.passage_model = eager_model
