@@ -294,7 +294,7 @@ def format_plan(plan: Plan) -> str:
     from clir.data.irds import by_file
 
     cfg = plan.config
-    lines = [f"eval grid {cfg.name!r} ({plan.config_path}) -> {plan.out}", ""]
+    lines = [f"experiment grid {cfg.name!r} ({plan.config_path}) -> {plan.out}", ""]
     lines.append(f"collections ({len(plan.collections)}):")
     for c in plan.collections:
         q = f"queries: {c.query_field or 'queries.tsv'} ({c.query_lang})"

@@ -319,7 +319,7 @@ def run_grid(plan: Plan, *, command: str = "") -> GridResult:
     if skipped:
         log.info("%d run(s) already finished with this config: skipped", len(skipped))
     queries = _QueryCache()
-    bar = progress(total=len(pending), desc="eval grid", unit="run")
+    bar = progress(total=len(pending), desc="experiment grid", unit="run")
     try:
         runner = _Runner(plan, queries, bar)
         for kind, rows in by_kind(pending).items():
