@@ -139,12 +139,10 @@ class LanguageAdapters:
         """The ``adapters`` composition active for ``side`` encoding text in ``lang`` (None in full mode)."""
         from adapters.composition import Stack
 
-        routing = routing or self.config.routing
-        names = self.mode.stack(self.config, routing, side, lang)
+        names = self.mode.stack(self.config, routing or self.config.routing, side, lang)
         if names is None:
             return None
-        la = self.mode.language_adapter(self.config, routing, side, lang)
-        if la is not None:
+        for la in names[:-1]:  # the stack's bottom first: everything under the task adapter is a language's
             self.load_language_adapter(la)
         return Stack(*names)
 

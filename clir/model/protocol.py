@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from clir.config import ModelConfig, Routing
-
-Side = Literal["query", "passage"]
+from clir.model.modes import Side
 
 
 class Encoder(Protocol):
