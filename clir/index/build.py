@@ -134,9 +134,11 @@ def encode_records(
     texts = [(f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]) for r in recs]
     if encoder.routes_docs_by_lang(routing):
         out = np.empty((len(recs), encoder.dim), dtype=np.float32)
+        # the fallback rule looks for an adapter's folder: once per language, not per document
+        routed = {lang: encoder.doc_lang(lang, routing) for lang in {r["lang"] for r in recs}}
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(recs):
-            groups.setdefault(encoder.doc_lang(r["lang"], routing), []).append(i)
+            groups.setdefault(routed[r["lang"]], []).append(i)
         for lang, rows in groups.items():
             out[rows] = encoder.encode_passages(
                 [texts[i] for i in rows], lang=lang, batch_size=batch_size, routing=routing
@@ -178,7 +180,6 @@ class BuildState:
     collection: Collection
     recipe: IndexRecipe  # what the index is made of, the encoder's fingerprint included
     total: int | None  # documents the progress bar expects, when cheaply known
-    passages: dict[str, Any]  # the resolved passage settings (PassageSpec.resolve)
     splitter: Splitter | None
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
@@ -186,7 +187,8 @@ class BuildState:
         )
     )
 
-    lock: Any = None  # the open lock file while this process owns the build
+    #: ``OUT``'s work folder, its lock held while this process owns the build (None once released)
+    work: WorkDir | None = None
 
     @property
     def chunks_dir(self) -> Path:
@@ -197,8 +199,8 @@ class BuildState:
         not use it); then the lock goes."""
         if failed and self.partial.is_dir() and not any(self.chunks_dir.glob("*.npy")):
             shutil.rmtree(self.partial, ignore_errors=True)
-        unlock_build(self.lock)
-        self.lock = None
+        unlock_build(self.work)
+        self.work = None
 
 
 def check_args(args: IndexArgs) -> tuple[Path, Path]:
@@ -251,18 +253,18 @@ def start_build(args: IndexArgs, encoder: Encoder) -> BuildState:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ClirError(f"cannot create the folder of --out {out}: {e.strerror}") from None
-    lock = lock_build(out)
+    work = lock_build(out)
     try:
-        recover_swap(out, partial, args.resume)
+        recover_swap(work, args.resume)
         check_args(args)  # a restored OUT.old is an existing OUT again
-        prepare_partial(partial, state, args.resume)
+        prepare_partial(work, state, args.resume)
     except OSError as e:
-        unlock_build(lock)
+        unlock_build(work)
         raise ClirError(f"cannot create {partial}: {e.strerror}") from None
     except BaseException:
-        unlock_build(lock)
+        unlock_build(work)
         raise
-    return BuildState(args, out, partial, collection, recipe, total, passages, splitter, lock=lock)
+    return BuildState(args, out, partial, collection, recipe, total, splitter, work=work)
 
 
 def finish_build(b: BuildState, encoder: Encoder, n_chunks: int, n_rows: int) -> int:
@@ -330,7 +332,8 @@ def _finalize(b: BuildState, encoder: Encoder, n_chunks: int, n_rows: int) -> in
             shutil.rmtree(final)
         final.mkdir()
         n_docs = _write_final(b, encoder, final, n_chunks, n_rows)
-    WorkDir(b.out).finish(final, record=STATE_FILE)
+    assert b.work is not None  # finishing happens under the build's lock
+    b.work.finish(final, record=STATE_FILE)
     return n_docs
 
 

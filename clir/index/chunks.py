@@ -22,7 +22,7 @@ import numpy as np
 from clir.atomic import atomic_write_lines
 from clir.index import store
 from clir.safe_load import loads_json
-from clir.workdir import PARTIAL_SUFFIX, WorkDir
+from clir.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,10 @@ def read_chunk_meta(path: Path) -> list[dict[str, Any]]:
         return [loads_json(line, f"{path}:{i}") for i, line in enumerate(f, 1)]
 
 
-def _workdir(partial: Path) -> WorkDir:
-    return WorkDir(partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX)))
-
-
-def prepare_partial(partial: Path, state: dict[str, Any], resume: bool) -> None:
+def prepare_partial(work: WorkDir, state: dict[str, Any], resume: bool) -> None:
     """Create ``OUT.partial`` with its ``state.json``, or with ``resume`` reopen one started with the same
     settings (:class:`ResumeRefused` when they differ); an unfinished build that is not resumed is removed."""
-    work = _workdir(partial)
+    partial = work.partial
     if partial.exists():
         check = work.check_record(STATE_FILE, state, what="a build state") if resume else None
         if check is not None and check.found:
@@ -86,12 +82,12 @@ def disk_hint(out: Path) -> str:
     return f"{kept}free space, then the same command with --resume continues from the chunks already encoded"
 
 
-def recover_swap(out: Path, partial: Path, resume: bool) -> None:
+def recover_swap(work: WorkDir, resume: bool) -> None:
     """Under the build's lock, what a build killed while swapping its index in left (``OUT.old``, see
     :meth:`clir.workdir.WorkDir.recover`): beside ``OUT`` it is a leftover and goes; without ``OUT`` it is
     the previous index, restored, unless ``--resume`` is about to swap in the complete ``final/``."""
-    keep = resume and (partial / FINAL / store.MANIFEST_FILE).is_file()
-    WorkDir(out).recover(keep_old=keep, what="index")
+    keep = resume and (work.partial / FINAL / store.MANIFEST_FILE).is_file()
+    work.recover(keep_old=keep, what="index")
 
 
 def lock_build(out: Path) -> WorkDir:
