@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from clir.config.flags import Flag, parse_flags, positive_int
 from clir.config.mlm import DevSettings, LanguageAdapterRequest, MlmHeadRequest
@@ -167,6 +168,25 @@ def dev_settings(ns: argparse.Namespace) -> DevSettings:
     return dev
 
 
+def mlm_run_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """The request fields :func:`mlm_run_flags` set: the same in both MLM trainers' requests."""
+    return {
+        "max_steps": ns.max_steps,
+        "batch_size": ns.batch_size,
+        "lr": ns.lr,
+        "max_length": ns.max_length,
+        "mlm_probability": ns.mlm_probability,
+        "precision": ns.precision,
+        "device": ns.device,
+        "packed": ns.packed,
+        "checkpoint_every": ns.checkpoint_every,
+        "resume": ns.resume,
+        "threads": ns.threads,
+        "overwrite": ns.overwrite,
+        "dev": dev_settings(ns),
+    }
+
+
 def language_adapter_request(ns: argparse.Namespace) -> LanguageAdapterRequest:
     # refused before any work: what would fail once OUT.partial exists (or allocate terabytes)
     check_reduction(ns.reduction_factor, None, "--reduction-factor")
@@ -177,24 +197,12 @@ def language_adapter_request(ns: argparse.Namespace) -> LanguageAdapterRequest:
         backbone=ns.backbone,
         head=ns.head,
         out=ns.out,
-        max_steps=ns.max_steps,
-        batch_size=ns.batch_size,
-        lr=ns.lr,
-        max_length=ns.max_length,
         invertible=ns.invertible,
         reduction_factor=ns.reduction_factor,
         non_linearity=ns.non_linearity,
-        mlm_probability=ns.mlm_probability,
         seed=ns.seed,
-        precision=ns.precision,
-        device=ns.device,
-        overwrite=ns.overwrite,
-        dev=dev_settings(ns),
-        checkpoint_every=ns.checkpoint_every,
-        resume=ns.resume,
-        threads=ns.threads,
-        packed=ns.packed,
         save_dtype=ns.save_dtype,
+        **mlm_run_settings(ns),
     )
 
 
@@ -203,20 +211,8 @@ def mlm_head_request(ns: argparse.Namespace) -> MlmHeadRequest:
         texts=list(ns.text),
         backbone=ns.backbone,
         out=ns.out,
-        max_steps=ns.max_steps,
-        batch_size=ns.batch_size,
-        lr=ns.lr,
-        max_length=ns.max_length,
-        mlm_probability=ns.mlm_probability,
         seed=ns.seed,
-        dev=dev_settings(ns),
-        checkpoint_every=ns.checkpoint_every,
-        precision=ns.precision,
-        packed=ns.packed,
-        device=ns.device,
-        threads=ns.threads,
-        overwrite=ns.overwrite,
-        resume=ns.resume,
+        **mlm_run_settings(ns),
     )
 
 
